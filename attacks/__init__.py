@@ -1,0 +1,1 @@
+"""certframe.attacks: the attack suite (torchattacks-based, segmentation-aware)."""

@@ -1,0 +1,61 @@
+"""Weights as safetensors, with the model's configuration in the file's metadata.
+
+Never pickle: :func:`load_checkpoint` reads tensors with ``safetensors`` and the
+configuration as JSON stored under the metadata key ``"certframe"``. A JSON copy of
+the configuration is written next to the file (``<name>.json``) for people.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+META_KEY = "certframe"
+
+
+def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict, *, sidecar: bool = True) -> Path:
+    """Write ``module.state_dict()`` and ``config`` (JSON-able) to ``path`` (.safetensors)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={META_KEY: json.dumps(config)})
+    tmp.replace(path)  # atomic: an interrupted save never leaves half a file
+    if sidecar:
+        path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """The configuration stored in a certframe safetensors file."""
+    path = _existing(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if META_KEY not in meta:
+        raise ValueError(f"{path} is a safetensors file without certframe configuration "
+                         f"(metadata keys: {sorted(meta)}); save it with certframe.checkpoint.save_checkpoint")
+    return json.loads(meta[META_KEY])
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` from a safetensors file."""
+    path = _existing(path)
+    config = read_config(path)
+    tensors = {}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    return config, tensors
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (expected a .safetensors file)")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint {str(path)!r}: expected a .safetensors file; "
+                         f"pickled checkpoints (.pt, .pth, .ckpt) are not loaded for safety")
+    return path

@@ -1,0 +1,147 @@
+"""The contracts every plugin honours.
+
+The core of certframe knows no concrete model: it talks to these four kinds of
+object only. Shapes use B = batch, C = image channels, K = classes, H x W = size.
+
+* :class:`Segmenter`  images ``[B, C, H, W]`` float in ``[0, 1]`` -> logits ``[B, K, H, W]``.
+* :class:`Denoiser`   noisy images ``[B, C, H, W]`` (``x + eps``, NOT clipped, so values
+  fall outside ``[0, 1]``) and the noise level ``sigma`` -> images ``[B, C, H, W]``
+  (in ``[0, 1]`` for a real denoiser; the ``none`` denoiser passes the noisy input on).
+* :class:`Certifier`  draws votes through a :class:`VoteSource` and returns one
+  :class:`~certframe.results.Certificate` per threshold ``tau``.
+* :class:`SegmentationDataset` yields :class:`Sample` (image, mask, id) plus metadata
+  (class names, channels).
+
+Noise is always added in the ``[0, 1]`` pixel space of the data set, after resizing
+and before any normalisation: normalisation belongs inside the segmenter or denoiser.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+
+ABSTAIN = -1
+"""Label of a pixel the certifier refuses to certify (int64 label maps)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One item of a segmentation data set.
+
+    image: float32 ``[C, H, W]`` in ``[0, 1]``.
+    mask:  int64 ``[H, W]`` with labels in ``range(len(class_names))``.
+    id:    a stable, unique string (file stem, index); it seeds the noise draws.
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    id: str
+
+
+class SegmentationDataset(abc.ABC):
+    """A finite, indexable set of :class:`Sample`.
+
+    Subclasses set ``class_names`` (index = label; class 0 is background) and
+    ``in_channels`` (1 for grey, 3 for RGB) and implement ``__len__`` and
+    ``__getitem__``. Resizing and cropping happen here, before any noise: the
+    certificate is about the image the model sees.
+    """
+
+    class_names: Sequence[str] = ("background", "foreground")
+    in_channels: int = 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> Sample: ...
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def identity(self) -> dict:
+        """A JSON-able description that identifies the data (for run manifests)."""
+        return {"class": type(self).__name__, "len": len(self)}
+
+
+class Segmenter(nn.Module, abc.ABC):
+    """A base segmentation model: ``forward([B, C, H, W] in [0, 1]) -> logits [B, K, H, W]``.
+
+    Subclasses set ``num_classes`` (K) and ``in_channels`` (C). Any input
+    normalisation the network needs happens inside ``forward``. The smoothed
+    classifier only uses ``argmax`` over K, so logits, probabilities or
+    log-probabilities all work.
+    """
+
+    num_classes: int = 2
+    in_channels: int = 1
+
+    @abc.abstractmethod
+    def forward(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Hard labels ``[B, H, W]`` int64."""
+        return self(images).argmax(dim=1)
+
+
+class Denoiser(nn.Module, abc.ABC):
+    """Removes Gaussian noise of known std ``sigma`` from images in ``[0, 1]`` space.
+
+    ``forward(noisy [B, C, H, W], sigma: float) -> [B, C, H, W]``; ``noisy = x + eps``
+    with ``eps ~ N(0, sigma^2 I)`` and ``x`` in ``[0, 1]``.
+    """
+
+    @abc.abstractmethod
+    def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class VoteSource(Protocol):
+    """Where a certifier gets its Monte-Carlo votes from (see :mod:`certframe.sampler`).
+
+    ``counts(phase, n, start=0)`` returns int64 ``[K, H, W]`` class counts of the
+    draws ``start .. start + n - 1`` of the named phase ("selection",
+    "estimation", or any other name). Draws of different phases are independent;
+    the same (phase, index) is the same draw every time it is asked for.
+    """
+
+    num_classes: int
+
+    def counts(self, phase: str, n: int, start: int = 0) -> torch.Tensor: ...
+
+
+@dataclass
+class CertifyRequest:
+    """What a certifier is asked: noise level, sample sizes, error level, thresholds."""
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    taus: Sequence[float] = (0.75,)
+    extra: dict = field(default_factory=dict)
+
+
+class Certifier(abc.ABC):
+    """Turns Monte-Carlo votes into certificates (one per ``tau``).
+
+    Every implementation states its guarantee in its docstring. ``certify`` must
+    draw every sample it uses through ``votes`` so the engine can count and
+    reproduce them.
+    """
+
+    name: str = "certifier"
+
+    @abc.abstractmethod
+    def certify(self, votes: VoteSource, request: CertifyRequest) -> list:
+        """Return a list of :class:`~certframe.results.Certificate`, one per tau, in order."""

@@ -1,0 +1,81 @@
+"""Segmentation metrics as pure functions on label maps.
+
+Empty-mask convention (the one place it is defined): for a class c, when the
+ground truth has no pixel of c and the prediction certifies none as c, Dice is
+:data:`EMPTY_DICE` = 1.0 (nothing to find, nothing wrongly found). When only one
+of them is empty, Dice is 0. MONAI returns NaN in the first case
+(``ignore_empty=True``); we prefer a number so that means over images stay
+defined, and report it in the docs.
+
+Certified Dice (Fischer et al. 2021; Laousy et al. 2023) counts an abstained
+pixel as an error: TP = certified c where y = c; FP = certified c where y != c;
+FN = y = c but certified as another class or ABSTAIN. Dice = 2TP / (2TP + FP + FN).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from certframe.interfaces import ABSTAIN
+
+EMPTY_DICE = 1.0
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, cls: int) -> tuple[int, int, int]:
+    """(TP, FP, FN) of class ``cls``; ``pred`` may hold ABSTAIN (-1)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
+    p = pred == cls
+    t = target == cls
+    tp = int((p & t).sum())
+    fp = int((p & ~t).sum())
+    fn = int((~p & t).sum())
+    return tp, fp, fn
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor, cls: int = 1) -> float:
+    """Dice of class ``cls`` between label maps ``[H, W]`` (or any equal shapes).
+
+    ABSTAIN in ``pred`` is simply "not cls", so this is certified Dice when ``pred``
+    is a certificate's labels and ordinary Dice otherwise.
+    """
+    tp, fp, fn = confusion(pred, target, cls)
+    denom = 2 * tp + fp + fn
+    return EMPTY_DICE if denom == 0 else 2.0 * tp / denom
+
+
+certified_dice = dice
+
+
+def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                   include_background: bool = False) -> dict[int, float]:
+    start = 0 if include_background else 1
+    return {c: dice(pred, target, c) for c in range(start, num_classes)}
+
+
+def mean_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean Dice over the foreground classes ``1..K-1`` (class 0 is background)."""
+    per = dice_per_class(pred, target, num_classes)
+    return sum(per.values()) / len(per) if per else EMPTY_DICE
+
+
+def abstain_rate(pred: torch.Tensor) -> float:
+    """Fraction of pixels labelled ABSTAIN."""
+    return float((pred == ABSTAIN).float().mean())
+
+
+def certified_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Fraction of pixels certified AND correct (abstain counts as wrong)."""
+    return float((pred == target).float().mean())
+
+
+def metric_row(pred: torch.Tensor, target: torch.Tensor, class_names: Sequence[str],
+               prefix: str = "certified_") -> dict[str, float]:
+    """Flat dict of the metrics of one prediction, for a results row."""
+    k = len(class_names)
+    row = {f"{prefix}dice": mean_dice(pred, target, k)}
+    if k > 2:
+        for c, d in dice_per_class(pred, target, k).items():
+            row[f"{prefix}dice_{class_names[c]}"] = d
+    return row

@@ -1,0 +1,121 @@
+"""The statistics of SegCertify, as small pure functions.
+
+Fischer, Baader, Vechev, "Scalable Certified Segmentation via Randomized
+Smoothing", ICML 2021. For every pixel i with selected class c_i and k_i of n
+estimation votes for c_i, test H0: p_i(c_i) <= tau with the one-sided exact
+binomial p-value ``P(Binomial(n, tau) >= k_i)``; correct over all pixels of the
+image (Holm or Bonferroni) at family-wise level ``alpha``. A rejected H0 means
+``p_i(c_i) > tau``, hence (Cohen et al. 2019) the pixel keeps c_i for every
+perturbation of L2 norm < ``sigma * Phi^-1(tau)``.
+
+All functions are vectorised: one scipy call builds the p-value of every possible
+count ``0..n`` and pixels index into that table, so a 256x256 image costs one
+table of n+1 values plus a sort.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.stats import beta, binom, norm
+
+CORRECTIONS = ("holm", "bonferroni", "none")
+
+
+def check_tau(tau: float) -> float:
+    tau = float(tau)
+    if not (0.5 < tau < 1.0) or math.isnan(tau):
+        raise ValueError(f"tau must lie in the open interval (0.5, 1), got {tau}")
+    return tau
+
+
+def check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not (0.0 < alpha < 1.0) or math.isnan(alpha):
+        raise ValueError(f"alpha must lie in the open interval (0, 1), got {alpha}")
+    return alpha
+
+
+def check_count(name: str, n: int) -> int:
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise ValueError(f"{name} must be a positive integer number of samples, got {n!r}")
+    return int(n)
+
+
+def certified_radius(sigma: float, tau: float) -> float:
+    """``R = sigma * Phi^-1(tau)`` (Cohen et al. 2019, Theorem 1 with p_A = tau)."""
+    return float(sigma) * float(norm.ppf(check_tau(tau)))
+
+
+def binomial_pvalues(k: torch.Tensor | np.ndarray, n: int, tau: float) -> np.ndarray:
+    """One-sided exact binomial p-values ``P(Binomial(n, tau) >= k)``, elementwise.
+
+    k: integer array of any shape with values in ``0..n``. Returns float64 of the
+    same shape; equals ``scipy.stats.binomtest(k, n, tau, alternative='greater').pvalue``.
+    """
+    k = k.detach().cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)
+    n = check_count("n", n)
+    if k.size and (k.min() < 0 or k.max() > n):
+        raise ValueError(f"vote counts must lie in 0..n={n}, got range {k.min()}..{k.max()}")
+    table = binom.sf(np.arange(n + 1) - 1, n, tau)  # P(X >= j) for j = 0..n
+    return table[k.astype(np.int64)]
+
+
+def holm_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
+    """Holm's step-down procedure (Holm 1979) at family-wise error ``alpha``.
+
+    Sort the m p-values ascending; reject p_(1..j) where j is the largest index
+    such that p_(i) <= alpha / (m - i + 1) for every i <= j. Returns bool of the
+    input's shape: True where H0 is rejected (the pixel is certified).
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    flat = p.ravel()
+    m = flat.size
+    order = np.argsort(flat, kind="stable")
+    thresholds = alpha / (m - np.arange(m))
+    passed = np.logical_and.accumulate(flat[order] <= thresholds)
+    reject = np.zeros(m, dtype=bool)
+    reject[order] = passed
+    return reject.reshape(p.shape)
+
+
+def bonferroni_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
+    """Reject where ``p <= alpha / m`` (m = number of tests)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    return p <= alpha / max(p.size, 1)
+
+
+def uncorrected_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
+    """Reject where ``p <= alpha``: NO multiple-testing correction.
+
+    Only the per-pixel error is bounded, not the image's; kept to show (and test)
+    why a correction is needed.
+    """
+    return np.asarray(pvalues, dtype=np.float64) <= alpha
+
+
+def reject(pvalues: np.ndarray, alpha: float, correction: str = "holm") -> np.ndarray:
+    """Dispatch to the named multiple-testing correction."""
+    alpha = check_alpha(alpha)
+    if correction == "holm":
+        return holm_reject(pvalues, alpha)
+    if correction == "bonferroni":
+        return bonferroni_reject(pvalues, alpha)
+    if correction == "none":
+        return uncorrected_reject(pvalues, alpha)
+    raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+
+
+def clopper_pearson_lower(k: torch.Tensor | np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """One-sided ``(1 - alpha)`` Clopper-Pearson lower bound on a binomial proportion.
+
+    ``Beta(alpha; k, n - k + 1)`` (0 where k = 0), as in Cohen et al.'s
+    ``_lower_confidence_bound``. Vectorised through a table over ``k = 0..n``.
+    """
+    k = k.detach().cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)
+    n = check_count("n", n)
+    ks = np.arange(n + 1)
+    with np.errstate(invalid="ignore"):
+        table = np.where(ks == 0, 0.0, beta.ppf(alpha, np.maximum(ks, 1), n - ks + 1))
+    return table[k.astype(np.int64)]
