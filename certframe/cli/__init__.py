@@ -1,0 +1,29 @@
+"""The ``certframe`` command line (click). Each command lives in its own module.
+
+Commands are thin: they parse options, build plugins through the registry and
+call library functions (:mod:`certframe.engine` and friends).
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from certframe import __version__
+
+# module name -> attribute: a new command adds one line here.
+COMMANDS = {
+    "certframe.cli.plugins_cmd": "plugins",
+    "certframe.cli.certify_cmd": "certify",
+    "certframe.cli.demo_cmd": "demo",
+}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="certframe")
+def main():
+    """Certify medical image segmentation models with randomized smoothing."""
+
+
+for _module, _attr in COMMANDS.items():
+    main.add_command(getattr(importlib.import_module(_module), _attr))
