@@ -16,6 +16,7 @@ COMMANDS = {
     "certframe.cli.plugins_cmd": "plugins",
     "certframe.cli.certify_cmd": "certify",
     "certframe.cli.demo_cmd": "demo",
+    "certframe.cli.train_cmd": "train",
 }
 
 
