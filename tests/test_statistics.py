@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from certframe.statistics import (binomial_pvalues, bonferroni_reject, certified_radius, check_alpha,
+                                  check_count, check_tau, clopper_pearson_lower, holm_reject, reject)
+
+
+@pytest.mark.parametrize("n,tau", [(10, 0.75), (100, 0.75), (100, 0.9), (37, 0.6)])
+def test_pvalues_equal_scipy_binomtest(n, tau):
+    ks = np.arange(n + 1)
+    got = binomial_pvalues(ks, n, tau)
+    want = [binomtest(int(k), n, tau, alternative="greater").pvalue for k in ks]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_pvalue_golden():
+    # P(Bin(100, 0.75) >= 100) = 0.75**100; P(Bin(10, 0.75) >= 9) = 10*.75**9*.25 + .75**10
+    assert binomial_pvalues(np.array([100]), 100, 0.75)[0] == pytest.approx(0.75 ** 100, rel=1e-12)
+    assert binomial_pvalues(np.array([9]), 10, 0.75)[0] == pytest.approx(
+        10 * 0.75 ** 9 * 0.25 + 0.75 ** 10, rel=1e-12)
+    assert binomial_pvalues(np.array([0]), 10, 0.75)[0] == 1.0
+
+
+def test_pvalues_keep_shape_and_reject_bad_counts():
+    k = np.array([[0, 5], [10, 7]])
+    assert binomial_pvalues(k, 10, 0.75).shape == (2, 2)
+    with pytest.raises(ValueError, match="0..n=10"):
+        binomial_pvalues(np.array([11]), 10, 0.75)
+
+
+def reference_holm(p, alpha):
+    """Textbook step-down, one hypothesis at a time."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: (p[i], i))
+    out = [False] * m
+    for rank, i in enumerate(order):
+        if p[i] <= alpha / (m - rank):
+            out[i] = True
+        else:
+            break
+    return out
+
+
+def test_holm_golden():
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    # sorted: 0.005 <= .05/4, 0.01 <= .05/3, 0.03 > .05/2 -> stop
+    assert holm_reject(p, 0.05).tolist() == [True, False, False, True]
+    assert bonferroni_reject(p, 0.05).tolist() == [True, False, False, True]
+    p2 = np.array([0.012, 0.02, 0.04])
+    # holm: .012 <= .0167, .02 <= .025, .04 <= .05 -> all; bonferroni: only p <= .0167
+    assert holm_reject(p2, 0.05).tolist() == [True, True, True]
+    assert bonferroni_reject(p2, 0.05).tolist() == [True, False, False]
+
+
+def test_holm_matches_reference_on_random_cases():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        m = rng.integers(1, 30)
+        p = rng.choice([rng.uniform(0, 0.1), 0.01, 0.02], size=m) * rng.uniform(0, 1, size=m) ** 2
+        alpha = rng.uniform(0.01, 0.2)
+        assert holm_reject(p, alpha).tolist() == reference_holm(list(p), alpha)
+        assert bonferroni_reject(p, alpha).tolist() == [x <= alpha / m for x in p]
+
+
+def test_holm_keeps_2d_shape():
+    p = np.array([[0.001, 0.5], [0.002, 0.0001]])
+    assert holm_reject(p, 0.01).tolist() == [[True, False], [True, True]]
+
+
+def test_reject_dispatch_and_errors():
+    p = np.array([0.02, 0.2])
+    assert reject(p, 0.05, "none").tolist() == [True, False]
+    with pytest.raises(ValueError, match="correction must be one of"):
+        reject(p, 0.05, "sidak")
+
+
+@pytest.mark.parametrize("sigma,expected", [(0.25, 0.1686), (0.5, 0.3372), (1.0, 0.6745)])
+def test_radius_at_tau_075(sigma, expected):
+    assert certified_radius(sigma, 0.75) == pytest.approx(expected, abs=5e-5)
+
+
+def test_clopper_pearson_matches_scipy_exact_interval():
+    n, alpha = 50, 0.01
+    for k in range(n + 1):
+        got = clopper_pearson_lower(np.array([k]), n, alpha)[0]
+        # the lower end of the two-sided (1 - 2 alpha) exact interval is the one-sided bound
+        want = binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
+        assert got == pytest.approx(want, abs=1e-10)
+
+
+def test_clopper_pearson_agrees_with_binomial_test():
+    """pA_lower >= tau  <=>  P(Bin(n, tau) >= k) <= alpha (duality of the exact test)."""
+    n, alpha = 100, 0.01
+    k = np.arange(n + 1)
+    for tau in (0.6, 0.75, 0.9):
+        assert ((clopper_pearson_lower(k, n, alpha) >= tau) == (binomial_pvalues(k, n, tau) <= alpha)).all()
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 0.2, 1.5, float("nan")])
+def test_tau_outside_open_interval(tau):
+    with pytest.raises(ValueError, match=r"tau must lie in the open interval \(0.5, 1\)"):
+        check_tau(tau)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 2.0])
+def test_alpha_outside_open_interval(alpha):
+    with pytest.raises(ValueError, match=r"alpha must lie in the open interval \(0, 1\)"):
+        check_alpha(alpha)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_counts_must_be_positive_integers(n):
+    with pytest.raises(ValueError, match="n0 must be a positive integer"):
+        check_count("n0", n)
