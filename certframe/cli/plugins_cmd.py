@@ -16,7 +16,7 @@ def plugins(verbose: bool):
     console = Console()
     table = Table(title="certframe plugins")
     for col in ("kind", "name", "provided by", "summary"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # never truncate names to "…"
     for kind in KINDS:
         for name in registry.names(kind):
             e = registry.get(kind, name)

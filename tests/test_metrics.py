@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from certframe.interfaces import ABSTAIN
+from certframe.metrics import (EMPTY_DICE, abstain_rate, certified_accuracy, certified_dice, confusion,
+                               dice_per_class, mean_dice, metric_row)
+
+A = ABSTAIN
+
+
+def t(rows):
+    return torch.tensor(rows)
+
+
+def test_certified_dice_counts_abstain_as_error():
+    pred = t([[1, 1], [A, 0]])
+    gt = t([[1, 0], [1, 0]])
+    assert confusion(pred, gt, 1) == (1, 1, 1)  # TP (0,0); FP (0,1); FN (1,0) abstained
+    assert certified_dice(pred, gt, 1) == pytest.approx(2 / 4)
+    # background: TP (1,1); FP none; FN (0,1) certified as 1
+    assert certified_dice(pred, gt, 0) == pytest.approx(2 / 3)
+
+
+def test_golden_values():
+    gt = t([[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
+    pred = t([[0, 1, A, 0], [A, 1, 1, 1], [0, 0, 0, 0]])
+    # TP = 3, FP = 1 (1,3), FN = 1 (0,2) -> 6 / 8
+    assert certified_dice(pred, gt) == pytest.approx(0.75)
+    assert abstain_rate(pred) == pytest.approx(2 / 12)
+    assert certified_accuracy(pred, gt) == pytest.approx(9 / 12)
+
+
+def test_empty_mask_convention():
+    empty = torch.zeros(3, 3, dtype=torch.long)
+    assert EMPTY_DICE == 1.0
+    assert certified_dice(empty, empty) == 1.0                 # nothing to find, nothing found
+    assert certified_dice(t([[A] * 3] * 3), empty) == 1.0      # all abstain, no foreground
+    one = empty.clone(); one[1, 1] = 1
+    assert certified_dice(one, empty) == 0.0                   # false positive on empty truth
+    assert certified_dice(empty, one) == 0.0                   # missed the only pixel
+    assert certified_dice(t([[A] * 3] * 3), one) == 0.0        # abstained on it
+
+
+def test_multiclass_per_class_and_mean():
+    gt = t([[0, 1, 2], [0, 1, 2]])
+    pred = t([[0, 1, 2], [A, 2, 2]])
+    per = dice_per_class(pred, gt, 3)
+    assert per == {1: pytest.approx(2 / 3), 2: pytest.approx(4 / 5)}
+    assert mean_dice(pred, gt, 3) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    row = metric_row(pred, gt, ("background", "lungs", "heart"))
+    assert row["certified_dice_lungs"] == pytest.approx(2 / 3)
+    assert row["certified_dice_heart"] == pytest.approx(0.8)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differs from target"):
+        certified_dice(torch.zeros(2, 2, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))

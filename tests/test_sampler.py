@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from certframe.sampler import NoiseVoter, accumulate_votes, draw_seed, gaussian_noise
+from conftest import ThresholdSegmenter
+
+
+def labels_of(model):
+    return lambda noisy: model(noisy).argmax(1)
+
+
+def make_voter(x, batch_size, seed=0, image_id="img"):
+    return NoiseVoter(labels_of(ThresholdSegmenter()), x, sigma=0.5, num_classes=2,
+                      batch_size=batch_size, seed=seed, image_id=image_id)
+
+
+@pytest.fixture
+def image():
+    return torch.rand(1, 12, 10, generator=torch.Generator().manual_seed(3))
+
+
+def test_same_seed_same_counts_for_any_batch_size(image):
+    ref = make_voter(image, 1).counts("estimation", 37)
+    for b in (2, 5, 16, 37, 100):
+        assert torch.equal(make_voter(image, b).counts("estimation", 37), ref)
+
+
+def test_counts_sum_to_number_of_draws(image):
+    v = make_voter(image, 8)
+    assert (v.counts("selection", 10).sum(0) == 10).all()
+    assert (v.counts("estimation", 100).sum(0) == 100).all()
+    assert v.draws_used == 110 and v.forward_passes == 2 + 13
+
+
+def test_draws_depend_on_seed_id_phase_and_offset(image):
+    base = make_voter(image, 8).counts("estimation", 50)
+    assert not torch.equal(make_voter(image, 8, seed=1).counts("estimation", 50), base)
+    assert not torch.equal(make_voter(image, 8, image_id="other").counts("estimation", 50), base)
+    assert not torch.equal(make_voter(image, 8).counts("selection", 50), base)
+    # draws [0, 50) = draws [0, 20) + draws [20, 50)
+    v = make_voter(image, 7)
+    assert torch.equal(v.counts("estimation", 20) + v.counts("estimation", 30, start=20), base)
+
+
+def test_noise_is_gaussian_with_sigma():
+    noise = gaussian_noise((1, 64, 64), 0.5, seed=0, image_id="a", phase="p", start=0, count=20,
+                           device="cpu")
+    assert noise.shape == (20, 1, 64, 64)
+    assert noise.std().item() == pytest.approx(0.5, rel=0.02)
+    assert noise.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert draw_seed(0, "a", "p", 1) != draw_seed(0, "a", "p", 2)
+
+
+def test_vote_frequencies_match_closed_form():
+    # one pixel at x = 0.5 + sigma: P(class 1) = Phi(1) = 0.8413
+    x = torch.full((1, 1, 1), 0.5 + 0.5)
+    counts = make_voter(x, 256).counts("estimation", 4000)
+    assert counts[1, 0, 0].item() / 4000 == pytest.approx(0.8413, abs=0.02)
+
+
+def test_accumulate_votes_exact():
+    counts = torch.zeros(3, 2, 2, dtype=torch.int64)
+    labels = torch.tensor([[[0, 1], [2, 2]], [[0, 0], [2, 1]]])
+    accumulate_votes(counts, labels)
+    assert counts.tolist() == [[[2, 1], [0, 0]], [[0, 1], [0, 1]], [[0, 0], [2, 1]]]
+    with pytest.raises(ValueError, match="outside 0..2"):
+        accumulate_votes(counts, torch.full((1, 2, 2), 3))
+
+
+def test_voter_checks_shapes(image):
+    with pytest.raises(ValueError, match=r"one image \[C, H, W\]"):
+        make_voter(image[None], 4)
+    bad = NoiseVoter(lambda z: torch.zeros(z.shape[0], 3, 3, dtype=torch.long), image, sigma=0.5,
+                     num_classes=2)
+    with pytest.raises(ValueError, match="labels of shape"):
+        bad.counts("estimation", 3)
+    with pytest.raises(ValueError, match="number of samples must be a positive integer"):
+        make_voter(image, 4).counts("estimation", 0)
+
+
+def test_memory_does_not_hold_label_maps(image):
+    """The voter keeps only [K, H, W] counts: the model sees at most batch_size draws at once."""
+    seen = []
+
+    def model(noisy):
+        seen.append(noisy.shape[0])
+        return (noisy[:, 0] > 0.5).long()
+
+    NoiseVoter(model, image, sigma=0.5, num_classes=2, batch_size=16).counts("estimation", 1000)
+    assert max(seen) == 16 and sum(seen) == 1000
