@@ -121,7 +121,7 @@ def fake_dists(tmp_path, monkeypatch):
 
 
 def test_entry_point_plugin_is_listed_and_broken_one_reported(fake_dists):
-    result = CliRunner().invoke(main, ["plugins"], env={DISABLE_ENV: ""})
+    result = CliRunner().invoke(main, ["plugins"], env={DISABLE_ENV: "", "COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())  # rich wraps long lines
     assert "ep-threshold" in out
