@@ -1,0 +1,79 @@
+"""The CLI through click's CliRunner."""
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from certframe.cli import main
+from certframe.metrics import mean_dice
+from certframe.registry import get_registry
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def test_certify_writes_one_row_per_image_and_tau(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("certify", "--dataset", "synthetic-lung", "--dataset-option", "count=3",
+                    "--segmenter-option", "weights=synthetic-lung-noise0.25", "--sigma", "0.25",
+                    "--n0", "10", "-n", "100", "--alpha", "0.01", "--tau", "0.75", "--tau", "0.8",
+                    "--batch-size", "20", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == 6
+    assert df["image_id"].tolist() == [f"lung-test-000{i}" for i in (0, 0, 1, 1, 2, 2)]
+    assert df["tau"].tolist() == [0.75, 0.8] * 3
+    assert df["radius"].round(4).tolist() == [0.1686, 0.2104] * 3
+    assert set(df["n0"]) == {10} and set(df["n"]) == {100} and set(df["num_samples"]) == {110}
+    assert ((df["certified_dice"] >= 0) & (df["certified_dice"] <= 1)).all()
+    assert ((df["abstain_rate"] > 0) & (df["abstain_rate"] < 1)).all()
+    # a stricter tau certifies no more pixels
+    assert (df["abstain_rate"].values[1::2] >= df["abstain_rate"].values[0::2]).all()
+    # the clean Dice column is the plain Dice of the base segmenter
+    reg = get_registry(load_entrypoints=False)
+    seg = reg.create("segmenter", "monai", weights="synthetic-lung-noise0.25")
+    data = reg.create("dataset", "synthetic-lung", count=3)
+    s = data[1]
+    clean = seg(s.image[None]).argmax(1)[0]
+    assert df["clean_dice"][2] == pytest.approx(mean_dice(clean, s.mask, 2))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["sigma"] == 0.25 and manifest["config"]["taus"] == [0.75, 0.8]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary[0]["images"] == 3
+
+
+def test_certify_is_reproducible_across_batch_sizes(tmp_path):
+    frames = []
+    for b in (7, 64):
+        out = tmp_path / f"b{b}"
+        r = invoke("certify", "--dataset-option", "count=2", "--segmenter-option", "weights=synthetic-lung",
+                   "-n", "30", "--batch-size", str(b), "--output", str(out), "--quiet")
+        assert r.exit_code == 0, r.output
+        frames.append(pd.read_csv(out / "results.csv").drop(columns=["seconds", "forward_passes"]))
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_unknown_plugin_name_is_a_clear_cli_error(tmp_path):
+    r = CliRunner().invoke(main, ["certify", "--certifier", "magic", "--output", str(tmp_path / "x")])
+    assert r.exit_code != 0
+    assert "unknown certifier 'magic'; available certifiers:" in r.output
+
+
+def test_bad_option_syntax(tmp_path):
+    r = CliRunner().invoke(main, ["certify", "--dataset-option", "count", "--output", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
+
+
+def test_cli_rejects_bad_tau(tmp_path):
+    r = CliRunner().invoke(main, ["certify", "--tau", "0.4", "--output", str(tmp_path / "x"),
+                                 "--segmenter-option", "weights=synthetic-lung"])
+    assert r.exit_code == 1 and "tau must lie in the open interval (0.5, 1)" in r.output
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(main, ["certify", "--segmenter-option", "weights=nowhere.safetensors",
+                                  "--output", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "segmenter weights 'nowhere.safetensors' not found" in r.output
