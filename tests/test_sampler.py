@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from certframe.sampler import NoiseVoter, accumulate_votes, draw_seed, gaussian_noise
+from certframe.sampler import NoiseVoter, accumulate_votes, check_totals, draw_seed, gaussian_noise
 from conftest import ThresholdSegmenter
 
 
@@ -63,8 +63,10 @@ def test_accumulate_votes_exact():
     labels = torch.tensor([[[0, 1], [2, 2]], [[0, 0], [2, 1]]])
     accumulate_votes(counts, labels)
     assert counts.tolist() == [[[2, 1], [0, 0]], [[0, 1], [0, 1]], [[0, 0], [2, 1]]]
-    with pytest.raises(ValueError, match="outside 0..2"):
-        accumulate_votes(counts, torch.full((1, 2, 2), 3))
+    check_totals(counts, 2)
+    accumulate_votes(counts, torch.tensor([[[0, 3], [1, 1]]]))
+    with pytest.raises(ValueError, match=r"outside 0..2: 1 pixel\(s\) got fewer than 3 valid votes"):
+        check_totals(counts, 3)
 
 
 def test_voter_checks_shapes(image):
