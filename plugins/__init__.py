@@ -38,3 +38,15 @@ def register_datasets(register):
     register("synthetic-chest", synthetic.SyntheticChest)
     register("synthetic-polyp", synthetic.SyntheticPolyp)
     register("synthetic-lesion", synthetic.SyntheticLesion)
+
+    from certframe.plugins.datasets import (cvc_clinicdb, folder, isic2018, jsrt, kvasir, montgomery, ph2,
+                                            shenzhen)
+
+    register("kvasir-seg", kvasir.KvasirSEG)
+    register("cvc-clinicdb", cvc_clinicdb.CVCClinicDB)
+    register("isic2018", isic2018.ISIC2018)
+    register("jsrt", jsrt.JSRT)
+    register("montgomery", montgomery.Montgomery)
+    register("shenzhen", shenzhen.Shenzhen)
+    register("ph2", ph2.PH2)
+    register("folder", folder.FolderDataset)
