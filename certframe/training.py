@@ -2,30 +2,58 @@
 noise augmentation (the Gaussian-trained baseline of Cohen et al. 2019 / Salman
 et al. 2019: train on ``x + eps``, eps ~ N(0, sigma^2 I), in [0, 1] pixel space).
 
-The best checkpoint by validation Dice is saved as safetensors with its
-configuration (see :mod:`certframe.checkpoint`).
+Files written for ``checkpoint="out/model.safetensors"``:
+
+* ``out/model.safetensors`` + ``out/model.json``: the best epoch by validation Dice,
+  weights as safetensors with the configuration in its metadata (see
+  :mod:`certframe.checkpoint`); it loads back with the ``monai`` segmenter plugin
+  (``weights=out/model.safetensors``).
+* ``out/model.resume/``: the state after the last finished epoch, for
+  ``resume=True``: ``epoch-N.weights.safetensors``, ``epoch-N.optimizer.safetensors``
+  (Adam's moments and step counts) and ``state.json`` (epoch, best Dice, history,
+  and the random-number generators' states, base64). ``state.json`` is replaced
+  atomically after the tensors are written, so an interruption at any moment
+  leaves a consistent state. A resumed run gives the same weights as an
+  uninterrupted one (same device, same torch build).
 """
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from certframe import metrics
 from certframe.checkpoint import save_checkpoint
 from certframe.interfaces import SegmentationDataset, Segmenter
 
+STATE_VERSION = 1
+# Settings a resumed run must share with the run it continues (epochs may grow).
+RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed")
+
 
 def stack(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor]:
     """All images ``[N, C, H, W]`` and masks ``[N, H, W]`` of a (small) data set."""
+    if len(dataset) == 0:
+        raise ValueError(f"the data set {dataset.identity()} is empty: nothing to train or validate on")
     items = [dataset[i] for i in range(len(dataset))]
+    shapes = {tuple(s.image.shape) for s in items}
+    if len(shapes) > 1:
+        raise ValueError(f"images of different shapes {sorted(shapes)} cannot be batched; give the "
+                         f"data set a size option so that every item is resized")
     return torch.stack([s.image for s in items]), torch.stack([s.mask for s in items])
 
 
 @dataclass
 class TrainResult:
+    """best_dice: best validation Dice (mean foreground Dice over images); best_epoch: its epoch
+    (0-based); history: one ``{"epoch", "loss", "val_dice"}`` per epoch; checkpoint: the best file."""
+
     best_dice: float
     best_epoch: int
     history: list[dict] = field(default_factory=list)
@@ -34,7 +62,7 @@ class TrainResult:
 
 def evaluate_dice(model: Segmenter, images: torch.Tensor, masks: torch.Tensor, num_classes: int,
                   batch_size: int = 32, device="cpu") -> float:
-    """Mean foreground Dice of ``model`` over images ``[N, C, H, W]``."""
+    """Mean over images of the mean foreground Dice of ``model`` (images ``[N, C, H, W]``)."""
     model.eval()
     scores = []
     with torch.inference_mode():
@@ -44,19 +72,104 @@ def evaluate_dice(model: Segmenter, images: torch.Tensor, masks: torch.Tensor, n
     return sum(scores) / max(len(scores), 1)
 
 
+def resume_dir(checkpoint: str | Path) -> Path:
+    """``out/model.safetensors`` -> ``out/model.resume``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".resume")
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def _save_optimizer(path: Path, optim: torch.optim.Optimizer) -> None:
+    sd = optim.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _load_optimizer(path: Path, optim: torch.optim.Optimizer) -> None:
+    state: dict[int, dict] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        for key in f.keys():
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = f.get_tensor(key)
+    for key, value in json.loads(meta["scalars"]).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optim.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+
+
+def _save_state(folder: Path, epoch: int, net: torch.nn.Module, optim, config: dict, state: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"epoch-{epoch}.weights.safetensors"
+    optimizer = folder / f"epoch-{epoch}.optimizer.safetensors"
+    save_checkpoint(weights, net, config, sidecar=False)
+    _save_optimizer(optimizer, optim)
+    state = {**state, "version": STATE_VERSION, "epoch": epoch, "weights": weights.name,
+             "optimizer": optimizer.name}
+    tmp = folder / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.replace(folder / "state.json")
+    for old in folder.glob("epoch-*.safetensors"):  # earlier epochs are no longer needed
+        if old.name not in (weights.name, optimizer.name):
+            old.unlink()
+
+
+def load_resume_state(checkpoint: str | Path) -> dict:
+    """The ``state.json`` of a resumable run (raises FileNotFoundError naming the folder)."""
+    path = resume_dir(checkpoint) / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: no training state at {str(path)!r} (it is written after "
+                                f"each epoch of a run with checkpoint={str(checkpoint)!r})")
+    return json.loads(path.read_text())
+
+
 def train_segmenter(model: Segmenter, train: SegmentationDataset, val: SegmentationDataset, *,
                     epochs: int = 10, batch_size: int = 16, lr: float = 1e-3, noise_sigma: float = 0.0,
                     seed: int = 0, device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
                     config: dict | None = None,
-                    on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train ``model`` (a :class:`Segmenter` holding an ``nn.Module``) in place.
+                    on_epoch: Callable[[dict], None] | None = None,
+                    resume: bool = False, progress: bool = False, console=None) -> TrainResult:
+    """Train ``model`` (a :class:`Segmenter` holding an ``nn.Module`` in ``.net``) in place.
 
+    train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``).
+    epochs: total number of epochs (a resumed run continues up to this number).
     noise_sigma: std of the Gaussian augmentation in [0, 1] pixel units (0 = clean).
-    Validation Dice is measured on clean images for clean training and on one
-    fixed noisy copy per image for noise training. Returns the best epoch's Dice.
+    Validation Dice (mean foreground Dice, :func:`certframe.metrics.mean_dice`) is
+    measured after every epoch on clean images for clean training and on one fixed
+    noisy copy per image for noise training. Each batch is flipped left-right with
+    probability 1/2. checkpoint: where the best epoch is saved (with ``config`` plus
+    a ``training`` section); the resumable state goes to :func:`resume_dir`.
+    resume: continue from the state saved by an earlier run with the same
+    checkpoint path and the same batch_size, lr, noise_sigma and seed.
+    progress: show a rich progress bar (epochs and batches, last validation Dice).
+    Returns the best epoch's Dice, its index and the per-epoch history.
     """
     from monai.losses import DiceCELoss
 
+    if epochs < 1 or batch_size < 1 or lr <= 0 or noise_sigma < 0:
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, noise_sigma >= 0; got epochs={epochs}, "
+                         f"batch_size={batch_size}, lr={lr}, noise_sigma={noise_sigma}")
+    if train.num_classes != val.num_classes:
+        raise ValueError(f"train has {train.num_classes} classes, val has {val.num_classes}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint path of the run to continue")
+    net = model.net if hasattr(model, "net") else model
     torch.manual_seed(seed)
     device = torch.device(device)
     model.to(device)
@@ -68,36 +181,83 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
+    training = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "noise_sigma": noise_sigma, "seed": seed}
+    model_config = dict(config or {})
     result = TrainResult(best_dice=-1.0, best_epoch=-1)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(images), generator=g)
-        total = 0.0
-        for i in range(0, len(images), batch_size):
-            idx = order[i:i + batch_size]
-            x, y = images[idx], masks[idx]
-            if torch.rand(1, generator=g) < 0.5:  # horizontal flip
-                x, y = x.flip(-1), y.flip(-1)
-            if noise_sigma > 0:
-                x = x + noise_sigma * torch.randn(x.shape, generator=g)
-            x, y = x.to(device), y.to(device)
-            optim.zero_grad()
-            loss = loss_fn(model(x), y.unsqueeze(1))
-            loss.backward()
-            optim.step()
-            total += loss.item() * len(idx)
-        dice = evaluate_dice(model, val_images, val_masks, train.num_classes, batch_size, device)
-        record = {"epoch": epoch, "loss": total / len(images), "val_dice": dice}
-        result.history.append(record)
-        if dice > result.best_dice:
-            result.best_dice, result.best_epoch = dice, epoch
+    start = 0
+    if resume:
+        state = load_resume_state(checkpoint)
+        clash = {k: (state["training"].get(k), training[k]) for k in RESUME_KEYS
+                 if state["training"].get(k) != training[k]}
+        if clash:
+            raise ValueError("cannot resume with different settings (saved, asked): "
+                             + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in clash.items()))
+        folder = resume_dir(checkpoint)
+        from certframe.checkpoint import load_checkpoint
+
+        saved_config, weights = load_checkpoint(folder / state["weights"])
+        for key in ("arch", "in_channels", "num_classes", "network"):
+            if key in model_config and key in saved_config and saved_config[key] != model_config[key]:
+                raise ValueError(f"cannot resume: the saved model has {key}={saved_config[key]!r}, "
+                                 f"this one {key}={model_config[key]!r}")
+        net.load_state_dict(weights)
+        _load_optimizer(folder / state["optimizer"], optim)
+        g.set_state(_unb64(state["generator"]))
+        torch.set_rng_state(_unb64(state["torch_rng"]))
+        result.best_dice, result.best_epoch = state["best_dice"], state["best_epoch"]
+        result.history = list(state["history"])
+        if checkpoint is not None and Path(checkpoint).is_file():
+            result.checkpoint = Path(checkpoint)
+        start = state["epoch"] + 1
+    batches = (len(images) + batch_size - 1) // batch_size
+    bar = _progress(console, enabled=progress)
+    with bar:
+        epoch_task = bar.add_task("epochs", total=epochs, completed=start, info="")
+        batch_task = bar.add_task("batches", total=batches, info="")
+        for epoch in range(start, epochs):
+            model.train()
+            bar.reset(batch_task, total=batches)
+            order = torch.randperm(len(images), generator=g)
+            total = 0.0
+            for i in range(0, len(images), batch_size):
+                idx = order[i:i + batch_size]
+                x, y = images[idx], masks[idx]
+                if torch.rand(1, generator=g) < 0.5:  # horizontal flip
+                    x, y = x.flip(-1), y.flip(-1)
+                if noise_sigma > 0:
+                    x = x + noise_sigma * torch.randn(x.shape, generator=g)
+                x, y = x.to(device), y.to(device)
+                optim.zero_grad()
+                loss = loss_fn(model(x), y.unsqueeze(1))
+                loss.backward()
+                optim.step()
+                total += loss.item() * len(idx)
+                bar.update(batch_task, advance=1, info=f"loss {loss.item():.3f}")
+            dice = evaluate_dice(model, val_images, val_masks, train.num_classes, batch_size, device)
+            record = {"epoch": epoch, "loss": total / len(images), "val_dice": dice}
+            result.history.append(record)
+            if dice > result.best_dice:
+                result.best_dice, result.best_epoch = dice, epoch
+                if checkpoint is not None:
+                    cfg = dict(model_config)
+                    cfg["training"] = {**training, "best_epoch": epoch, "val_dice": dice}
+                    result.checkpoint = save_checkpoint(checkpoint, net, cfg)
             if checkpoint is not None:
-                cfg = dict(config or {})
-                cfg["training"] = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                                   "noise_sigma": noise_sigma, "seed": seed, "best_epoch": epoch,
-                                   "val_dice": dice}
-                result.checkpoint = save_checkpoint(checkpoint, model.net if hasattr(model, "net") else model, cfg)
-        if on_epoch is not None:
-            on_epoch(record)
+                _save_state(resume_dir(checkpoint), epoch, net, optim, {**model_config, "training": training},
+                            {"training": training, "best_dice": result.best_dice,
+                             "best_epoch": result.best_epoch, "history": result.history,
+                             "generator": _b64(g.get_state()), "torch_rng": _b64(torch.get_rng_state())})
+            bar.update(epoch_task, advance=1,
+                       info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ {result.best_epoch})")
+            if on_epoch is not None:
+                on_epoch(record)
     model.eval()
     return result
+
+
+def _progress(console, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                    disable=not enabled, transient=False)
