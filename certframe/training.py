@@ -248,7 +248,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                              "best_epoch": result.best_epoch, "history": result.history,
                              "generator": _b64(g.get_state()), "torch_rng": _b64(torch.get_rng_state())})
             bar.update(epoch_task, advance=1,
-                       info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ {result.best_epoch})")
+                       info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ epoch {result.best_epoch + 1})")
             if on_epoch is not None:
                 on_epoch(record)
     model.eval()
