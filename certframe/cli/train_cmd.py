@@ -9,7 +9,9 @@ import importlib
 
 import click
 
-TRAIN_COMMANDS: dict[str, str] = {}
+TRAIN_COMMANDS: dict[str, str] = {
+    "certframe.cli.train_segmenter_cmd": "segmenter",
+}
 
 
 @click.group("train")
