@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from certframe import metrics
-from certframe.interfaces import Certifier, Denoiser, SegmentationDataset, Segmenter
+from certframe.interfaces import Certifier, Denoiser, Sample, SegmentationDataset, Segmenter
 from certframe.smoothing import SmoothedSegmenter, make_request
 from certframe.validation import validate_sample
 
@@ -46,11 +46,17 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
                     taus: Sequence[float] = (0.75,), batch_size: int = 32, seed: int = 0,
                     device: str | torch.device = "auto", names: Names | None = None,
                     indices: Iterable[int] | None = None,
-                    on_image: Callable[[int, str, list[dict]], None] | None = None) -> Iterator[dict]:
+                    on_image: Callable[[int, str, list[dict]], None] | None = None,
+                    on_certificates: Callable[[int, Sample, list, torch.Tensor], None] | None = None,
+                    ) -> Iterator[dict]:
     """Yield result rows (dicts), image by image.
 
     indices: which items to certify (default: all); lets a caller skip finished ones.
     on_image: called after each image with (index, image id, its rows).
+    on_certificates: called after each image, before ``on_image``, with (index, the
+        :class:`Sample`, its :class:`~certframe.results.Certificate` list (one per tau),
+        the base segmenter's clean prediction int64 ``[H, W]`` on the CPU); lets a caller
+        keep the label maps (run folders save them for figures).
     """
     request = make_request(sigma, n0, n, alpha, taus)
     names = names or Names()
@@ -87,6 +93,8 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
                         "num_samples": cert.num_samples,
                         "forward_passes": cert.info.get("forward_passes", 0), "seconds": seconds})
             rows.append(row)
+        if on_certificates is not None:
+            on_certificates(index, sample, certs, clean)
         if on_image is not None:
             on_image(index, sample.id, rows)
         yield from rows

@@ -72,6 +72,14 @@ class SegmentationDataset(abc.ABC):
         """A JSON-able description that identifies the data (for run manifests)."""
         return {"class": type(self).__name__, "len": len(self)}
 
+    def item_ids(self) -> list[str]:
+        """The ids of all items, in index order (hashed into run manifests).
+
+        The default loads every item; data sets that know their ids without
+        reading the files should override it.
+        """
+        return [self[i].id for i in range(len(self))]
+
 
 class Segmenter(nn.Module, abc.ABC):
     """A base segmentation model: ``forward([B, C, H, W] in [0, 1]) -> logits [B, K, H, W]``.

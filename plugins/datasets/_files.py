@@ -326,6 +326,9 @@ class FileSegmentationDataset(SegmentationDataset):
         image_t = resize_image(image, self.size)
         return Sample(image_t, resize_mask(mask, tuple(image_t.shape[-2:])), pair.id)
 
+    def item_ids(self) -> list[str]:
+        return [p.id for p in self.pairs]
+
     def identity(self) -> dict:
         return {"class": type(self).__name__, "name": self.name, "root": str(self.root),
                 "size": self.size, "split": self.split, "seed": self.seed,
