@@ -111,6 +111,8 @@ def read_array(path: Path) -> np.ndarray:
             import tifffile
 
             arr = np.asarray(tifffile.imread(str(path)))
+            if arr.size == 0 or arr.ndim < 2:
+                raise ValueError(f"no pixel data (shape {arr.shape})")
             if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
                 arr = np.moveaxis(arr, 0, -1)  # planar TIFF -> [H, W, C]
             return arr
