@@ -1,28 +1,59 @@
-"""Run folders: a manifest, results written as they are produced, a summary.
+"""Run folders: a manifest, results written as they are produced, certificates, a summary.
 
 Layout of a run folder::
 
-    manifest.json   resolved configuration (plugins and options, sigma, n0, n, alpha,
-                    taus, seed, device, package versions, data set identity)
-    results.csv     one row per (image, tau), appended image by image
-    summary.json    means over images per (method, sigma, tau), written at the end
+    manifest.json        what was run: the configuration (``config``: plugin names and
+                         the options given, sigma, n0, n, alpha, taus, seed, batch size,
+                         device asked for, limit), every plugin with its resolved options
+                         (defaults filled in), distribution and version, the data set's
+                         identity (its ``identity()`` plus a SHA-256 of that JSON and the
+                         item ids), the device used, package versions, the status
+                         (``running`` / ``complete``) and the time stamps.
+    results.csv          one row per (image, tau), appended image by image (flush + fsync);
+                         sorted by (index, tau) once the run is complete.
+    results.parquet      the same table, written at the end where pyarrow is installed.
+    summary.json         mean and std over images per (method, sigma, tau, radius).
+    certificates/        one ``NNNNNN.npz`` per image (numpy, no pickle): ``labels``
+                         int16 ``[T, H, W]`` (the certified class per tau, -1 = ABSTAIN),
+                         ``taus`` ``[T]``, ``mask`` ``[H, W]``, ``clean`` ``[H, W]`` (the
+                         base segmenter's prediction), ``image`` uint8 ``[C, H, W]``.
 
-An interrupted run continues with ``resume=True``: images already in results.csv
-are skipped, so the final results equal those of an uninterrupted run (every
-noise draw is fixed by the seed and the image id).
+Resume: an interrupted run (Ctrl-C, ``kill -9``, power loss) continues with
+``resume=True``. Rows of one image are written in one call and fsync'ed, so at
+most the last image is lost; a partially written trailing image (fewer rows than
+taus, or a cut-off line) is dropped and certified again. Every noise draw is
+fixed by (seed, image id, draw index), so the final results equal those of an
+uninterrupted run in every column but the wall-time ones (``seconds``).
 """
 from __future__ import annotations
 
 import csv
+import datetime as _dt
+import hashlib
+import io
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
-MANIFEST, RESULTS, SUMMARY = "manifest.json", "results.csv", "summary.json"
-_VERSIONED = ("certframe", "torch", "numpy", "scipy", "monai", "diffusers", "torchattacks", "pandas")
+FORMAT = "certframe-run/1"
+MANIFEST, RESULTS, RESULTS_PARQUET, SUMMARY = "manifest.json", "results.csv", "results.parquet", "summary.json"
+CERTIFICATES = "certificates"
+SUMMARY_KEYS = ["segmenter", "denoiser", "certifier", "sigma", "tau", "radius"]
+REQUIRED_COLUMNS = ["image_id", "index", "segmenter", "denoiser", "certifier", "sigma", "tau", "radius",
+                    "certified_dice", "clean_dice", "abstain_rate", "seconds"]
+WALL_TIME_COLUMNS = ("seconds",)
+_VERSIONED = ("certframe", "torch", "numpy", "scipy", "monai", "diffusers", "torchattacks", "pandas",
+              "pyarrow")
+
+
+class RunError(ValueError):
+    """A run folder is missing, corrupt, or does not match what was asked."""
 
 
 def package_versions() -> dict[str, str]:
@@ -35,68 +66,320 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (tuples -> lists, paths and other objects -> str)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def dataset_identity(dataset) -> dict:
+    """The data set's ``identity()`` plus ``items`` (count) and ``sha256``.
+
+    ``sha256`` hashes the identity's canonical JSON and the item ids in order, so two
+    runs on the same files in the same order share it, and a changed file list or
+    split does not.
+    """
+    ident = jsonable(dataset.identity())
+    ids = list(dataset.item_ids())
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
+    for i in ids:
+        h.update(b"\n" + str(i).encode())
+    return {**ident, "items": len(ids), "sha256": h.hexdigest()}
+
+
+def resolved_options(entry, given: dict) -> dict:
+    """The options a plugin was built with: its signature's defaults updated by ``given``."""
+    out = {}
+    for name, param in entry.options().items():
+        if param.default is not param.empty:
+            out[name] = param.default
+    out.update(given)
+    return jsonable(out)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} in the run, {b!r} now")
+    return out
+
+
 class RunFolder:
+    """One run folder on disk (see the module docstring for its layout)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def start(self, config: dict, *, resume: bool = False, overwrite: bool = False) -> set[str]:
-        """Create the folder and write the manifest; return image ids already done.
+    # -- paths
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
 
-        A folder that already holds results needs ``resume`` (same configuration)
-        or ``overwrite``; otherwise it is an error, so nothing computed is lost.
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS
+
+    def certificate_path(self, index: int) -> Path:
+        return self.path / CERTIFICATES / f"{int(index):06d}.npz"
+
+    # -- writing
+    def start(self, manifest: dict, *, resume: bool = False, overwrite: bool = False) -> dict[int, str]:
+        """Create the folder, write ``manifest``; return ``{index: image id}`` of images done.
+
+        ``manifest["config"]`` is what must match on resume (plus the data set's hash,
+        ``manifest["dataset"]["sha256"]``). A folder that already holds results needs
+        ``resume`` (same configuration) or ``overwrite``; otherwise it is an error,
+        so nothing computed is lost.
         """
+        if resume and overwrite:
+            raise RunError("--resume and --overwrite exclude each other")
         self.path.mkdir(parents=True, exist_ok=True)
-        manifest = self.path / MANIFEST
-        results = self.path / RESULTS
-        if results.exists() and not (resume or overwrite):
-            raise FileExistsError(f"{self.path} already holds results; pass --resume to continue that run "
-                                  f"or --overwrite to start again")
-        if resume and manifest.exists():
-            old = json.loads(manifest.read_text()).get("config")
-            if old != config:
-                diff = sorted(k for k in set(old or {}) | set(config) if (old or {}).get(k) != config.get(k))
-                raise ValueError(f"cannot resume {self.path}: its configuration differs in {diff}")
+        has_results = self.results_path.exists() and self.results_path.stat().st_size > 0
+        if has_results and not (resume or overwrite):
+            raise RunError(f"{self.path} already holds results; pass --resume to continue that run "
+                           f"or --overwrite to start again")
+        done: dict[int, str] = {}
+        if resume and self.manifest_path.exists():
+            old = self.manifest()
+            diff = _config_diff(old.get("config", {}), manifest["config"])
+            old_hash = old.get("dataset", {}).get("sha256")
+            new_hash = manifest.get("dataset", {}).get("sha256")
+            if old_hash != new_hash:
+                diff.append(f"data set identity: {old_hash} in the run, {new_hash} now")
+            if diff:
+                raise RunError(f"cannot resume {self.path}: its configuration differs: " + "; ".join(diff)
+                               + " (use another --output, or --overwrite to start again)")
+            manifest = {**manifest, "created": old.get("created", manifest.get("created")),
+                        "resumed": old.get("resumed", 0) + 1}
+            if has_results:
+                done = self.repair(rows_per_image=len(manifest["config"]["taus"]))
+        elif resume and has_results:
+            raise RunError(f"cannot resume {self.path}: results.csv exists but manifest.json is missing")
         if overwrite:
-            for name in (RESULTS, SUMMARY):
+            for name in (RESULTS, RESULTS_PARQUET, SUMMARY):
                 (self.path / name).unlink(missing_ok=True)
-        manifest.write_text(json.dumps({"config": config, "versions": package_versions()}, indent=2) + "\n")
-        return self.done_ids(len(config.get("taus", [0]))) if resume else set()
+            cert_dir = self.path / CERTIFICATES
+            if cert_dir.is_dir():
+                for f in cert_dir.glob("*.npz"):
+                    f.unlink()
+        self.write_manifest({**manifest, "status": "running"})
+        return done
 
-    def done_ids(self, rows_per_image: int = 1) -> set[str]:
-        results = self.path / RESULTS
-        if not results.exists() or results.stat().st_size == 0:
-            return set()
-        df = pd.read_csv(results, dtype={"image_id": str})
-        counts = df.groupby("image_id").size()
-        return set(counts[counts >= rows_per_image].index)
+    def write_manifest(self, manifest: dict) -> None:
+        _atomic_write(self.manifest_path, (json.dumps(jsonable(manifest), indent=2) + "\n").encode())
+
+    def update_manifest(self, **fields) -> dict:
+        manifest = {**self.manifest(), **fields}
+        self.write_manifest(manifest)
+        return manifest
 
     def append(self, rows: list[dict]) -> None:
-        """Append the rows of one image; the file is flushed so a kill loses at most that image."""
+        """Append the rows of one image in one write, then flush and fsync.
+
+        A kill loses at most this image; :meth:`repair` drops its partial rows.
+        """
         if not rows:
             return
-        results = self.path / RESULTS
+        results = self.results_path
         new = not results.exists() or results.stat().st_size == 0
+        columns = list(rows[0])
         if not new:
-            with results.open() as f:
-                header = next(csv.reader(f))
-            if list(rows[0]) != header:
-                raise ValueError(f"{results} has columns {header}, new rows have {list(rows[0])}")
+            header = self.header()
+            if columns != header:
+                raise RunError(f"{results} has columns {header}, the new rows have {columns}")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
         with results.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+            f.write(buf.getvalue())
             f.flush()
+            os.fsync(f.fileno())
 
-    def results(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / RESULTS, dtype={"image_id": str})
+    def save_certificate(self, index: int, *, labels: np.ndarray, taus: Sequence[float], mask: np.ndarray,
+                         clean: np.ndarray, image: np.ndarray) -> Path:
+        """Write one image's label maps (``labels [T, H, W]``, -1 = ABSTAIN) as a compressed npz.
 
-    def write_summary(self) -> pd.DataFrame:
-        df = self.results()
-        keys = ["segmenter", "denoiser", "certifier", "sigma", "tau", "radius"]
-        values = [c for c in df.columns if c.endswith("dice") or c.startswith("certified_dice")
-                  or c in ("abstain_rate", "certified_accuracy", "seconds")]
-        summary = df.groupby(keys, dropna=False)[sorted(set(values))].mean().reset_index()
-        summary["images"] = df.groupby(keys, dropna=False).size().values
-        (self.path / SUMMARY).write_text(summary.to_json(orient="records", indent=2) + "\n")
+        ``image`` float ``[C, H, W]`` in [0, 1] is stored as uint8 (for figures only).
+        """
+        path = self.certificate_path(index)
+        path.parent.mkdir(exist_ok=True)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, labels=np.asarray(labels, dtype=np.int16),
+                            taus=np.asarray(taus, dtype=np.float64),
+                            mask=np.asarray(mask, dtype=np.int16), clean=np.asarray(clean, dtype=np.int16),
+                            image=np.round(np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255)
+                            .astype(np.uint8))
+        _atomic_write(path, buf.getvalue())
+        return path
+
+    def finish(self) -> pd.DataFrame:
+        """Sort the results by (index, tau), write Parquet and the summary; mark the run complete."""
+        df = self.results(require_complete=False)
+        df = df.sort_values(["index", "tau"], kind="stable").reset_index(drop=True)
+        _atomic_write(self.results_path, df.to_csv(index=False, lineterminator="\n").encode())
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            df.to_parquet(self.path / RESULTS_PARQUET, index=False)
+        summary = summarize(df)
+        _atomic_write(self.path / SUMMARY,
+                      (summary.to_json(orient="records", indent=2, double_precision=15) + "\n").encode())
+        self.update_manifest(status="complete", finished=_now(), images=int(df["index"].nunique()))
         return summary
+
+    # -- reading
+    def manifest(self) -> dict:
+        if not self.path.is_dir():
+            raise RunError(f"{self.path} is not a run folder: no such directory")
+        if not self.manifest_path.exists():
+            raise RunError(f"{self.path} is not a certframe run folder: {MANIFEST} is missing "
+                           f"(expected a folder written by `certframe certify`)")
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise RunError(f"{self.manifest_path} is not valid JSON: {err}") from err
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+            raise RunError(f"{self.manifest_path} has no 'config' object; it was not written by certframe")
+        return manifest
+
+    def header(self) -> list[str]:
+        with self.results_path.open(newline="") as f:
+            return next(csv.reader(f), [])
+
+    def _scan(self, rows_per_image: int) -> tuple[pd.DataFrame, int, str | None]:
+        """Parse results.csv; return (complete rows, byte offset where they end, problem or None)."""
+        data = self.results_path.read_bytes()
+        lines = data.split(b"\n")
+        problem = None
+        if lines and lines[-1] != b"":
+            problem = f"its last line is cut off ({lines[-1][:40]!r}...)"
+        lines = lines[:-1]  # the tail after the last newline: empty or partial
+        if not lines:
+            return pd.DataFrame(), 0, problem or "it is empty"
+        header = next(csv.reader([lines[0].decode()]))
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise RunError(f"{self.results_path} lacks the column(s) {missing}; expected at least "
+                           f"{REQUIRED_COLUMNS}, found {header}")
+        offsets = np.cumsum([len(line) + 1 for line in lines])  # end of each line
+        parsed = list(csv.reader([line.decode() for line in lines[1:]]))
+        good = len(parsed)
+        for i, fields in enumerate(parsed):
+            if len(fields) != len(header):
+                if i == len(parsed) - 1:
+                    problem, good = f"line {i + 2} has {len(fields)} fields, the header {len(header)}", i
+                    break
+                raise RunError(f"{self.results_path} is corrupt: line {i + 2} has {len(fields)} fields, "
+                               f"the header has {len(header)}")
+        df = pd.read_csv(io.StringIO("\n".join(line.decode() for line in lines[:good + 1]) + "\n"),
+                         dtype={"image_id": str})
+        if len(df):
+            # rows of one image are consecutive; a short group may only be the last one
+            groups = (df["index"] != df["index"].shift()).cumsum()
+            sizes = df.groupby(groups, sort=False).size()
+            if len(sizes) != df["index"].nunique():
+                dup = df["index"][df["index"].duplicated()].iloc[0]
+                raise RunError(f"{self.results_path} is corrupt: the rows of image index {int(dup)} "
+                               f"appear in two places")
+            short = sizes[sizes != rows_per_image]
+            if len(short):
+                first = short.index[0]
+                if first != sizes.index[-1] or sizes.iloc[-1] > rows_per_image:
+                    idx = df.loc[groups == first, "index"].iloc[0]
+                    raise RunError(f"{self.results_path} is corrupt: image index {idx} has "
+                                   f"{int(short.iloc[0])} rows, expected {rows_per_image} (one per tau)")
+                keep = int((groups != first).sum())
+                problem = problem or (f"its last image (index {int(df['index'].iloc[-1])}) has "
+                                      f"{int(sizes.iloc[-1])} of {rows_per_image} rows")
+                df, good = df.iloc[:keep], keep
+        return df, int(offsets[good]), problem
+
+    def repair(self, rows_per_image: int) -> dict[int, str]:
+        """Drop a partially written trailing image; return ``{index: image id}`` of complete ones."""
+        df, end, _ = self._scan(rows_per_image)
+        if end < self.results_path.stat().st_size:
+            with self.results_path.open("r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        if not len(df):
+            return {}
+        return dict(zip(df["index"].astype(int), df["image_id"]))
+
+    def results(self, *, require_complete: bool = True) -> pd.DataFrame:
+        """The results table, checked: columns, whole lines, one row per tau for every image.
+
+        require_complete: the manifest must say the run finished (else: how to resume it).
+        """
+        manifest = self.manifest()
+        if not self.results_path.exists():
+            raise RunError(f"{self.path} holds no {RESULTS}: the run has not certified any image yet")
+        taus = manifest["config"].get("taus") or [0]
+        df, _, problem = self._scan(len(taus))
+        if problem is not None:
+            raise RunError(f"{self.results_path} is truncated: {problem}; continue the run with "
+                           f"`certframe certify --resume --from-manifest {self.manifest_path} "
+                           f"--output {self.path}`")
+        if require_complete and manifest.get("status") != "complete":
+            raise RunError(f"{self.path} is incomplete (status {manifest.get('status')!r}, "
+                           f"{df['index'].nunique()} images done); continue it with `certframe certify "
+                           f"--resume --from-manifest {self.manifest_path} --output {self.path}`")
+        return df
+
+    def certificate(self, index: int) -> dict[str, np.ndarray]:
+        path = self.certificate_path(index)
+        if not path.exists():
+            raise RunError(f"{path} is missing: the run was made with --no-certificates or the file was deleted")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (segmenter, denoiser, certifier, sigma, tau, radius): mean over images of every
+    metric column (same name), ``*_std`` (population std, ddof=0, as ``numpy.std``) of
+    certified and clean Dice and ``images`` (count)."""
+    keys = [k for k in SUMMARY_KEYS if k in df.columns]
+    values = sorted({c for c in df.columns if c.endswith("dice") or c.startswith("certified_dice")
+                     or c in ("abstain_rate", "certified_accuracy", "seconds")})
+    g = df.groupby(keys, dropna=False, sort=False)
+    summary = g[values].mean()
+    for c in ("certified_dice", "clean_dice"):
+        if c in df.columns:
+            summary[f"{c}_std"] = g[c].std(ddof=0)
+    summary["images"] = g.size()
+    return summary.reset_index()
+
+
+def compare_results(a: pd.DataFrame, b: pd.DataFrame, ignore: Iterable[str] = WALL_TIME_COLUMNS) -> None:
+    """Assert two result tables are equal in every column but the wall-time ones."""
+    drop = [c for c in ignore if c in a.columns]
+    pd.testing.assert_frame_equal(a.drop(columns=drop).reset_index(drop=True),
+                                  b.drop(columns=[c for c in ignore if c in b.columns]).reset_index(drop=True))
