@@ -150,7 +150,9 @@ def _substitute(value: Any, names: dict) -> Any:
 
 def _default_name(spec: dict) -> str:
     weights = spec["segmenter_options"].get("weights")
-    name = spec["segmenter"] + (f"-{Path(str(weights)).stem}" if weights else "")
+    name = spec["segmenter"]
+    if weights:
+        name += "-" + Path(str(weights).rstrip("/")).name.removesuffix(".safetensors").removesuffix(".json")
     if spec["denoiser"] != "none":
         name += f"+{spec['denoiser']}"
     return name

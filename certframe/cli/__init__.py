@@ -24,6 +24,9 @@ COMMANDS = {
 @click.version_option(__version__, prog_name="certframe")
 def main():
     """Certify medical image segmentation models with randomized smoothing."""
+    from certframe.cli.logs import setup_logging
+
+    setup_logging()
 
 
 for _module, _attr in COMMANDS.items():

@@ -116,8 +116,17 @@ def run_certify(*, dataset: str, dataset_options: dict, segmenter: str, segmente
 
 
 def _label(name: str, options: dict) -> str:
+    """``monai`` + ``weights=out/lung-noise0.25.safetensors`` -> ``monai:lung-noise0.25``."""
     weights = options.get("weights")
-    return f"{name}:{Path(str(weights)).stem}" if weights else name
+    return f"{name}:{weights_name(weights)}" if weights else name
+
+
+def weights_name(weights) -> str:
+    """The file name of a weights path without ``.safetensors`` / ``.json`` (dots in names stay)."""
+    name = Path(str(weights).rstrip("/")).name
+    for suffix in (".safetensors", ".json"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def _method_label(segmenter: str, segmenter_options: dict, denoiser: str) -> str:

@@ -47,7 +47,8 @@ def demo(output, images, sigma, n, seed, device, quiet):
                               denoiser_options=den_opts, certifier="segcertify", certifier_options={},
                               sigma=sigma, n0=10, n=n, alpha=0.001, taus=(0.75,), batch_size=50,
                               seed=seed, device=device, output=output / f"{i}-{den}", overwrite=True,
-                              quiet=True, registry=registry, console=console)
+                              quiet=True, registry=registry, console=console, label=label,
+                              show_summary=False)
         summary.insert(0, "method", label)
         frames.append(summary)
     print_summary(pd.concat(frames, ignore_index=True).assign(segmenter=lambda d: d["method"]), console,
