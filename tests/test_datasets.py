@@ -83,7 +83,8 @@ def kvasir_root(tmp_path):
     root = tmp_path / "Kvasir-SEG"
     sizes = [(48, 64), (64, 48), (40, 40), (56, 72), (64, 64), (30, 50)]  # mixed sizes, like the real set
     for k, (h, w) in enumerate(sizes):
-        save(rgb(h, w, k), root / "images" / f"case{k}.jpg", quality=95)
+        img = rgb(h, w, k) if k != 5 else np.full((h, w), 20 * k + 10, np.uint8)  # case5 is grey
+        save(img, root / "images" / f"case{k}.jpg", quality=95)
         save((disc(h, w, k) * 255).astype(np.uint8), root / "masks" / f"case{k}.jpg", quality=60)
     save(rgb(32, 32, 9), root / "images" / "lonely.jpg")  # an image without a mask
     strays(root / "images")
@@ -103,6 +104,9 @@ def test_kvasir_pairs_exactly_and_thresholds_jpeg_masks(kvasir_root):
         validate_sample(s, ds.class_names, 3)
         assert s.image.dtype == torch.float32 and s.mask.dtype == torch.int64
         assert abs(float(s.image[0].mean()) * 255 - (20 * k + 10)) < 2  # the right image...
+        if k == 5:
+            assert Image.open(kvasir_root / "images" / "case5.jpg").mode == "L"
+            assert torch.equal(s.image[0], s.image[1]) and torch.equal(s.image[0], s.image[2])  # grey -> RGB
         raw = np.asarray(Image.open(kvasir_root / "masks" / f"case{k}.jpg"))
         truth = disc(*raw.shape, k)
         assert len(np.unique(raw)) > 2  # JPEG artefacts are really there: thresholding matters
