@@ -71,7 +71,8 @@ def run_certify(*, dataset: str, dataset_options: dict, segmenter: str, segmente
                               "certificates": bool(certificates)},
                 "device": str(resolve_device(device)), "plugins": plugins,
                 "correction": plugins["certifier"]["options"].get("correction"),
-                "dataset": dataset_identity(data), "versions": package_versions(),
+                "dataset": dataset_identity(data), "classes": list(data.class_names),
+                "versions": package_versions(),
                 "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "created": _now()}
     run = RunFolder(output)
     done = run.start(manifest, resume=resume, overwrite=overwrite)

@@ -1,0 +1,148 @@
+"""Figures of certification results (matplotlib, Agg canvas: no display, no global pyplot state).
+
+* :func:`dice_vs_radius`   certified Dice (mean +- std over images) against the
+  certified radius R = sigma * Phi^-1(tau), one line per method: the standard figure
+  of randomized-smoothing papers (Cohen et al. 2019; Fischer et al. 2021; Laousy et
+  al. 2023), with each method's runs at several sigmas joined into one curve.
+* :func:`abstain_vs_radius` the mean abstain rate against the radius, per method.
+* :func:`overlays`          per image: the image, its ground truth, the base
+  segmenter's clean prediction and the certified prediction at each tau, with
+  abstained pixels in red (read from the run's ``certificates/*.npz``).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+ABSTAIN_COLOR = "#e31a1c"
+_CLASS_COLORS = ["#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928", "#a6cee3", "#b2df8a", "#fdbf6f"]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_bytes(png_bytes(fig))
+    return path
+
+
+def _curve_figure(table: pd.DataFrame, value: str, std: str | None, ylabel: str, title: str) -> Figure:
+    datasets = sorted(table["dataset"].unique())
+    fig = _new_figure(5.5 * len(datasets), 4.2)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, ds in zip(axes, datasets):
+        part = table[table["dataset"] == ds]
+        for (method, certifier), g in part.groupby(["method", "certifier"], sort=True):
+            g = g.sort_values("radius")
+            name = method if part["certifier"].nunique() == 1 else f"{method} [{certifier}]"
+            line, = ax.plot(g["radius"], g[value], marker="o", label=name)
+            if std is not None:
+                ax.fill_between(g["radius"], (g[value] - g[std]).clip(0, 1), (g[value] + g[std]).clip(0, 1),
+                                color=line.get_color(), alpha=0.15, linewidth=0)
+            for _, r in g.iterrows():
+                ax.annotate(f"σ={r['sigma']:g}", (r["radius"], r[value]), textcoords="offset points",
+                            xytext=(3, 4), fontsize=7, color=line.get_color())
+        ax.set_xlabel("certified radius R = σ·Φ⁻¹(τ)  (L2, [0,1] pixel units)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{title}: {ds}" if len(datasets) > 1 or ds else title, fontsize=10)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def dice_vs_radius(table: pd.DataFrame) -> Figure:
+    """Certified Dice (mean, band = +-std over images) against the radius, one line per method.
+
+    table: :func:`certframe.report.report.comparison_table`.
+    """
+    return _curve_figure(table, "certified_dice", "certified_dice_std", "certified Dice", "certified Dice")
+
+
+def abstain_vs_radius(table: pd.DataFrame) -> Figure:
+    """Mean abstain rate (fraction of pixels without certificate) against the radius."""
+    return _curve_figure(table, "abstain_rate", None, "abstain rate", "abstain rate")
+
+
+def _colorize(base: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """RGB ``[H, W, 3]``: ``base`` grey/RGB image with classes >= 1 blended in and ABSTAIN in red."""
+    out = base.copy()
+    for c in range(1, num_classes):
+        m = labels == c
+        out[m] = 0.45 * out[m] + 0.55 * np.array(to_rgb(_CLASS_COLORS[(c - 1) % len(_CLASS_COLORS)]))
+    out[labels < 0] = to_rgb(ABSTAIN_COLOR)
+    return out
+
+
+def overlays(run, n_images: int = 4) -> Figure:
+    """Rows: the first ``n_images`` images (by index) of ``run`` (a loaded
+    :class:`~certframe.report.report.Run`); columns: image, ground truth, clean
+    prediction, certified prediction per tau (abstained pixels red)."""
+    indices = sorted(run.results["index"].unique())[:max(1, int(n_images))]
+    certs = [run.folder.certificate(i) for i in indices]
+    taus = certs[0]["taus"]
+    num_classes = max(len(run.class_names),
+                      int(max(max(c["mask"].max(), c["clean"].max(), c["labels"].max()) for c in certs)) + 1)
+    cols = 3 + len(taus)
+    fig = _new_figure(2.1 * cols, 2.1 * len(indices) + 0.6)
+    axes = fig.subplots(len(indices), cols, squeeze=False)
+    titles = ["image", "ground truth", "clean prediction"] + [f"certified τ={t:g}" for t in taus]
+    ids = run.results.drop_duplicates("index").set_index("index")["image_id"]
+    for row, (index, cert) in enumerate(zip(indices, certs)):
+        image = cert["image"].astype(np.float32) / 255.0
+        base = np.repeat(image[0][..., None], 3, axis=2) if image.shape[0] == 1 else image[:3].transpose(1, 2, 0)
+        panels = [base, _colorize(base, cert["mask"], num_classes), _colorize(base, cert["clean"], num_classes)]
+        for t in range(len(taus)):
+            panels.append(_colorize(base, cert["labels"][t], num_classes))
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(np.clip(panel, 0, 1), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col], fontsize=8)
+            if col == 0:
+                ax.set_ylabel(str(ids.get(index, index)), fontsize=7)
+        for t in range(len(taus)):
+            rate = float((cert["labels"][t] < 0).mean())
+            axes[row, 3 + t].set_xlabel(f"abstain {rate:.1%}", fontsize=7)
+    handles = [Patch(color=_CLASS_COLORS[(c - 1) % len(_CLASS_COLORS)],
+                     label=run.class_names[c] if c < len(run.class_names) else f"class {c}")
+               for c in range(1, num_classes)] + [Patch(color=ABSTAIN_COLOR, label="abstain")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    fig.suptitle(f"{run.method}, σ={run.config.get('sigma'):g}", fontsize=9)
+    return fig
+
+
+def all_figures(runs: Sequence, table: pd.DataFrame, overlay_images: int = 4) -> dict[str, Figure]:
+    """``{file name: figure}`` for a report: the two curves and one overlay figure per run
+    that saved certificates."""
+    figs = {"certified_dice_vs_radius.png": dice_vs_radius(table),
+            "abstain_rate_vs_radius.png": abstain_vs_radius(table)}
+    if overlay_images > 0:
+        for i, run in enumerate(runs):
+            first = int(run.results["index"].min())
+            if run.folder.certificate_path(first).exists():
+                safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run.method)
+                figs[f"overlays-{i:02d}-{safe}-sigma{run.config.get('sigma'):g}.png"] = overlays(run, overlay_images)
+    return figs
