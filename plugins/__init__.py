@@ -50,3 +50,14 @@ def register_datasets(register):
     register("shenzhen", shenzhen.Shenzhen)
     register("ph2", ph2.PH2)
     register("folder", folder.FolderDataset)
+
+
+@hookimpl
+def register_reporters(register):
+    from certframe.plugins.reporters.figures import FigureReporter
+    from certframe.plugins.reporters.html import HtmlReporter
+    from certframe.plugins.reporters.table import TableReporter
+
+    register("table", TableReporter)
+    register("figures", FigureReporter)
+    register("html", HtmlReporter)

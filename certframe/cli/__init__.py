@@ -17,6 +17,7 @@ COMMANDS = {
     "certframe.cli.certify_cmd": "certify",
     "certframe.cli.demo_cmd": "demo",
     "certframe.cli.train_cmd": "train",
+    "certframe.cli.report_cmd": "report",
 }
 
 
