@@ -1,1 +1,47 @@
-"""certframe.attacks: the attack suite (torchattacks-based, segmentation-aware)."""
+"""certframe.attacks: the attack suite (torchattacks-based, segmentation-aware).
+
+Every attack subclasses torchattacks' :class:`~torchattacks.attack.Attack`
+(through :class:`~certframe.attacks.base.SegmentationAttack`) and is called as
+``attack(images [B, C, H, W] in [0, 1], labels [B, H, W] int64) -> [B, C, H, W]``.
+
+=============  ======  =========  ==============================================
+name           norm    threat     paper
+=============  ======  =========  ==============================================
+fgsm           linf    base       Goodfellow et al., ICLR 2015
+pgd            linf    base       Madry et al., ICLR 2018
+pgdl2          l2      base       Madry et al., ICLR 2018
+targeted-pgd   either  base       targeted PGD toward a mask (Xie et al. 2017)
+segpgd         either  base       Gu et al., ECCV 2022
+eot-pgdl2      l2      smoothed   EOT (Athalye et al. 2018) / SmoothAdv (Salman et al. 2019)
+eot-pgd        linf    smoothed   the same in the Linf ball
+=============  ======  =========  ==============================================
+
+"base" attacks see the segmenter alone; "smoothed" attacks differentiate through
+the noise draws, the denoiser and the segmenter of the smoothed pipeline.
+:mod:`certframe.attacks.violations` checks certificates against attacked images;
+:func:`certframe.attacks.suite.attack_dataset` runs the whole comparison.
+"""
+from .base import SegmentationAttack, check_eps, check_norm
+from .eot_pgd import EOTPGD
+from .eot_pgdl2 import EOTPGDL2
+from .fgsm import FGSM
+from .pgd import PGD
+from .pgdl2 import PGDL2
+from .pipeline import DenoisedSegmenter
+from .segpgd import SegPGD
+from .targeted import TargetedPGD
+from .violations import Violations, check_certificates, count_violations
+
+BUILTIN_ATTACKS = {
+    "fgsm": FGSM,
+    "pgd": PGD,
+    "pgdl2": PGDL2,
+    "targeted-pgd": TargetedPGD,
+    "segpgd": SegPGD,
+    "eot-pgdl2": EOTPGDL2,
+    "eot-pgd": EOTPGD,
+}
+
+__all__ = ["SegmentationAttack", "FGSM", "PGD", "PGDL2", "TargetedPGD", "SegPGD", "EOTPGDL2", "EOTPGD",
+           "DenoisedSegmenter", "Violations", "count_violations", "check_certificates", "check_eps",
+           "check_norm", "BUILTIN_ATTACKS"]

@@ -53,6 +53,14 @@ def register_datasets(register):
 
 
 @hookimpl
+def register_attacks(register):
+    from certframe.attacks import BUILTIN_ATTACKS
+
+    for name, attack in BUILTIN_ATTACKS.items():
+        register(name, attack)
+
+
+@hookimpl
 def register_reporters(register):
     from certframe.plugins.reporters.figures import FigureReporter
     from certframe.plugins.reporters.html import HtmlReporter

@@ -1,0 +1,43 @@
+"""PGD-L2 for segmentation: torchattacks' PGDL2 with certframe's checks and seeding.
+
+Paper: Madry et al., ICLR 2018, in the L2 ball, the threat model randomized
+smoothing certifies (Cohen et al. 2019). Steps ``alpha * grad / ||grad||_2`` per
+image, projection onto ``||x' - x||_2 <= eps`` over all C*H*W values, clipping to
+``[0, 1]``; L is the mean per-pixel cross-entropy.
+"""
+from __future__ import annotations
+
+import torchattacks
+
+from .base import SegmentationAttack, check_eps, check_positive, default_alpha
+
+
+class PGDL2(SegmentationAttack, torchattacks.PGDL2):
+    """Projected gradient descent in the L2 ball (Madry et al. 2018).
+
+    model: segmenter ``[B, C, H, W] in [0, 1] -> logits [B, K, H, W]``.
+    eps:   L2 radius in [0, 1] pixel units over the whole image (default 0.5; compare
+           with certified radii ``sigma * Phi^-1(tau)``).
+    alpha: step size (default ``2.5 * eps / steps``).  steps: iterations (default 10).
+    random_start: start at a random point of the ball (default True).
+    seed:  fixes the random start (default 0; None uses torch's global RNG).
+
+    ``attack(images [B, C, H, W] in [0, 1], labels [B, H, W] int64) -> [B, C, H, W]``
+    with ``||x' - x||_2 <= eps`` per image and ``x'`` in ``[0, 1]``.
+    """
+
+    threat = "base"
+
+    def __init__(self, model, eps: float = 0.5, alpha: float | None = None, steps: int = 10,
+                 random_start: bool = True, seed: int | None = 0):
+        steps = check_positive("steps", steps, integer=True)
+        eps_value = check_eps(eps, "l2")
+        alpha = default_alpha(eps_value, steps) if alpha is None else check_positive("alpha", alpha)
+        torchattacks.PGDL2.__init__(self, model, eps=eps_value, alpha=alpha, steps=steps,
+                                    random_start=bool(random_start))
+        self._setup(eps=eps, norm="l2", seed=seed)
+
+    def perturb(self, images, labels):
+        if labels is None:
+            raise ValueError("PGDL2 needs labels [B, H, W] (ground truth, or the target mask in targeted mode)")
+        return torchattacks.PGDL2.forward(self, images, labels)
