@@ -15,4 +15,6 @@ class NoDenoiser(Denoiser):
     """
 
     def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+        if noisy.dim() != 4:
+            raise ValueError(f"expected noisy images [B, C, H, W], got shape {tuple(noisy.shape)}")
         return noisy
