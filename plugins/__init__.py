@@ -16,9 +16,13 @@ def register_segmenters(register):
 
 @hookimpl
 def register_denoisers(register):
+    from certframe.plugins.denoisers.ddim import DDIMDenoiser
+    from certframe.plugins.denoisers.ddpm import DDPMDenoiser
     from certframe.plugins.denoisers.none import NoDenoiser
 
     register("none", NoDenoiser)
+    register("ddpm", DDPMDenoiser)
+    register("ddim", DDIMDenoiser)
 
 
 @hookimpl

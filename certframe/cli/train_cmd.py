@@ -11,6 +11,7 @@ import click
 
 TRAIN_COMMANDS: dict[str, str] = {
     "certframe.cli.train_segmenter_cmd": "segmenter",
+    "certframe.cli.train_denoiser_cmd": "denoiser",
 }
 
 
