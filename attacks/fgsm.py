@@ -25,6 +25,7 @@ class FGSM(SegmentationAttack, torchattacks.FGSM):
     """
 
     threat = "base"
+    fixed_norm = "linf"
 
     def __init__(self, model, eps: float = 8 / 255, seed: int | None = 0):
         torchattacks.FGSM.__init__(self, model, eps=eps)

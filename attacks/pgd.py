@@ -26,6 +26,7 @@ class PGD(SegmentationAttack, torchattacks.PGD):
     """
 
     threat = "base"
+    fixed_norm = "linf"
 
     def __init__(self, model, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  random_start: bool = True, seed: int | None = 0):

@@ -27,6 +27,7 @@ class PGDL2(SegmentationAttack, torchattacks.PGDL2):
     """
 
     threat = "base"
+    fixed_norm = "l2"
 
     def __init__(self, model, eps: float = 0.5, alpha: float | None = None, steps: int = 10,
                  random_start: bool = True, seed: int | None = 0):

@@ -49,6 +49,7 @@ class SegPGD(SegmentationAttack):
     """
 
     threat = "base"
+    norms = ("l2", "linf")
 
     def __init__(self, model, norm: str = "linf", eps: float | None = None, alpha: float | None = None,
                  steps: int = 20, random_start: bool = True, seed: int | None = 0):

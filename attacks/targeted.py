@@ -36,6 +36,7 @@ class TargetedPGD(SegmentationAttack):
     """
 
     threat = "base"
+    norms = ("l2", "linf")
 
     def __init__(self, model, target: int | torch.Tensor = 0, norm: str = "linf", eps: float | None = None,
                  alpha: float | None = None, steps: int = 20, random_start: bool = True,
