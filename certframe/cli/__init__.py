@@ -18,6 +18,7 @@ COMMANDS = {
     "certframe.cli.demo_cmd": "demo",
     "certframe.cli.train_cmd": "train",
     "certframe.cli.report_cmd": "report",
+    "certframe.cli.attack_cmd": "attack",
 }
 
 
