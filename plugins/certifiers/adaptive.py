@@ -1,0 +1,224 @@
+"""Adaptive SegCertify: a group-sequential test that stops sampling an image early.
+
+SegCertify (Fischer, Baader, Vechev, ICML 2021) always draws n estimation samples.
+Most pixels of an easy image are decided long before that: they are unanimously
+one class (certifiable with far fewer draws) or clearly too uncertain to ever pass
+the test. :class:`AdaptiveSegCertify` looks at the votes at a pre-declared schedule
+of sample sizes ``n_1 < n_2 < ... < n_L = n`` and stops drawing for the image as soon
+as every pixel is *resolved* at every tau asked: certified, or futile (it provably
+cannot be certified). It is a group-sequential test (Jennison & Turnbull, "Group
+Sequential Methods", 2000) with Bonferroni alpha spending over the looks and Holm
+(1979) over the pixels at each look; sequential certification in the spirit of
+anytime-valid randomized smoothing (Voracek, NeurIPS 2024), here in its simplest
+sound form.
+
+Algorithm (one image, one tau; every tau of a request runs the same rule on the
+same draws):
+
+1. Selection: ``n0`` draws of phase ``"selection"``; ``c_i`` = most frequent class of
+   pixel i (ties to the lowest class).
+2. For look j = 1..L: draw estimation samples ``n_{j-1} .. n_j - 1`` (phase
+   ``"estimation"``, so draw t is the same draw SegCertify's draw t would be);
+   ``k_i`` = votes for ``c_i`` among the first ``n_j``; ``p_i = P(Binomial(n_j, tau) >= k_i)``.
+   Set ``p_i = 0`` for pixels certified at an earlier look and run Holm's step-down
+   over all m = H*W pixels at level ``alpha_j`` (``sum_j alpha_j = alpha``; default
+   ``alpha_j = alpha / L``). Rejected pixels not yet futile are certified as ``c_i``.
+3. Futility (power only, never soundness): a pixel whose one-sided ``1 - beta``
+   Clopper-Pearson upper bound ``U_i`` on ``p_i(c_i)`` is ``<= tau`` (it is provably not
+   above tau), or for which even ``k_i + U_i (n_L - n_j)`` votes at the last look would
+   stay below the count that look needs at its most lenient Holm threshold
+   (``alpha_L / (f + 1)``, f = pixels neither certified nor undecided), is marked
+   futile: it abstains and is never certified later.
+4. Stop after look j when every pixel is certified or futile at every tau (or when
+   at most ``tolerance`` of the pixels are still undecided), or at ``n_L``. Pixels not
+   certified when sampling stops abstain.
+
+Guarantee (per tau, as SegCertify): with probability ``>= 1 - alpha`` over the draws
+every certified pixel i satisfies ``p_i(c_i) > tau``, hence keeps ``c_i`` for every L2
+perturbation of norm ``< sigma * Phi^-1(tau)``.
+
+Proof sketch. Condition on the selection draws (independent of the estimation
+draws), so ``c_i`` and the set ``I0 = {i : p_i(c_i) <= tau}`` of true null pixels
+(``m0 = |I0|``) are fixed. Imagine all ``n_L`` estimation draws made; the rule's
+decisions at look j use only the first ``n_j``, so stopping early only removes
+looks, and futility only removes certifications: the certified set is a subset of
+the certified set of the full, L-look run without futility. Let F be the first look
+at which that run certifies a true null. Before F every certified pixel is a false
+null, so the ``p = 0`` substitution at look F changes only false-null p-values, and
+Holm (whatever the false-null p-values are) rejects a true null only if
+``min_{i in I0} p_i^(F) <= alpha_F / m0`` (the first true null rejected faces a
+threshold ``alpha_F / (m - r + 1)`` with at most ``r - 1 <= m - m0`` rejections before it).
+So ``{some true null certified} ⊆ ∪_j A_j`` with
+``A_j = {min_{i in I0} p_i^(j) <= alpha_j / m0}``, an event about the fixed sample
+size ``n_j``, where each exact binomial p-value is super-uniform under ``p_i <= tau``:
+``P(A_j) <= m0 * alpha_j / m0 = alpha_j``. Summing, ``P(error) <= sum_j alpha_j = alpha``.
+Nothing in the argument depends on the stopping rule, the futility rule, or the other
+taus of the request, so those can use any information (they only cost power).
+Testing every look at the full alpha (``spending="none"``) breaks the union bound:
+the error rate grows with the number of looks (tests show it).
+
+Options:
+    looks: the cumulative estimation sample sizes ``[n_1, ..., n_L]`` (increasing,
+        ``n_L`` = the request's ``n``; a list whose last element is not n is an error),
+        or None for a doubling schedule ending at n: ``n, n/2, n/4, ...`` down to
+        ``min_look`` (at most ``max_looks`` looks).
+    spending: ``"bonferroni"`` (alpha_j = alpha / L, default), ``"weighted"`` (alpha_j
+        proportional to ``weights``) or ``"none"`` (full alpha at every look: NOT sound,
+        kept to demonstrate why spending is needed).
+    futility_beta: level of the futility bound (default 0.001). Affects only how many
+        pixels end up certified and when sampling stops, never the guarantee.
+    tolerance: fraction of pixels in [0, 1) that may still be undecided when sampling
+        stops (they abstain); 0 (default) = stop only when every pixel is resolved.
+
+Votes: int64 ``[K, H, W]`` counts from a :class:`~certframe.interfaces.VoteSource`;
+returns one :class:`~certframe.results.Certificate` per tau with labels int64
+``[H, W]`` (class or ABSTAIN), ``num_samples = n0 + estimation draws used``, and in
+``info``: ``looks`` (the schedule), ``alpha_per_look``, ``stopped_at`` (estimation
+draws used), ``certified_per_look`` and ``futile`` (pixel count).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.stats import beta as beta_dist
+from scipy.stats import binom
+
+from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource
+from certframe.results import Certificate
+from certframe.statistics import binomial_pvalues, certified_radius, check_alpha, holm_reject
+
+SPENDINGS = ("bonferroni", "weighted", "none")
+
+
+def doubling_looks(n: int, min_look: int = 16, max_looks: int = 6) -> list[int]:
+    """``[..., n/4, n/2, n]`` (rounded up), none below ``min_look``, at most ``max_looks``."""
+    looks = [int(n)]
+    while len(looks) < max_looks and math.ceil(looks[0] / 2) >= min_look and looks[0] > 1:
+        looks.insert(0, math.ceil(looks[0] / 2))
+    return looks
+
+
+def check_looks(looks: Sequence[int], n: int) -> list[int]:
+    """Validate a look schedule: positive, strictly increasing integers ending at ``n``."""
+    looks = [int(v) for v in looks]
+    if not looks or any(v < 1 for v in looks) or any(b <= a for a, b in zip(looks, looks[1:])):
+        raise ValueError(f"looks must be strictly increasing positive sample sizes, got {looks}")
+    if looks[-1] != n:
+        raise ValueError(f"the last look must equal the request's n={n} (the most draws the certifier "
+                         f"may use), got looks {looks}")
+    return looks
+
+
+def alpha_spending(alpha: float, num_looks: int, spending: str = "bonferroni",
+                   weights: Sequence[float] | None = None) -> list[float]:
+    """The error level ``alpha_j`` of each look; they sum to ``alpha`` (except ``"none"``)."""
+    alpha = check_alpha(alpha)
+    if spending == "bonferroni":
+        return [alpha / num_looks] * num_looks
+    if spending == "weighted":
+        if weights is None or len(weights) != num_looks or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"spending='weighted' needs {num_looks} non-negative weights (one per look), "
+                             f"got {weights}")
+        total = float(sum(weights))
+        return [alpha * float(w) / total for w in weights]
+    if spending == "none":
+        return [alpha] * num_looks
+    raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
+
+
+def clopper_pearson_upper(n: int, beta: float) -> np.ndarray:
+    """Table ``U[k]``, k = 0..n: one-sided ``1 - beta`` Clopper-Pearson upper bound (1 at k = n)."""
+    ks = np.arange(n + 1)
+    with np.errstate(invalid="ignore"):
+        return np.where(ks == n, 1.0, beta_dist.ppf(1 - beta, ks + 1, np.maximum(n - ks, 1)))
+
+
+def min_certifiable_count(n: int, tau: float, level: float) -> int:
+    """Smallest k in 0..n with ``P(Binomial(n, tau) >= k) <= level`` (n + 1 if none)."""
+    table = binom.sf(np.arange(n + 1) - 1, n, tau)
+    ok = np.nonzero(table <= level)[0]
+    return int(ok[0]) if ok.size else n + 1
+
+
+class AdaptiveSegCertify(Certifier):
+    """SegCertify with early stopping: group-sequential looks, alpha spending, Holm per look.
+
+    See the module docstring for the algorithm, its guarantee and the proof sketch.
+    """
+
+    def __init__(self, looks: Sequence[int] | None = None, spending: str = "bonferroni",
+                 weights: Sequence[float] | None = None, futility_beta: float = 0.001,
+                 tolerance: float = 0.0, min_look: int = 16, max_looks: int = 6):
+        if spending not in SPENDINGS:
+            raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
+        if not 0.0 <= float(tolerance) < 1.0:
+            raise ValueError(f"tolerance must be a fraction of pixels in [0, 1), got {tolerance}")
+        self.looks = None if looks is None else [int(v) for v in looks]
+        self.spending = spending
+        self.weights = None if weights is None else [float(w) for w in weights]
+        self.futility_beta = check_alpha(futility_beta)
+        self.tolerance = float(tolerance)
+        self.min_look, self.max_looks = int(min_look), int(max_looks)
+        if self.min_look < 1 or self.max_looks < 1:
+            raise ValueError(f"min_look and max_looks must be >= 1, got {min_look}, {max_looks}")
+        self.name = "adaptive" if spending != "none" else "adaptive-unspent"
+
+    def schedule(self, n: int) -> list[int]:
+        """The looks used for a request with ``n`` estimation draws at most."""
+        if self.looks is None:
+            return doubling_looks(n, self.min_look, self.max_looks)
+        return check_looks(self.looks, n)
+
+    def certify(self, votes: VoteSource, request: CertifyRequest) -> list[Certificate]:
+        looks = self.schedule(request.n)
+        alphas = alpha_spending(request.alpha, len(looks), self.spending, self.weights)
+        selection = votes.counts("selection", request.n0)
+        c_hat = selection.argmax(dim=0)                                     # [H, W]
+        shape = tuple(c_hat.shape)
+        m = c_hat.numel()
+        taus = list(request.taus)
+        certified = {t: np.zeros(m, dtype=bool) for t in taus}
+        futile = {t: np.zeros(m, dtype=bool) for t in taus}
+        per_look = {t: [] for t in taus}
+        last_p = {t: np.ones(m) for t in taus}
+        k = None
+        used = 0
+        for j, (n_j, alpha_j) in enumerate(zip(looks, alphas)):
+            counts = votes.counts("estimation", n_j - used, start=used)
+            new = counts.gather(0, c_hat.unsqueeze(0)).squeeze(0).reshape(-1).cpu().numpy()
+            k = new if k is None else k + new
+            used = n_j
+            upper = clopper_pearson_upper(n_j, self.futility_beta)[k]
+            undecided_all = 0
+            for tau in taus:
+                p = binomial_pvalues(k, n_j, tau)
+                last_p[tau] = p
+                rejected = holm_reject(np.where(certified[tau], 0.0, p), alpha_j)
+                fresh = rejected & ~certified[tau] & ~futile[tau]
+                certified[tau] |= fresh
+                per_look[tau].append(int(fresh.sum()))
+                open_ = ~certified[tau] & ~futile[tau]
+                if j < len(looks) - 1 and open_.any():
+                    f = m - int(certified[tau].sum()) - int(open_.sum())
+                    needed = min_certifiable_count(looks[-1], tau, alphas[-1] / (f + 1))
+                    hopeless = (upper <= tau) | (k + upper * (looks[-1] - n_j) < needed)
+                    futile[tau] |= open_ & hopeless
+                    open_ &= ~hopeless
+                undecided_all = max(undecided_all, int(open_.sum()))
+            if undecided_all <= self.tolerance * m:
+                break
+        certs = []
+        for tau in taus:
+            mask = torch.from_numpy(certified[tau].reshape(shape)).to(c_hat.device)
+            labels = torch.where(mask, c_hat, torch.full_like(c_hat, ABSTAIN))
+            certs.append(Certificate(
+                labels=labels, radius=certified_radius(request.sigma, tau), tau=tau, sigma=request.sigma,
+                alpha=request.alpha, method=self.name, num_samples=request.n0 + used,
+                pvalues=torch.from_numpy(last_p[tau].reshape(shape)),
+                info={"correction": "holm", "spending": self.spending, "looks": looks[: len(per_look[tau])],
+                      "schedule": looks, "alpha_per_look": alphas, "stopped_at": used,
+                      "certified_per_look": per_look[tau], "futile": int(futile[tau].sum())}))
+        return certs

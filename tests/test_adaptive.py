@@ -1,0 +1,193 @@
+"""The adaptive (group-sequential) certifier: exact decisions, early stopping, the guarantee."""
+import numpy as np
+import pytest
+import torch
+
+from certframe.interfaces import ABSTAIN, CertifyRequest
+from certframe.plugins.certifiers.adaptive import (AdaptiveSegCertify, alpha_spending, check_looks,
+                                                   clopper_pearson_upper, doubling_looks,
+                                                   min_certifiable_count)
+from certframe.plugins.certifiers.segcertify import SegCertify
+from certframe.registry import get_registry
+from certframe.smoothing import SmoothedSegmenter
+from certframe.statistics import binomial_pvalues, clopper_pearson_lower, holm_reject
+from conftest import ThresholdSegmenter
+from test_certifiers import ALPHA, SIGMA, TAU, boundary_image, soundness_bound
+
+
+class LabelVotes:
+    """A VoteSource over fixed label maps per phase (``[N, H, W]``): draw t is ``labels[t]``."""
+
+    def __init__(self, num_classes, **phases):
+        self.num_classes = num_classes
+        self.phases = phases
+        self.asked = []
+
+    def counts(self, phase, n, start=0):
+        self.asked.append((phase, n, start))
+        labels = self.phases[phase][start:start + n]
+        assert labels.shape[0] == n, f"asked draws {start}..{start + n - 1} of {phase}, have {len(labels)}"
+        return torch.stack([(labels == c).sum(0) for c in range(self.num_classes)]).long()
+
+
+def test_schedule_and_spending():
+    assert doubling_looks(100) == [25, 50, 100]          # 13 < 16 = min_look
+    assert doubling_looks(1000, max_looks=4) == [125, 250, 500, 1000]
+    assert doubling_looks(10) == [10]
+    assert alpha_spending(0.01, 4) == [0.0025] * 4
+    assert alpha_spending(0.01, 2, "weighted", [1, 3]) == pytest.approx([0.0025, 0.0075])
+    assert alpha_spending(0.01, 3, "none") == [0.01] * 3
+    with pytest.raises(ValueError, match="last look must equal the request's n=100"):
+        check_looks([10, 50], 100)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        check_looks([50, 50, 100], 100)
+    with pytest.raises(ValueError, match="spending must be one of"):
+        AdaptiveSegCertify(spending="pocock")
+    with pytest.raises(ValueError, match="needs 2 non-negative weights"):
+        alpha_spending(0.01, 2, "weighted", [1])
+    with pytest.raises(ValueError, match="tolerance"):
+        AdaptiveSegCertify(tolerance=1.0)
+
+
+def test_bounds_pinned():
+    # upper CP bound is 1 - lower CP bound of the complementary count
+    n, beta = 40, 0.01
+    up = clopper_pearson_upper(n, beta)
+    low = clopper_pearson_lower(np.arange(n + 1), n, beta)
+    assert np.allclose(up, 1 - low[::-1])
+    assert up[0] == pytest.approx(1 - beta ** (1 / n))
+    # P(Bin(20, .75) >= 20) = .75^20 = 0.00317 <= 0.005 < P(>= 19)
+    assert min_certifiable_count(20, 0.75, 0.005) == 20
+    assert min_certifiable_count(20, 0.75, 0.001) == 21
+
+
+def test_stops_at_first_look_when_everything_is_unanimous():
+    # 1 x 3 image; class 1, 1, 0 in every draw
+    draw = torch.tensor([[1, 1, 0]])
+    votes = LabelVotes(2, selection=draw.expand(10, 1, 3), estimation=draw.expand(400, 1, 3))
+    req = CertifyRequest(sigma=0.5, n0=10, n=400, alpha=0.01, taus=(0.75,))
+    cert = AdaptiveSegCertify(looks=[50, 100, 200, 400]).certify(votes, req)[0]
+    assert votes.asked == [("selection", 10, 0), ("estimation", 50, 0)]
+    assert cert.labels.tolist() == [[1, 1, 0]]
+    assert cert.num_samples == 60 and cert.info["stopped_at"] == 50
+    assert cert.info["certified_per_look"] == [3]
+    # P(Bin(50, .75) >= 50) = .75^50 = 5.7e-7 <= 0.01 / 4 / 3
+    assert cert.pvalues[0, 0].item() == pytest.approx(0.75 ** 50)
+
+
+def test_futile_pixels_stop_sampling_and_abstain():
+    # pixel 0: always 1 (certifiable); pixel 1: class 1 in 60% of draws (provably below .75)
+    n = 400
+    sel = torch.tensor([[1, 1]]).expand(10, 1, 2)
+    est = torch.ones(n, 1, 2, dtype=torch.long)
+    est[:, 0, 1] = (torch.arange(n) % 5 < 3).long()        # 3 of every 5 draws
+    votes = LabelVotes(2, selection=sel, estimation=est)
+    req = CertifyRequest(sigma=0.5, n0=10, n=n, alpha=0.01, taus=(0.75,))
+    cert = AdaptiveSegCertify(looks=[50, 100, 200, 400], futility_beta=0.01).certify(votes, req)[0]
+    # at 50 draws: k = 30, upper 99% CP bound of 30/50 is 0.75 < ... check it decides futility there
+    assert clopper_pearson_upper(50, 0.01)[30] <= 0.77
+    assert cert.labels.tolist() == [[1, ABSTAIN]]
+    assert cert.info["futile"] == 1
+    assert cert.info["stopped_at"] < n
+    assert votes.asked[-1][1] + votes.asked[-1][2] == cert.info["stopped_at"]
+
+
+def test_the_draws_continue_where_the_last_look_ended():
+    draw = torch.tensor([[1, 0]])
+    est = draw.expand(100, 1, 2).clone()
+    est[:, 0, 0] = (torch.arange(100) % 10 < 8).long()     # 80%: neither certified nor futile early
+    votes = LabelVotes(2, selection=draw.expand(5, 1, 2), estimation=est)
+    req = CertifyRequest(sigma=0.5, n0=5, n=100, alpha=0.05, taus=(0.75,))
+    AdaptiveSegCertify(looks=[20, 40, 100], futility_beta=1e-6).certify(votes, req)
+    assert votes.asked == [("selection", 5, 0), ("estimation", 20, 0), ("estimation", 20, 20),
+                           ("estimation", 60, 40)]
+
+
+def test_one_look_is_exactly_segcertify():
+    """With one look at n the adaptive certifier makes SegCertify's decisions on the same draws."""
+    x, _ = boundary_image()
+    smoothed = SmoothedSegmenter(ThresholdSegmenter(), None, SIGMA)
+    for seed in range(3):
+        kw = dict(n0=10, n=100, alpha=ALPHA, taus=(0.6, TAU, 0.9), seed=seed, image_id="b")
+        ref = smoothed.certify(x, SegCertify(), **kw)
+        ada = smoothed.certify(x, AdaptiveSegCertify(looks=[100]), **kw)
+        for r, a in zip(ref, ada):
+            assert torch.equal(r.labels, a.labels) and a.tau == r.tau and a.radius == r.radius
+            assert torch.allclose(r.pvalues, a.pvalues) and a.num_samples == 110
+
+
+def test_holm_with_earlier_rejections_set_to_zero():
+    """Look 2 runs Holm with the look-1 certified pixels at p = 0 (exact decision check)."""
+    # 1 x 4 image, class 1 selected everywhere; estimation votes for class 1 per pixel
+    n1, n2, alpha, tau = 60, 120, 0.02, 0.75
+    est = torch.zeros(n2, 1, 4, dtype=torch.long)
+    ks1, ks2 = [60, 52, 52, 30], [60, 103, 103, 60]         # cumulative counts at each look
+    for i, (a, b) in enumerate(zip(ks1, ks2)):
+        est[:a, 0, i] = 1
+        est[n1:n1 + b - a, 0, i] = 1
+    votes = LabelVotes(2, selection=torch.ones(5, 1, 4, dtype=torch.long), estimation=est)
+    req = CertifyRequest(sigma=0.25, n0=5, n=n2, alpha=alpha, taus=(tau,))
+    cert = AdaptiveSegCertify(looks=[n1, n2], futility_beta=1e-9).certify(votes, req)[0]
+    r1 = holm_reject(binomial_pvalues(np.array(ks1), n1, tau), alpha / 2)
+    p2 = np.where(r1, 0.0, binomial_pvalues(np.array(ks2), n2, tau))
+    r2 = holm_reject(p2, alpha / 2)
+    assert r1.tolist() == [True, False, False, False]
+    assert (r1 | r2).tolist() == [True, True, True, False]
+    # without the substitution look 2 would certify nothing (pixel 0 has p ~ 1 there)
+    assert not holm_reject(binomial_pvalues(np.array(ks2), n2, tau), alpha / 2).any()
+    assert cert.labels.tolist() == [[1, 1, 1, ABSTAIN]]
+    assert cert.info["certified_per_look"] == [1, 2]
+
+
+def test_registered_as_adaptive():
+    cert = get_registry().create("certifier", "adaptive", looks=[10, 20], spending="bonferroni")
+    assert isinstance(cert, AdaptiveSegCertify) and cert.name == "adaptive"
+
+
+# --- The guarantee, checked statistically (the set-up of test_certifiers) ------------------
+#
+# 20 looks (10, 20, ..., 200): pixels with p(class 1) = tau exactly are true nulls at every
+# look; a certifier that tests each look at full alpha (no spending) certifies one of
+# them far more often than alpha. Both taus of the request are checked (0.9 too: every
+# boundary pixel and nothing else is a true null there as well).
+
+LOOKS = list(range(10, 201, 10))
+
+
+def count_wrong_images_sequential(certifier, trials=200):
+    x, p1 = boundary_image()
+    smoothed = SmoothedSegmenter(ThresholdSegmenter(), None, SIGMA)
+    wrong = {TAU: 0, 0.9: 0}
+    used = []
+    for trial in range(trials):
+        certs = smoothed.certify(x, certifier, n0=10, n=LOOKS[-1], alpha=ALPHA, taus=(TAU, 0.9),
+                                 batch_size=200, seed=trial, image_id="boundary")
+        for cert in certs:
+            p_of_label = torch.where(cert.labels == 1, p1, 1 - p1)
+            bad = (cert.labels != ABSTAIN) & (p_of_label <= cert.tau + 1e-12)
+            wrong[cert.tau] += int(bad.any())
+        used.append(certs[0].num_samples)
+    return wrong, used
+
+
+def test_adaptive_family_wise_error_stays_within_alpha():
+    certifier = AdaptiveSegCertify(looks=LOOKS)
+    wrong, used = count_wrong_images_sequential(certifier)
+    assert wrong[TAU] <= soundness_bound() and wrong[0.9] <= soundness_bound()
+    # it did stop early on some images, and the block at p = 0.977 was certified
+    assert min(used) < 10 + LOOKS[-1]
+
+
+def test_same_check_fails_without_alpha_spending():
+    """The test has power: every look at full alpha (no spending over looks) is unsound."""
+    wrong, _ = count_wrong_images_sequential(AdaptiveSegCertify(looks=LOOKS, spending="none"))
+    assert wrong[TAU] > soundness_bound()
+
+
+def test_certifiable_pixels_are_certified():
+    x, _ = boundary_image()
+    cert = SmoothedSegmenter(ThresholdSegmenter(), None, SIGMA).certify(
+        x, AdaptiveSegCertify(looks=LOOKS), n0=10, n=200, alpha=ALPHA, taus=(TAU,), seed=0,
+        image_id="boundary")[0]
+    assert (cert.labels[:4] == 1).float().mean() > 0.9
+    assert cert.info["forward_passes"] >= 2
