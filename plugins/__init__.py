@@ -33,6 +33,10 @@ def register_certifiers(register):
     register("segcertify", SegCertify)
     register("cohen-per-pixel", CohenPerPixel)
 
+    from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
+
+    register("adaptive", AdaptiveSegCertify)
+
 
 @hookimpl
 def register_datasets(register):
