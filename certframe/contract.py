@@ -74,8 +74,10 @@ from certframe.sampler import draw_seed
 __all__ = ["ContractError", "ContractReport", "ContractVotes", "RULES", "check_certifier", "check_dataset",
            "check_denoiser", "check_plugin", "check_segmenter"]
 
+_BUILD = "the factory builds the plugin from the given options"
 RULES: dict[str, dict[str, str]] = {
     "segmenter": {
+        "build": _BUILD,
         "type": "is a certframe.interfaces.Segmenter (a torch.nn.Module) with int in_channels >= 1 and "
                 "num_classes >= 2",
         "output shape": "images [B, C, H, W] -> logits [B, num_classes, H, W]",
@@ -90,6 +92,7 @@ RULES: dict[str, dict[str, str]] = {
         "bad options": "invalid options are refused with a clear error",
     },
     "denoiser": {
+        "build": _BUILD,
         "type": "is a certframe.interfaces.Denoiser (a torch.nn.Module)",
         "output shape": "noisy images [B, C, H, W] and sigma -> images [B, C, H, W]",
         "output dtype": "the output is a floating-point tensor",
@@ -105,6 +108,7 @@ RULES: dict[str, dict[str, str]] = {
         "bad options": "invalid options are refused with a clear error",
     },
     "dataset": {
+        "build": _BUILD,
         "type": "is a certframe.interfaces.SegmentationDataset with >= 2 distinct class names and int "
                 "in_channels >= 1",
         "length": "has at least one item",
@@ -118,6 +122,7 @@ RULES: dict[str, dict[str, str]] = {
         "bad options": "invalid options are refused with a clear error",
     },
     "certifier": {
+        "build": _BUILD,
         "type": "is a certframe.interfaces.Certifier with a non-empty name",
         "certificates": "certify returns one Certificate per tau, in order, with the request's tau, sigma "
                         "and alpha",
@@ -217,7 +222,9 @@ def _is_factory(target, base: type) -> bool:
 
 def _build(ck: _Checker, factory: Callable, options: dict, seed: int):
     torch.manual_seed(seed)
-    return ck.call("type", f"building it with options {options}", factory, **options)
+    obj = ck.call("build", f"building it with options {options}", factory, **options)
+    ck.ok("build")
+    return obj
 
 
 def _check_bad_options(ck: _Checker, factory: Callable | None, base_options: dict,
@@ -361,13 +368,14 @@ def _check_devices(ck: _Checker, module: nn.Module, run, x: torch.Tensor, cpu_ou
 
 
 def _check_bad_input(ck: _Checker, module: nn.Module, run, x: torch.Tensor, in_channels: int | None) -> None:
-    cases = [("a missing batch axis", x[0])]
+    cases = []
     if in_channels is not None:
         wrong = in_channels + 1
         cases.append((f"{wrong} channel(s) instead of {in_channels}",
                       torch.rand((x.shape[0], wrong, *x.shape[2:]), generator=torch.Generator().manual_seed(1))))
     else:
         ck.skip("bad input: channels", "the plugin declares no in_channels (it accepts any channel count)")
+    cases.append(("a missing batch axis", x[0]))
     for what, bad in cases:
         try:
             with torch.no_grad():
@@ -753,7 +761,15 @@ def check_certifier(certifier, *, options: dict | None = None, name: str | None 
 
     def run(device: str = "cpu", vote_seed: int = seed):
         votes = ContractVotes(probs, seed=vote_seed, device=device)
-        certs = ck.call("certificates", f"certify on a {device} vote source", cert.certify, votes, request)
+        try:
+            certs = cert.certify(votes, request)
+        except ContractError:
+            raise
+        except Exception as err:
+            if votes.misuse:
+                ck.fail("votes only", f"the certifier used {votes.misuse[0]!r} of the vote source ({err}); only "
+                                      f"counts(phase, n, start) and num_classes are part of VoteSource")
+            ck.fail("certificates", f"certify on a {device} vote source raised {type(err).__name__}: {err}")
         if votes.misuse:
             ck.fail("votes only", f"the certifier used {votes.misuse[0]!r} of the vote source; only "
                                   f"counts(phase, n, start) and num_classes are part of VoteSource")
@@ -893,6 +909,7 @@ def check_plugin(kind: str, target: Any, *, options: dict | None = None, registr
         def factory(**opts):
             return registry.create(kind, target, **opts)
 
-        kwargs.setdefault("name", f"{target!r} ({entry.distribution} {entry.version})".replace(" )", ")"))
+        provider = " ".join(p for p in (entry.distribution.strip("()"), entry.version) if p)
+        kwargs.setdefault("name", f"{target!r} ({provider})")
         return check(factory, options=options, **kwargs)
     return check(target, options=options, **kwargs)
