@@ -48,7 +48,7 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
                     indices: Iterable[int] | None = None,
                     on_image: Callable[[int, str, list[dict]], None] | None = None,
                     on_certificates: Callable[[int, Sample, list, torch.Tensor], None] | None = None,
-                    ) -> Iterator[dict]:
+                    accelerate=None) -> Iterator[dict]:
     """Yield result rows (dicts), image by image.
 
     indices: which items to certify (default: all); lets a caller skip finished ones.
@@ -57,6 +57,10 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
         :class:`Sample`, its :class:`~certframe.results.Certificate` list (one per tau),
         the base segmenter's clean prediction int64 ``[H, W]`` on the CPU); lets a caller
         keep the label maps (run folders save them for figures).
+    accelerate: a :class:`certframe.accelerate.Acceleration` (mixed precision on CUDA,
+        channels_last, torch.compile, prefetching) or None (plain fp32, no prefetch).
+    batch_size: draws per forward pass, or ``"auto"`` (sized to the memory available,
+        :func:`certframe.accelerate.auto_batch_size`, on the first image).
     """
     request = make_request(sigma, n0, n, alpha, taus)
     names = names or Names()
@@ -67,12 +71,19 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
     if segmenter.num_classes != dataset.num_classes:
         raise ValueError(f"the segmenter predicts {segmenter.num_classes} classes, the dataset declares "
                          f"{dataset.num_classes} ({', '.join(dataset.class_names)})")
-    smoothed = SmoothedSegmenter(segmenter, denoiser, request.sigma)
-    for index in (range(len(dataset)) if indices is None else indices):
-        sample = dataset[index]
+    if accelerate is None:
+        smoothed = SmoothedSegmenter(segmenter, denoiser, request.sigma)
+    else:
+        smoothed = accelerate.smoothed(segmenter, denoiser, request.sigma, device)
+    from certframe.accelerate import auto_batch_size, samples
+
+    wanted = range(len(dataset)) if indices is None else indices
+    for index, sample in samples(dataset, wanted, accelerate, device):
         validate_sample(sample, dataset.class_names, dataset.in_channels)
         start = time.perf_counter()
         x = sample.image.to(device)
+        if batch_size == "auto":
+            batch_size = auto_batch_size(smoothed, x, max(request.n0, request.n))
         certs = smoothed.certify(x, certifier, n0=request.n0, n=request.n, alpha=request.alpha,
                                  taus=request.taus, batch_size=batch_size, seed=seed, image_id=sample.id)
         with torch.inference_mode():
