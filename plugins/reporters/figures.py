@@ -8,8 +8,11 @@ from certframe.report.figures import all_figures, save_png
 
 
 class FigureReporter(Reporter):
-    """Certified Dice vs radius, abstain rate vs radius, and per-run overlays of the first
-    ``overlay_images`` images (0: none) as PNG files in ``OUTPUT/figures/``."""
+    """PNG figures: certified Dice and abstain rate vs radius, per-run overlays.
+
+    Written to ``OUTPUT/figures/``; overlays show the first ``overlay_images``
+    images of each run (0: none).
+    """
 
     name = "figures"
 

@@ -10,8 +10,11 @@ from certframe.report.report import runs_table
 
 
 class HtmlReporter(Reporter):
-    """``report.html`` with the comparison table, the figures (base64 PNG) and the runs'
-    configurations; ``title`` defaults to the data sets compared."""
+    """A self-contained report.html: tables and figures embedded as base64 PNG.
+
+    Holds the comparison table, the figures and the runs' configurations;
+    ``title`` defaults to the data sets compared.
+    """
 
     name = "html"
 

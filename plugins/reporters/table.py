@@ -7,8 +7,10 @@ from certframe.report.base import Reporter
 
 
 class TableReporter(Reporter):
-    """Writes the comparison table (one row per data set x method x certifier x sigma x tau)
-    as ``report.csv`` and ``report.json`` (records, full float precision)."""
+    """The comparison table as report.csv and report.json (full float precision).
+
+    One row per data set x method x certifier x sigma x tau.
+    """
 
     name = "table"
 
