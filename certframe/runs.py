@@ -131,8 +131,11 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 class RunFolder:
     """One run folder on disk (see the module docstring for its layout)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, required_columns: Sequence[str] = REQUIRED_COLUMNS):
+        """required_columns: columns a results table must have (other commands, e.g. attack
+        runs, pass their own)."""
         self.path = Path(path)
+        self.required_columns = list(dict.fromkeys(["image_id", "index", *required_columns]))
 
     # -- paths
     @property
@@ -147,8 +150,12 @@ class RunFolder:
         return self.path / CERTIFICATES / f"{int(index):06d}.npz"
 
     # -- writing
-    def start(self, manifest: dict, *, resume: bool = False, overwrite: bool = False) -> dict[int, str]:
+    def start(self, manifest: dict, *, resume: bool = False, overwrite: bool = False,
+              rows_per_image: int | None = None) -> dict[int, str]:
         """Create the folder, write ``manifest``; return ``{index: image id}`` of images done.
+
+        rows_per_image: rows each image appends (default: one per tau of
+        ``manifest["config"]["taus"]``); recorded in the manifest.
 
         ``manifest["config"]`` is what must match on resume (plus the data set's hash,
         ``manifest["dataset"]["sha256"]``). A folder that already holds results needs
@@ -157,6 +164,8 @@ class RunFolder:
         """
         if resume and overwrite:
             raise RunError("--resume and --overwrite exclude each other")
+        rows_per_image = int(rows_per_image or len(manifest["config"].get("taus") or [0]))
+        manifest = {**manifest, "rows_per_image": rows_per_image}
         self.path.mkdir(parents=True, exist_ok=True)
         has_results = self.results_path.exists() and self.results_path.stat().st_size > 0
         if has_results and not (resume or overwrite):
@@ -176,7 +185,7 @@ class RunFolder:
             manifest = {**manifest, "created": old.get("created", manifest.get("created")),
                         "resumed": old.get("resumed", 0) + 1}
             if has_results:
-                done = self.repair(rows_per_image=len(manifest["config"]["taus"]))
+                done = self.repair(rows_per_image=rows_per_image)
         elif resume and has_results:
             raise RunError(f"cannot resume {self.path}: results.csv exists but manifest.json is missing")
         if overwrite:
@@ -241,7 +250,7 @@ class RunFolder:
     def finish(self) -> pd.DataFrame:
         """Sort the results by (index, tau), write Parquet and the summary; mark the run complete."""
         df = self.results(require_complete=False)
-        df = df.sort_values(["index", "tau"], kind="stable").reset_index(drop=True)
+        df = df.sort_values([c for c in ("index", "tau") if c in df.columns], kind="stable").reset_index(drop=True)
         _atomic_write(self.results_path, df.to_csv(index=False, lineterminator="\n").encode())
         try:
             import pyarrow  # noqa: F401
@@ -285,10 +294,10 @@ class RunFolder:
         if not lines:
             return pd.DataFrame(), 0, problem or "it is empty"
         header = next(csv.reader([lines[0].decode()]))
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        missing = [c for c in self.required_columns if c not in header]
         if missing:
             raise RunError(f"{self.results_path} lacks the column(s) {missing}; expected at least "
-                           f"{REQUIRED_COLUMNS}, found {header}")
+                           f"{self.required_columns}, found {header}")
         offsets = np.cumsum([len(line) + 1 for line in lines])  # end of each line
         parsed = list(csv.reader([line.decode() for line in lines[1:]]))
         good = len(parsed)
@@ -342,8 +351,8 @@ class RunFolder:
         manifest = self.manifest()
         if not self.results_path.exists():
             raise RunError(f"{self.path} holds no {RESULTS}: the run has not certified any image yet")
-        taus = manifest["config"].get("taus") or [0]
-        df, _, problem = self._scan(len(taus))
+        rows_per_image = manifest.get("rows_per_image") or len(manifest["config"].get("taus") or [0])
+        df, _, problem = self._scan(int(rows_per_image))
         if problem is not None:
             raise RunError(f"{self.results_path} is truncated: {problem}; continue the run with "
                            f"`certframe certify --resume --from-manifest {self.manifest_path} "

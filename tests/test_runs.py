@@ -152,7 +152,9 @@ def test_manifest_records_the_resolved_configuration(tmp_path):
                            "denoiser": "none", "denoiser_options": {}, "certifier": "segcertify",
                            "certifier_options": {}, "sigma": 0.25, "n0": 10, "n": 40, "alpha": 0.01,
                            "taus": [0.6, 0.75], "seed": 0, "limit": None}
-    assert m["execution"] == {"batch_size": 25, "device": "auto", "certificates": True}
+    assert {k: m["execution"][k] for k in ("batch_size", "device", "certificates")} == {
+        "batch_size": 25, "device": "auto", "certificates": True}
+    assert m["rows_per_image"] == 2
     assert m["device"] == "cpu" and m["correction"] == "holm"
     assert m["plugins"]["certifier"]["options"] == {"correction": "holm"}
     assert m["plugins"]["dataset"]["options"] == {"count": 2, "size": 64, "seed": 0, "split": "test"}
