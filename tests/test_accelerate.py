@@ -161,3 +161,24 @@ def test_votes_need_no_host_sync_per_batch(monkeypatch):
                    num_classes=2, batch_size=batch).counts("estimation", 100)
         syncs.append(counter["n"])
     assert syncs[0] == syncs[1] <= 1       # one total check per call, none per batch
+
+
+def test_certify_cli_options(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from certframe.cli import main
+
+    base = ["certify", "--dataset-option", "count=2", "--dataset-option", "size=32", "--segmenter-option",
+            "weights=synthetic-lung", "--n0", "2", "-n", "8", "--device", "cpu", "--quiet"]
+    bad = CliRunner().invoke(main, base + ["--precision", "fp16", "--output", str(tmp_path / "a")])
+    assert bad.exit_code != 0 and "mixed precision (fp16) is only used on CUDA" in bad.output
+    bad = CliRunner().invoke(main, base + ["--batch-size", "many", "--output", str(tmp_path / "b")])
+    assert bad.exit_code != 0 and "expected a positive number of draws or 'auto'" in bad.output
+    ok = CliRunner().invoke(main, base + ["--batch-size", "auto", "--prefetch", "1", "--output", str(tmp_path / "c")])
+    assert ok.exit_code == 0, ok.output
+    execution = json.loads((tmp_path / "c" / "manifest.json").read_text())["execution"]
+    assert execution["batch_size"] == "auto"
+    assert execution["accelerate"] == {"precision": "fp32", "channels_last": False, "compile": False,
+                                       "prefetch": 1}
