@@ -45,3 +45,50 @@ def device_option(f):
 def seed_option(f):
     return click.option("--seed", default=0, show_default=True, type=int,
                         help="Fixes every noise draw (with each image's id).")(f)
+
+
+class BatchSizeType(click.ParamType):
+    """A positive int, or ``auto`` (sized to the memory available)."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            self.fail(f"expected a positive number of draws or 'auto', got {value!r}", param, ctx)
+        return n
+
+
+BATCH_SIZE = BatchSizeType()
+
+
+def acceleration_options(f):
+    """``--precision``, ``--channels-last/--no-channels-last``, ``--compile``, ``--prefetch``.
+
+    The command receives them as ``precision``, ``channels_last`` (None = auto),
+    ``compile_model`` and ``prefetch``; :func:`acceleration_from_params` turns them into
+    the dict ``run_certify(accelerate=...)`` takes.
+    """
+    for deco in reversed([
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True,
+                     help="Autocast of denoiser + segmenter; auto = bf16/fp16 on CUDA, fp32 on CPU."),
+        click.option("--channels-last/--no-channels-last", "channels_last", default=None,
+                     help="channels_last memory format [default: on CUDA only]."),
+        click.option("--compile", "compile_model", is_flag=True, help="torch.compile the base pipeline."),
+        click.option("--prefetch", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Images loaded ahead in a background thread (0: none)."),
+    ]):
+        f = deco(f)
+    return f
+
+
+def acceleration_from_params(params: dict) -> dict:
+    """Pop the :func:`acceleration_options` from ``params``; the kwargs of ``Acceleration``."""
+    return {"precision": params.pop("precision"), "channels_last": params.pop("channels_last"),
+            "compile": params.pop("compile_model"), "prefetch": params.pop("prefetch")}
