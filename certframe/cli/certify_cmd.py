@@ -19,7 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from certframe.accelerate import Acceleration
+from certframe.cli.options import BATCH_SIZE, acceleration_from_params, acceleration_options
 from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
+from certframe.distributed import sharded
 from certframe.config import DEFAULTS, ConfigError, apply_overrides, load_experiment
 from certframe.engine import Names, certify_dataset, resolve_device
 from certframe.registry import PluginError, get_registry
@@ -35,7 +38,7 @@ def run_certify(*, dataset: str, dataset_options: dict, segmenter: str, segmente
                 seed: int, device: str, output: Path, resume: bool = False, overwrite: bool = False,
                 quiet: bool = False, limit: int | None = None, registry=None, console=None,
                 label: str | None = None, indices: Sequence[int] | None = None, certificates: bool = True,
-                show_summary: bool = True):
+                show_summary: bool = True, accelerate: dict | None = None):
     """Build the plugins, certify, write the run folder ``output``; return the summary DataFrame.
 
     indices: certify only these data set indices (default: all, or the first ``limit``);
@@ -45,6 +48,8 @@ def run_certify(*, dataset: str, dataset_options: dict, segmenter: str, segmente
     certificates: save each image's label maps under ``output/certificates/`` (for
         overlays in reports).
     label: the method's name in reports (default: segmenter, weights and denoiser).
+    accelerate: options of :class:`certframe.accelerate.Acceleration` (precision,
+        channels_last, compile, prefetch); None = plain fp32 without prefetching.
     Returns the summary (see :func:`certframe.runs.summarize`) of the rows done so far.
     """
     registry = registry or get_registry()
@@ -67,8 +72,10 @@ def run_certify(*, dataset: str, dataset_options: dict, segmenter: str, segmente
                          "distribution": entry.distribution, "version": entry.version, "plugin": entry.plugin}
     label = label or _method_label(segmenter, segmenter_options, denoiser)
     manifest = {"format": FORMAT, "label": label, "config": jsonable(config),
-                "execution": {"batch_size": int(batch_size), "device": str(device),
-                              "certificates": bool(certificates)},
+                "execution": {"batch_size": batch_size if batch_size == "auto" else int(batch_size),
+                              "device": str(device), "certificates": bool(certificates),
+                              "accelerate": None if accelerate is None else
+                              Acceleration(**accelerate).resolve(resolve_device(device)).as_dict()},
                 "device": str(resolve_device(device)), "plugins": plugins,
                 "correction": plugins["certifier"]["options"].get("correction"),
                 "dataset": dataset_identity(data), "classes": list(data.class_names),
@@ -102,7 +109,8 @@ def run_certify(*, dataset: str, dataset_options: dict, segmenter: str, segmente
 
         for _ in certify_dataset(data, seg, den, cert, sigma=sigma, n0=n0, n=n, alpha=alpha, taus=taus,
                                  batch_size=batch_size, seed=seed, device=device, names=names,
-                                 indices=todo, on_image=on_image, on_certificates=on_certificates):
+                                 indices=todo, on_image=on_image, on_certificates=on_certificates,
+                                 accelerate=None if accelerate is None else Acceleration(**accelerate)):
             pass
     finished = set(run.repair(len(taus)))
     if finished >= set(range(total)):
@@ -186,8 +194,8 @@ def certify_options(f):
                      help="Family-wise error level per image."),
         click.option("--tau", "taus", type=float, multiple=True, default=tuple(DEFAULTS["taus"]),
                      show_default=True, help="Threshold(s) in (0.5, 1); radius sigma * Phi^-1(tau). Repeatable."),
-        click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True,
-                     help="Noise draws per forward pass."),
+        click.option("--batch-size", type=BATCH_SIZE, default=DEFAULTS["batch_size"], show_default=True,
+                     help="Noise draws per forward pass, or auto (fit the memory available)."),
         seed_option, device_option,
         click.option("--limit", type=int, default=None, help="Certify only the first N images."),
     ]):
@@ -218,11 +226,13 @@ _OPTION_PARAMS = {"dataset_options": "--dataset-option", "segmenter_options": "-
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --output.")
 @click.option("--overwrite", is_flag=True, help="Replace the results in --output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, table or info logs.")
+@acceleration_options
 @click.pass_context
 def certify(ctx, output, config_path, manifest_path, resume, overwrite, quiet, **params):
     """Certify a segmenter on a data set with randomized smoothing (SegCertify)."""
     if quiet:
         logging.getLogger("certframe").setLevel(logging.WARNING)
+    accelerate = acceleration_from_params(params)
     try:
         given = {name: ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
                  for name in list(params) + ["output"]}
@@ -248,9 +258,9 @@ def certify(ctx, output, config_path, manifest_path, resume, overwrite, quiet, *
         for i, spec in enumerate(specs):
             if len(specs) > 1:
                 log.info("run %d of %d: %s -> %s", i + 1, len(specs), spec["name"], spec["output"])
-            run_certify(**{k: v for k, v in spec.items() if k not in ("name", "output")},
-                        output=Path(spec["output"]), resume=resume, overwrite=overwrite, quiet=quiet,
-                        registry=registry, console=console)
+            sharded(run_certify)(**{k: v for k, v in spec.items() if k not in ("name", "output")},
+                                 output=Path(spec["output"]), resume=resume, overwrite=overwrite, quiet=quiet,
+                                 registry=registry, console=console, accelerate=accelerate)
     except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         # RunError and ConfigError are ValueErrors
         raise click.ClickException(str(err)) from err
