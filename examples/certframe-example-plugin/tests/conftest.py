@@ -25,6 +25,6 @@ def trained_weights(example_root, tmp_path_factory):
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("weights") / "tiny-cnn.safetensors"
-    result = train(example_root, out, epochs=12, noise_sigma=0.25, seed=0)
+    result = train(example_root, out, epochs=20, noise_sigma=0.25, seed=0)
     assert result.checkpoint == out and out.is_file()
     return out

@@ -24,8 +24,11 @@ def train(root: str | Path, output: str | Path, *, epochs: int = 30, width: int 
     """Train on the ``train`` rows, select the epoch by Dice on the ``val`` rows, save to ``output``."""
     from . import __version__
 
+    import torch
+
     train_set = CSVDataset(root, split="train")
     val_set = CSVDataset(root, split="val")
+    torch.manual_seed(seed)  # the initial weights, so that one seed gives one checkpoint
     model = TinyCNN(in_channels=train_set.in_channels, num_classes=train_set.num_classes, width=width)
     config = {**model.config, "class_names": list(train_set.class_names), "plugin_version": __version__,
               "dataset_identity": train_set.identity()}
