@@ -1,0 +1,395 @@
+"""The attack suite: norm balls, effectiveness, targeted attacks, EOT gradients, violations, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from certframe import metrics
+from certframe.attacks import (EOTPGDL2, PGD, PGDL2, DenoisedSegmenter, SegPGD, TargetedPGD, check_eps,
+                               check_norm, count_violations)
+from certframe.attacks.base import project, validate_labels
+from certframe.attacks.pipeline import eot_gradient
+from certframe.attacks.segpgd import segpgd_lambda, segpgd_loss
+from certframe.attacks.suite import attack_dataset, budgets, robustness_table
+from certframe.attacks.violations import check_certificates
+from certframe.cli import main
+from certframe.interfaces import ABSTAIN
+from certframe.plugins.certifiers.segcertify import SegCertify
+from certframe.plugins.denoisers.none import NoDenoiser
+from certframe.registry import get_registry
+from certframe.smoothing import SmoothedSegmenter
+
+from conftest import ListDataset, ThresholdSegmenter
+
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return get_registry(load_entrypoints=False)
+
+
+@pytest.fixture(scope="module")
+def lung(registry):
+    """The undefended bundled segmenter and two synthetic lung images with masks."""
+    torch.manual_seed(0)
+    seg = registry.create("segmenter", "monai", weights="synthetic-lung")
+    data = registry.create("dataset", "synthetic-lung", count=2, size=64)
+    x = torch.stack([data[i].image for i in range(2)])
+    y = torch.stack([data[i].mask for i in range(2)])
+    return seg, x, y
+
+
+def _dice(seg, images, masks):
+    pred = seg.predict(images)
+    return [metrics.mean_dice(pred[i], masks[i], 2) for i in range(len(images))]
+
+
+# ------------------------------------------------------------------ norm ball and box
+ALL = [("fgsm", "linf", {}), ("pgd", "linf", {"alpha": 4 / 255}), ("pgdl2", "l2", {"alpha": 0.5}),
+       ("targeted-pgd", "linf", {}), ("targeted-pgd", "l2", {}), ("segpgd", "linf", {}), ("segpgd", "l2", {}),
+       ("eot-pgdl2", "l2", {"num_draws": 2, "steps": 3}), ("eot-pgd", "linf", {"num_draws": 2, "steps": 3})]
+
+
+@pytest.mark.parametrize("name,norm,extra", ALL, ids=[f"{a}-{n}" for a, n, _ in ALL])
+def test_attacks_stay_in_norm_ball_and_unit_box(registry, lung, name, norm, extra):
+    seg, x, y = lung
+    # saturate part of the image so that clipping to [0, 1] is active
+    x = (x * 1.6 - 0.3).clamp(0, 1)
+    eps = 0.5 if norm == "l2" else 8 / 255
+    entry = registry.get("attack", name)
+    options = {"model": seg, "eps": eps, **extra}
+    if getattr(entry.factory, "norms", None):
+        options["norm"] = norm
+    if entry.factory.threat == "smoothed":
+        options["sigma"] = 0.25
+    attack = registry.create("attack", name, **options)
+    adv = attack(x, y)
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    d = (adv.double() - x.double()).flatten(1)
+    size = d.norm(dim=1) if norm == "l2" else d.abs().amax(dim=1)
+    assert bool((size <= eps + TOL).all()), f"{name} left the {norm} ball: {size.tolist()} > {eps}"
+    assert bool((size > 0.3 * eps).all()), f"{name} barely moved: {size.tolist()}"
+
+
+def test_projection_is_exact():
+    delta = torch.tensor([[[[3.0, 4.0]]], [[[0.3, 0.4]]]])  # L2 norms 5 and 0.5
+    p = project(delta, 1.0, "l2")
+    assert torch.allclose(p.flatten(1).norm(dim=1), torch.tensor([1.0, 0.5]), atol=1e-7)
+    assert torch.allclose(p[0], delta[0] / 5)  # direction kept
+    assert torch.equal(p[1], delta[1])          # inside: unchanged
+    assert torch.equal(project(delta, 0.35, "linf"), delta.clamp(-0.35, 0.35))
+
+
+def test_seeded_attacks_are_reproducible(lung):
+    seg, x, y = lung
+    a = PGD(seg, eps=8 / 255, steps=3, seed=7)(x, y)
+    b = PGD(seg, eps=8 / 255, steps=3, seed=7)(x, y)
+    c = PGD(seg, eps=8 / 255, steps=3, seed=8)(x, y)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ------------------------------------------------------------------ effectiveness
+def test_pgd_lowers_dice_of_undefended_segmenter(lung):
+    seg, x, y = lung
+    eps = 8 / 255
+    clean = _dice(seg, x, y)
+    attacked = _dice(seg, PGD(seg, eps=eps, alpha=2 / 255, steps=10)(x, y), y)
+    g = torch.Generator().manual_seed(0)
+    random_sign = (x + eps * torch.randint(0, 2, x.shape, generator=g).mul(2).sub(1)).clamp(0, 1)
+    noisy = _dice(seg, random_sign, y)
+    for c, a, r in zip(clean, attacked, noisy):
+        assert a < c - 0.02, (clean, attacked)
+        assert a < r - 0.01, (noisy, attacked)  # worse than random noise of the same Linf size
+
+
+def test_pgdl2_and_segpgd_lower_dice(lung):
+    seg, x, y = lung
+    clean = _dice(seg, x, y)
+    for attack in (PGDL2(seg, eps=1.0, steps=10), SegPGD(seg, eps=8 / 255, steps=10)):
+        attacked = _dice(seg, attack(x, y), y)
+        assert all(a < c - 0.02 for a, c in zip(attacked, clean)), (type(attack).__name__, clean, attacked)
+
+
+def test_targeted_attack_moves_predictions_toward_target(lung):
+    seg, x, y = lung
+    before = seg.predict(x)
+    # erase the lungs: target all background
+    adv = TargetedPGD(seg, target=0, eps=16 / 255, steps=10)(x, y)
+    after = seg.predict(adv)
+    lungs_before, lungs_after = (before == 1).float().mean().item(), (after == 1).float().mean().item()
+    assert lungs_after < 0.85 * lungs_before, (lungs_before, lungs_after)
+    toward, away = int(((before == 1) & (after == 0)).sum()), int(((before == 0) & (after == 1)).sum())
+    assert toward > 4 * away, (toward, away)
+    # a mask target: the left half lungs, the right half background
+    target = torch.zeros(64, 64, dtype=torch.long)
+    target[:, :32] = 1
+    agree_before = (before == target).float().mean().item()
+    adv = TargetedPGD(seg, target=target, norm="l2", eps=2.0, steps=10)(x, y)
+    agree_after = (seg.predict(adv) == target).float().mean().item()
+    assert agree_after > agree_before + 0.05, (agree_before, agree_after)
+
+
+def test_torchattacks_targeted_api_composes(lung):
+    """torchattacks' own targeted mode: the labels given are the target mask."""
+    seg, x, _ = lung
+    atk = PGD(seg, eps=16 / 255, alpha=4 / 255, steps=10)
+    atk.set_mode_targeted_by_label(quiet=True)
+    target = torch.zeros(2, 64, 64, dtype=torch.long)
+    lungs_before = (seg.predict(x) == 1).float().mean().item()
+    lungs_after = (seg.predict(atk(x, target)) == 1).float().mean().item()
+    assert lungs_after < 0.85 * lungs_before, (lungs_before, lungs_after)
+
+
+# ------------------------------------------------------------------ SegPGD maths
+def test_segpgd_schedule_and_loss_golden():
+    assert segpgd_lambda(1, 10) == 0.0
+    assert segpgd_lambda(10, 10) == pytest.approx(9 / 20)
+    assert segpgd_lambda(5, 8) == pytest.approx(4 / 16)
+    with pytest.raises(ValueError, match="step t"):
+        segpgd_lambda(0, 10)
+    # two pixels: one right (logits 2 vs 0, label 0), one wrong (logits 1 vs 0, label 1)
+    logits = torch.tensor([[[[2.0, 1.0]], [[0.0, 0.0]]]])  # [1, 2, 1, 2]
+    labels = torch.tensor([[[0, 1]]])
+    ce_right = math.log(1 + math.exp(-2.0))
+    ce_wrong = math.log(1 + math.exp(1.0))
+    lam = 0.25
+    expected = ((1 - lam) * ce_right + lam * ce_wrong) / 2
+    assert segpgd_loss(logits, labels, lam).item() == pytest.approx(expected, rel=1e-6)
+    assert segpgd_loss(logits, labels, 0.0).item() == pytest.approx(ce_right / 2, rel=1e-6)
+
+
+# ------------------------------------------------------------------ EOT
+def _ddpm_denoiser(registry, tmp_path):
+    """The ``ddpm`` plugin with its bundled model when there is one, else a tiny random diffusers model."""
+    try:
+        return registry.create("denoiser", "ddpm")
+    except FileNotFoundError:
+        pass
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, norm_num_groups=4)
+    folder = tmp_path / "tiny-ddpm"
+    unet.save_pretrained(folder, safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder)
+    return registry.create("denoiser", "ddpm", model=str(folder))
+
+
+def test_eot_gradients_flow_through_ddpm_denoiser(registry, lung, tmp_path):
+    seg, x, y = lung
+    den = _ddpm_denoiser(registry, tmp_path)
+    pipeline = DenoisedSegmenter(seg, den, sigma=0.25)
+    calls = []
+    handle = den.register_forward_hook(lambda m, i, o: calls.append(o.requires_grad))
+    try:
+        grad = eot_gradient(pipeline, x[:1], y[:1], num_draws=2, draw_batch=2,
+                            generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert calls and all(calls), "the denoiser's output was not part of the autograd graph"
+    assert grad.shape == x[:1].shape
+    assert bool(torch.isfinite(grad).all())
+    assert float(grad.abs().sum()) > 0
+    # and the attack built on it stays in its ball
+    adv = EOTPGDL2(seg, sigma=0.25, denoiser=den, eps=0.5, steps=2, num_draws=2)(x[:1], y[:1])
+    assert float((adv - x[:1]).flatten().norm()) <= 0.5 + TOL and float((adv - x[:1]).abs().sum()) > 0
+
+
+def test_eot_gradient_is_mean_of_per_draw_gradients():
+    """Golden check of the EOT estimate: the same draws, differentiated one by one."""
+    seg = ThresholdSegmenter()
+    pipeline = DenoisedSegmenter(seg, NoDenoiser(), sigma=0.3)
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = (torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(2)) > 0.5).long()
+    got = eot_gradient(pipeline, x, y, num_draws=5, draw_batch=2, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    expected = torch.zeros_like(x)
+    for m in (2, 2, 1):  # the same draw batches, in the same order
+        noise = torch.randn((m, 1, 1, 4, 4), generator=g) * 0.3
+        for j in range(m):
+            xi = x.clone().requires_grad_(True)
+            loss = F.cross_entropy(seg(xi + noise[j]), y)
+            expected += torch.autograd.grad(loss, xi)[0] / 5
+    assert torch.allclose(got, expected, atol=1e-7)
+
+
+# ------------------------------------------------------------------ violations
+def test_violation_counts_exact():
+    certified = torch.tensor([[0, 1], [ABSTAIN, 1]])
+    adversarial = torch.tensor([[0, 0], [1, ABSTAIN]])
+    majority = torch.tensor([[1, 0], [1, 1]])
+    v = count_violations(certified, 0.5, adversarial, 0.3, majority)
+    assert (v.covered, v.violations, v.abstained, v.kept, v.majority_flips) == (3, 1, 1, 1, 2)
+    assert v.covers and v.violation_rate == pytest.approx(1 / 3)
+    # the perturbation reaches the radius: nothing was promised, nothing is violated
+    v = count_violations(certified, 0.5, adversarial, 0.5)
+    assert (v.covered, v.violations, v.majority_flips) == (0, 0, None) and not v.covers
+    # a certificate that holds
+    v = count_violations(certified, 0.5, certified.clone(), 0.3)
+    assert (v.covered, v.violations, v.kept) == (3, 0, 3)
+
+
+def test_violation_checker_input_errors():
+    with pytest.raises(ValueError, match="same image size"):
+        count_violations(torch.zeros(2, 2, dtype=torch.long), 0.5, torch.zeros(3, 2, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="integer labels"):
+        count_violations(torch.zeros(2, 2), 0.5, torch.zeros(2, 2, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        count_violations(torch.zeros(2, 2, dtype=torch.long), -1, torch.zeros(2, 2, dtype=torch.long), 0.1)
+
+
+def test_violation_checker_catches_a_wrong_certificate_and_passes_a_correct_one():
+    """End to end with the threshold segmenter (P(class 1) = Phi((x - 0.5) / sigma) exactly).
+
+    x: 4x4 pixels at 0.9 (class 1) and 0.1 (class 0). x': two class-1 pixels pushed
+    to 0.1, ||x' - x||_2 = 0.8 sqrt(2) = 1.13. The honest certificate (R = 0.25 *
+    Phi^-1(0.75) = 0.169) does not reach x': 0 violations. The same labels claimed
+    with a radius of 10 (a deliberately wrong certificate) are contradicted on
+    exactly those two pixels, which x' certifies as class 0.
+    """
+    seg = ThresholdSegmenter()
+    smoothed = SmoothedSegmenter(seg, None, sigma=0.25)
+    x = torch.full((1, 4, 4), 0.1)
+    x[0, :2] = 0.9
+    x_adv = x.clone()
+    x_adv[0, 0, :2] = 0.1
+    l2 = float((x_adv - x).norm())
+    kwargs = dict(n0=20, n=300, alpha=0.001, taus=(0.75,), seed=0, image_id="t")
+    cert = smoothed.certify(x, SegCertify(), **kwargs)[0]
+    cert_adv = smoothed.certify(x_adv, SegCertify(), **kwargs)[0]
+    assert bool((cert.labels != ABSTAIN).all()) and bool((cert_adv.labels != ABSTAIN).all())
+    honest = check_certificates(cert, cert_adv, l2)
+    assert (honest.covered, honest.violations) == (0, 0)
+    from dataclasses import replace
+    wrong = check_certificates(replace(cert, radius=10.0), cert_adv, l2)
+    assert (wrong.covered, wrong.violations, wrong.kept, wrong.abstained) == (16, 2, 14, 0)
+    with pytest.raises(ValueError, match="different noise levels"):
+        check_certificates(cert, replace(cert_adv, sigma=0.5), l2)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("eps,norm,match", [(-0.1, "l2", "eps must be a finite number > 0"),
+                                            (0, "linf", "eps must be a finite number > 0"),
+                                            (float("nan"), "l2", "finite"), ("big", "l2", "a number"),
+                                            (8, "linf", "8/255")])
+def test_bad_eps(eps, norm, match):
+    with pytest.raises(ValueError, match=match):
+        check_eps(eps, norm)
+
+
+def test_bad_norm_target_and_inputs(lung):
+    seg, x, y = lung
+    with pytest.raises(ValueError, match=r"norm must be one of \('l2', 'linf'\), got 'l3'"):
+        check_norm("l3")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        SegPGD(seg, norm="l1")
+    with pytest.raises(ValueError, match=r"target class 5 is not a class of the model \(expected 0..1\)"):
+        TargetedPGD(seg, target=5)
+    with pytest.raises(ValueError, match="integer tensor"):
+        TargetedPGD(seg, target=torch.zeros(64, 64))
+    with pytest.raises(ValueError, match="target mask must have shape"):
+        TargetedPGD(seg, target=torch.zeros(32, 32, dtype=torch.long))(x, y)
+    with pytest.raises(ValueError, match=r"target mask hold classes \[0, 3\]"):
+        bad = torch.zeros(64, 64, dtype=torch.long)
+        bad[0, 0] = 3
+        TargetedPGD(seg, target=bad)(x, y)
+    with pytest.raises(ValueError, match=r"eps must be a finite number > 0"):
+        PGDL2(seg, eps=0)
+    with pytest.raises(ValueError, match=r"images must lie in \[0, 1\]"):
+        PGD(seg)(x * 2, y)
+    with pytest.raises(ValueError, match=r"labels must have shape \[B, H, W\]"):
+        PGD(seg)(x, y[:, :10])
+    with pytest.raises(ValueError, match=r"labels hold classes \[0, 1, 2\]"):
+        validate_labels(torch.tensor([[[0, 1, 2]]]), torch.zeros(1, 1, 1, 3), 2)
+    with pytest.raises(ValueError, match="needs the smoothing noise level sigma"):
+        EOTPGDL2(seg)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        EOTPGDL2(seg, sigma=0.25, objective="max")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        PGD(seg, steps=0)
+    with pytest.raises(ValueError, match="no attack budget"):
+        budgets([], [])
+
+
+# ------------------------------------------------------------------ suite and CLI
+def test_suite_rows_and_no_violations_on_threshold_model():
+    """The full loop on a model whose smoothed behaviour is known: rows, budgets, no violations."""
+    torch.manual_seed(0)
+    img = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
+    img[:, 2:6, 2:6] += 0.6
+    mask = (img[0] > 0.5).long()
+    data = ListDataset([(img, mask)])
+    attacks = {"pgdl2": PGDL2, "eot-pgdl2": EOTPGDL2, "pgd": PGD}
+    rows = list(attack_dataset(data, ThresholdSegmenter(), None, SegCertify(), attacks, sigma=0.25, n0=10, n=200,
+                               alpha=0.01, taus=(0.6, 0.75), eps_l2=(0.05, 0.5), eps_linf=(2 / 255,),
+                               attack_options={"eot-pgdl2": {"num_draws": 4, "steps": 3}}, device="cpu"))
+    df = pd.DataFrame(rows)
+    # 2 L2 attacks x 2 budgets + 1 Linf attack x 1 budget, each for 2 taus
+    assert len(df) == (2 * 2 + 1) * 2
+    assert set(zip(df.attack, df.norm, df.eps)) == {("pgdl2", "l2", 0.05), ("pgdl2", "l2", 0.5),
+                                                    ("eot-pgdl2", "l2", 0.05), ("eot-pgdl2", "l2", 0.5),
+                                                    ("pgd", "linf", 2 / 255)}
+    assert (df.perturbation_l2 <= df.eps_l2_bound + TOL).all()
+    assert (df.violations == 0).all()
+    covered = df[(df.eps == 0.05) & (df.tau == 0.75)]
+    assert (covered.covered > 0).all() and covered.covers.all()  # R = 0.169 > 0.05: checked for real
+    far = df[df.eps == 0.5]
+    assert (far.certified_dice_at_eps == 0).all() and (far.covered == 0).all()
+    linf = df[df.norm == "linf"]
+    assert linf.eps_l2_bound.iloc[0] == pytest.approx(2 / 255 * 8)
+    table = robustness_table(df)
+    assert len(table) == 3 * 2 and table.violations.sum() == 0
+
+
+def test_cli_attack_writes_rows(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "attack", "--dataset-option", "count=1", "--dataset-option", "size=32",
+        "--segmenter-option", "weights=synthetic-lung-noise0.25", "--n0", "5", "-n", "40", "--alpha", "0.01",
+        "--tau", "0.6", "--attack", "pgdl2", "--attack", "eot-pgdl2", "--attack", "pgd",
+        "--attack-option", "eot-pgdl2:num_draws=2", "--attack-option", "eot-pgdl2:steps=2",
+        "--attack-option", "pgd:steps=3", "--eps-l2", "0.05", "--eps-l2", "0.3", "--eps-linf", "1/255",
+        "--device", "cpu", "-o", str(out)], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == 5
+    for col in ["image_id", "segmenter", "denoiser", "certifier", "sigma", "tau", "radius", "attack", "norm", "eps",
+                "base_robust_dice", "smoothed_robust_dice", "certified_dice_at_eps", "violations"]:
+        assert col in df.columns
+    assert set(df.attack) == {"pgdl2", "eot-pgdl2", "pgd"}
+    assert df.segmenter.iloc[0] == "monai:synthetic-lung-noise0.25" and df.denoiser.iloc[0] == "none"
+    assert sorted(df[df.norm == "l2"].eps.unique()) == [0.05, 0.3]
+    assert df[df.norm == "linf"].eps.iloc[0] == pytest.approx(1 / 255)
+    assert (df.violations == 0).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["violations"] == 0
+    assert len(json.loads((out / "robustness.json").read_text())) == 3  # l2 0.05, l2 0.3, linf 1/255
+    assert "empirical vs certified Dice" in result.output and "viol" in result.output
+    # the same folder again without --overwrite: a clear error, nothing lost
+    again = CliRunner().invoke(main, ["attack", "-o", str(out), "--dataset-option", "count=1"])
+    assert again.exit_code != 0 and "already holds results" in again.output
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--eps-linf", "8"], "8/255"),
+    (["--eps-l2", "-1"], "eps must be a finite number > 0"),
+    (["--eps-l2", "abc"], "expected a number such as 0.5 or 2/255"),
+    (["--attack", "nope"], "unknown attack 'nope'"),
+    (["--attack-option", "segpgd:steps=2"], "which is not run"),
+    (["--attack", "targeted-pgd", "--attack-option", "targeted-pgd:target=7"], "target class 7"),
+])
+def test_cli_bad_values(tmp_path, args, match):
+    result = CliRunner().invoke(main, ["attack", "--dataset-option", "count=1", "--dataset-option", "size=32",
+                                       "-n", "10", "-o", str(tmp_path / "r"), *args], terminal_width=200)
+    assert result.exit_code != 0
+    assert match in " ".join(result.output.split()), result.output
