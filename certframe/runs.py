@@ -52,6 +52,9 @@ _VERSIONED = ("certframe", "torch", "numpy", "scipy", "monai", "diffusers", "tor
               "pyarrow")
 
 
+_HELD: dict[str, Any] = {}  # run folders this process holds the lock of -> open lock file
+
+
 class RunError(ValueError):
     """A run folder is missing, corrupt, or does not match what was asked."""
 
@@ -164,9 +167,10 @@ class RunFolder:
         """
         if resume and overwrite:
             raise RunError("--resume and --overwrite exclude each other")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
         rows_per_image = int(rows_per_image or len(manifest["config"].get("taus") or [0]))
         manifest = {**manifest, "rows_per_image": rows_per_image}
-        self.path.mkdir(parents=True, exist_ok=True)
         has_results = self.results_path.exists() and self.results_path.stat().st_size > 0
         if has_results and not (resume or overwrite):
             raise RunError(f"{self.path} already holds results; pass --resume to continue that run "
@@ -197,6 +201,36 @@ class RunFolder:
                     f.unlink()
         self.write_manifest({**manifest, "status": "running"})
         return done
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the folder (``.lock``, flock) until :meth:`unlock` or exit.
+
+        A second process writing the same run folder (say, ``--resume`` while the first
+        still runs) gets a clear error instead of interleaved rows. The OS drops the
+        lock when the process dies, so a killed run leaves nothing stale behind. Within
+        one process the lock is shared (a failed call does not block a retry). No-op
+        where ``fcntl`` is unavailable (Windows).
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return
+        f = (self.path / ".lock").open("a")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            f.close()
+            raise RunError(f"another process is writing the run folder {self.path}; wait for it or "
+                           f"stop it before resuming") from err
+        _HELD[key] = f
+
+    def unlock(self) -> None:
+        f = _HELD.pop(str(self.path.resolve()), None)
+        if f is not None:
+            f.close()
 
     def write_manifest(self, manifest: dict) -> None:
         _atomic_write(self.manifest_path, (json.dumps(jsonable(manifest), indent=2) + "\n").encode())
@@ -262,6 +296,7 @@ class RunFolder:
         _atomic_write(self.path / SUMMARY,
                       (summary.to_json(orient="records", indent=2, double_precision=15) + "\n").encode())
         self.update_manifest(status="complete", finished=_now(), images=int(df["index"].nunique()))
+        self.unlock()
         return summary
 
     # -- reading

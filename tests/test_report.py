@@ -250,8 +250,9 @@ def test_report_over_real_certify_runs(tmp_path):
     runs = []
     for label, weights in (("clean", "synthetic-lung"), ("gaussian", "synthetic-lung-noise0.25")):
         runs.append(tmp_path / label)
-        invoke("certify", "--dataset-option", "count=2", "--segmenter-option", f"weights={weights}",
-               "-n", "30", "--alpha", "0.05", "--tau", "0.6", "--label", label, "--output", runs[-1], "--quiet")
+        invoke("certify", "--dataset-option", "count=2", "--dataset-option", "size=32",
+               "--segmenter-option", f"weights={weights}",
+               "-n", "20", "--alpha", "0.05", "--tau", "0.6", "--label", label, "--output", runs[-1], "--quiet")
     out = tmp_path / "report"
     invoke("report", *runs, "--output", out, "--overlays", "2", "--quiet")
     rows = json.loads((out / "report.json").read_text())

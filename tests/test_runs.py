@@ -264,6 +264,40 @@ def test_corrupt_and_mismatched_folders_give_clear_errors(tmp_path):
         f.start({"config": {"taus": [0.75]}}, resume=True)
 
 
+def test_two_processes_cannot_write_one_run_folder(tmp_path):
+    first = RunFolder(tmp_path / "run")
+    first.start({"config": {"taus": [0.75]}})
+    first.append([_row(0)])
+    code = ("import sys; from certframe.runs import RunFolder, RunError\n"
+            "try:\n    RunFolder(sys.argv[1]).start({'config': {'taus': [0.75]}}, resume=True)\n"
+            "except RunError as e:\n    print(e); sys.exit(3)\n")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+    assert other.returncode == 3 and "another process is writing the run folder" in other.stdout
+    first.finish()  # releases the lock
+    import fcntl
+
+    with (tmp_path / "run" / ".lock").open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise if still held
+
+
+def test_summary_table_fits_100_columns():
+    from rich.console import Console
+
+    from certframe.cli.certify_cmd import print_summary
+
+    summary = pd.DataFrame([{"segmenter": "monai:synthetic-lung-noise0.25", "denoiser": "ddpm",
+                             "certifier": "segcertify", "sigma": 0.25, "tau": 0.75, "radius": 0.16862,
+                             "certified_dice": 0.8123, "certified_dice_std": 0.1012, "clean_dice": 0.9,
+                             "abstain_rate": 0.05, "images": 100}])
+    console = Console(width=100, record=True)
+    print_summary(summary, console, title="certified Dice (runs/a/fairly/long/folder/name)")
+    lines = console.export_text().splitlines()
+    assert "…" not in "".join(lines) and max(map(len, lines)) <= 100
+    assert lines[1].split() == ["method", "σ", "τ", "radius", "cert.", "Dice", "clean", "Dice", "abstain", "images"]
+    assert lines[3].split() == ["monai:synthetic-lung-noise0.25", "+", "ddpm", "0.25", "0.75", "0.169",
+                                "0.812±0.101", "0.900", "0.050", "100"]
+
+
 # ---- experiment files
 
 def test_experiment_file_expands_runs_times_sweep(tmp_path):
