@@ -26,9 +26,9 @@ same draws):
 3. Futility (power only, never soundness): a pixel whose one-sided ``1 - beta``
    Clopper-Pearson upper bound ``U_i`` on ``p_i(c_i)`` is ``<= tau`` (it is provably not
    above tau), or for which even ``k_i + U_i (n_L - n_j)`` votes at the last look would
-   stay below the count that look needs at its most lenient Holm threshold
-   (``alpha_L / (f + 1)``, f = pixels neither certified nor undecided), is marked
-   futile: it abstains and is never certified later.
+   stay below the count that look needs at Holm's threshold for the first pixel not yet
+   certified (``alpha_L / (m - r)``, r = pixels certified so far), is marked futile: it
+   abstains and is never certified later.
 4. Stop after look j when every pixel is certified or futile at every tau (or when
    at most ``tolerance`` of the pixels are still undecided), or at ``n_L``. Pixels not
    certified when sampling stops abstain.
@@ -202,8 +202,7 @@ class AdaptiveSegCertify(Certifier):
                 per_look[tau].append(int(fresh.sum()))
                 open_ = ~certified[tau] & ~futile[tau]
                 if j < len(looks) - 1 and open_.any():
-                    f = m - int(certified[tau].sum()) - int(open_.sum())
-                    needed = min_certifiable_count(looks[-1], tau, alphas[-1] / (f + 1))
+                    needed = min_certifiable_count(looks[-1], tau, alphas[-1] / (m - int(certified[tau].sum())))
                     hopeless = (upper <= tau) | (k + upper * (looks[-1] - n_j) < needed)
                     futile[tau] |= open_ & hopeless
                     open_ &= ~hopeless
