@@ -64,18 +64,19 @@ SPEC: dict[str, tuple[tuple[type, ...], Any]] = {
     "n": ((int,), 100),
     "alpha": ((float, int), 0.001),
     "taus": ((list,), [0.75]),
-    "batch_size": ((int,), 32),
+    "batch_size": ((int, str), 32),
     "seed": ((int,), 0),
     "device": ((str,), "auto"),
     "limit": ((int, type(None)), None),
     "certificates": ((bool,), True),
     "label": ((str, type(None)), None),
     "output": ((str,), None),
+    "accelerate": ((dict, type(None)), None),
 }
 DEFAULTS = {k: v for k, (_, v) in SPEC.items()}
 RUN_KEYS = sorted(set(SPEC) | {"tau", "name"})
 TOP_KEYS = sorted(set(RUN_KEYS) | {"title", "sweep", "runs"})
-SWEEP_KEYS = sorted(set(SPEC) - {"taus", "output", "label"})
+SWEEP_KEYS = sorted(set(SPEC) - {"taus", "output", "label", "accelerate"})
 _PLACEHOLDER = re.compile(r"\{(name|label|sigma|seed|dataset|segmenter|denoiser|certifier|stem)\}")
 
 
@@ -104,6 +105,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         value = [float(t) for t in value]
     if key in ("sigma", "alpha"):
         value = float(value)
+    if key == "batch_size" and isinstance(value, str) and value != "auto":
+        raise ConfigError(f"{where}: batch_size must be an integer or \"auto\", got {value!r}")
     return value
 
 

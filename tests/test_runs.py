@@ -328,6 +328,9 @@ def test_experiment_file_errors_name_the_valid_keys(tmp_path):
         expand({"sweep": {"taus": [[0.75]]}})
     with pytest.raises(ConfigError, match="n0 must be int, got '10' \\(str\\)"):
         expand({"n0": "10"})
+    with pytest.raises(ConfigError, match='batch_size must be an integer or "auto", got \'big\''):
+        expand({"batch_size": "big"})
+    assert expand({"batch_size": "auto"})[0]["batch_size"] == "auto"
     with pytest.raises(ConfigError, match="both write to"):
         expand({"runs": [{"name": "a"}, {"name": "a"}]})
     bad = tmp_path / "bad.toml"

@@ -233,6 +233,9 @@ def certify(ctx, output, config_path, manifest_path, resume, overwrite, quiet, *
     if quiet:
         logging.getLogger("certframe").setLevel(logging.WARNING)
     accelerate = acceleration_from_params(params)
+    accelerate_given = {key: value for name, key, value in zip(
+        ("precision", "channels_last", "compile_model", "prefetch"), list(accelerate), accelerate.values())
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
     try:
         given = {name: ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
                  for name in list(params) + ["output"]}
@@ -258,9 +261,12 @@ def certify(ctx, output, config_path, manifest_path, resume, overwrite, quiet, *
         for i, spec in enumerate(specs):
             if len(specs) > 1:
                 log.info("run %d of %d: %s -> %s", i + 1, len(specs), spec["name"], spec["output"])
-            sharded(run_certify)(**{k: v for k, v in spec.items() if k not in ("name", "output")},
+            # acceleration: the file's (or manifest's) settings, explicit options on top
+            spec_accelerate = spec.get("accelerate")
+            run_accelerate = accelerate if spec_accelerate is None else {**spec_accelerate, **accelerate_given}
+            sharded(run_certify)(**{k: v for k, v in spec.items() if k not in ("name", "output", "accelerate")},
                                  output=Path(spec["output"]), resume=resume, overwrite=overwrite, quiet=quiet,
-                                 registry=registry, console=console, accelerate=accelerate)
+                                 registry=registry, console=console, accelerate=run_accelerate)
     except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         # RunError and ConfigError are ValueErrors
         raise click.ClickException(str(err)) from err
