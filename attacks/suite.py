@@ -52,6 +52,7 @@ from .base import check_eps, check_norm
 from .violations import count_violations
 
 DEFAULT_ATTACKS = ("pgdl2", "eot-pgdl2", "pgd", "eot-pgd")
+RADIUS_MARGIN = 1e-6
 IDENTITY_COLUMNS = ["image_id", "index", "segmenter", "denoiser", "certifier", "sigma", "tau", "radius"]
 ATTACK_KEYS = ["segmenter", "denoiser", "certifier", "sigma", "tau", "radius", "attack", "threat", "norm",
                "eps", "eps_l2_bound"]
@@ -126,7 +127,10 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
         [sigma=..., denoiser=...,] seed=..., **attack_options[name])`` builds the attack
         (``norm`` is passed to attacks that support several; ``sigma`` and ``denoiser``
         to attacks whose ``threat`` is "smoothed").
-    eps_l2: L2 budgets (default: the certified radii ``sigma * Phi^-1(tau)`` of ``taus``).
+    eps_l2: L2 budgets (default: the certified radii ``sigma * Phi^-1(tau)`` of ``taus``, times
+        ``1 - 1e-6``: the guarantee covers the OPEN ball ``||delta||_2 < R``, and an attack
+        projected onto ``||delta||_2 <= R`` lands on its boundary up to float rounding, where
+        nothing is promised; a budget exactly equal to R leaves the check to chance).
     eps_linf: Linf budgets in [0, 1] pixel units (default none).
     on_image: called after each image with (index, image id, its rows).
     """
@@ -141,7 +145,9 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
         raise ValueError("no attack given")
     from certframe.statistics import certified_radius
     radii = [certified_radius(request.sigma, t) for t in request.taus]
-    plan = budgets(radii if eps_l2 is None else eps_l2, eps_linf)
+    # default L2 budgets: the certified radii, shrunk by 1e-6 (relative) so that the attack stays
+    # strictly inside the open ball ||delta||_2 < R the certificate covers, despite float rounding
+    plan = budgets([r * (1 - RADIUS_MARGIN) for r in radii] if eps_l2 is None else eps_l2, eps_linf)
     jobs = []
     for name, factory in attacks.items():
         norms = attack_norms(factory)

@@ -324,6 +324,8 @@ def test_bad_norm_target_and_inputs(lung):
 # ------------------------------------------------------------------ suite and CLI
 def test_suite_rows_and_no_violations_on_threshold_model():
     """The full loop on a model whose smoothed behaviour is known: rows, budgets, no violations."""
+    from certframe.statistics import certified_radius
+
     torch.manual_seed(0)
     img = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
     img[:, 2:6, 2:6] += 0.6
@@ -331,20 +333,25 @@ def test_suite_rows_and_no_violations_on_threshold_model():
     data = ListDataset([(img, mask)])
     attacks = {"pgdl2": PGDL2, "eot-pgdl2": EOTPGDL2, "pgd": PGD}
     rows = list(attack_dataset(data, ThresholdSegmenter(), None, SegCertify(), attacks, sigma=0.25, n0=10, n=200,
-                               alpha=0.01, taus=(0.6, 0.75), eps_l2=(0.05, 0.5), eps_linf=(2 / 255,),
+                               alpha=0.01, taus=(0.6, 0.75), eps_linf=(2 / 255,),
                                attack_options={"eot-pgdl2": {"num_draws": 4, "steps": 3}}, device="cpu"))
     df = pd.DataFrame(rows)
+    r6, r75 = certified_radius(0.25, 0.6), certified_radius(0.25, 0.75)
+    # default L2 budgets: the certified radii, just inside the open ball
+    l2 = sorted(df[df.norm == "l2"].eps.unique())
+    assert l2 == pytest.approx([r6 * (1 - 1e-6), r75 * (1 - 1e-6)], rel=1e-12)
     # 2 L2 attacks x 2 budgets + 1 Linf attack x 1 budget, each for 2 taus
     assert len(df) == (2 * 2 + 1) * 2
-    assert set(zip(df.attack, df.norm, df.eps)) == {("pgdl2", "l2", 0.05), ("pgdl2", "l2", 0.5),
-                                                    ("eot-pgdl2", "l2", 0.05), ("eot-pgdl2", "l2", 0.5),
-                                                    ("pgd", "linf", 2 / 255)}
+    assert set(zip(df.attack, df.norm)) == {("pgdl2", "l2"), ("eot-pgdl2", "l2"), ("pgd", "linf")}
     assert (df.perturbation_l2 <= df.eps_l2_bound + TOL).all()
     assert (df.violations == 0).all()
-    covered = df[(df.eps == 0.05) & (df.tau == 0.75)]
-    assert (covered.covered > 0).all() and covered.covers.all()  # R = 0.169 > 0.05: checked for real
-    far = df[df.eps == 0.5]
-    assert (far.certified_dice_at_eps == 0).all() and (far.covered == 0).all()
+    # matched budget: every attack is checked against the certificate for real
+    matched = df[(df.norm == "l2") & (df.tau == 0.75) & (df.eps == l2[1])]
+    assert len(matched) == 2 and matched.covers.all() and (matched.covered > 0).all()
+    assert (matched.certified_dice_at_eps == matched.certified_dice).all()
+    # a budget beyond the radius: nothing certified at that eps, nothing covered
+    beyond = df[(df.tau == 0.6) & (df.eps == l2[1])]
+    assert (beyond.certified_dice_at_eps == 0).all() and (beyond.covered == 0).all()
     linf = df[df.norm == "linf"]
     assert linf.eps_l2_bound.iloc[0] == pytest.approx(2 / 255 * 8)
     table = robustness_table(df)
