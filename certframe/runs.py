@@ -183,6 +183,11 @@ class RunFolder:
             new_hash = manifest.get("dataset", {}).get("sha256")
             if old_hash != new_hash:
                 diff.append(f"data set identity: {old_hash} in the run, {new_hash} now")
+            # numerical precision changes results: fp32 rows and bf16 rows must not mix
+            old_prec, new_prec = (((m.get("execution") or {}).get("accelerate") or {}).get("precision")
+                                  for m in (old, manifest))
+            if old_prec and new_prec and old_prec != new_prec:
+                diff.append(f"precision: {old_prec!r} in the run, {new_prec!r} now")
             if diff:
                 raise RunError(f"cannot resume {self.path}: its configuration differs: " + "; ".join(diff)
                                + " (use another --output, or --overwrite to start again)")

@@ -202,6 +202,12 @@ def test_resume_with_another_configuration_is_refused(tmp_path):
     r = invoke(*BASE, "--dataset-option", "count=1", "--dataset-option", "seed=3", "--output", run, "--resume",
                ok=False)
     assert "dataset_options.seed: '<absent>' in the run, 3 now" in r.output and "data set identity" in r.output
+    # mixed precision is CUDA-only, so check the precision rule on the folder itself
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["execution"]["accelerate"]["precision"] == "fp32"
+    bf16 = {**manifest, "execution": {**manifest["execution"], "accelerate": {"precision": "bf16"}}}
+    with pytest.raises(RunError, match="precision: 'fp32' in the run, 'bf16' now"):
+        RunFolder(run).start(bf16, resume=True)
 
 
 def _make_folder(path: Path, rows: list[dict], taus=(0.75,), status="complete") -> RunFolder:
