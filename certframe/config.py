@@ -179,8 +179,8 @@ def expand(doc: dict, *, source: str = "<config>", stem: str = "experiment") -> 
                       f"{key.removesuffix('_options')}{j}" if isinstance(v, dict) else f"{key}{v}")
                      for j, v in enumerate(values)])
     runs = doc.get("runs", [{}])
-    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
-        raise ConfigError(f"{source}: runs must be an array of tables ([[runs]])")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs) or not runs:
+        raise ConfigError(f"{source}: runs must be a non-empty array of tables ([[runs]])")
     out, seen = [], {}
     for i, run in enumerate(runs):
         run_spec = normalize(run, f"{source} [[runs]] #{i + 1}")

@@ -187,6 +187,7 @@ def test_report_html_is_self_contained(two_runs, tmp_path):
 
 def test_a_folder_of_runs_and_duplicate_methods(two_runs, tmp_path):
     make_run(tmp_path / "runs" / "b2", RUN_B)
+    make_run(tmp_path / "runs" / "a" / "ranks" / "rank0", RUN_A, finish=False)  # a part of run a: not a run
     runs = load_runs([tmp_path / "runs"])
     assert sorted(r.method for r in runs) == ["alpha-method-with-a-long-name", "beta (b)", "beta (b2)"]
 

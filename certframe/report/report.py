@@ -58,6 +58,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
             out.append(p)  # RunFolder.manifest() reports a missing folder clearly
             continue
         found = sorted(m.parent for m in p.rglob(MANIFEST))
+        # a run folder's own sub-runs (e.g. the per-rank parts of a distributed run) are not runs
+        found = [f for f in found if not any((a / MANIFEST).exists() for a in f.parents if p in a.parents or a == p)]
         if not found:
             raise RunError(f"{p} is not a certframe run folder ({MANIFEST} is missing) and holds none")
         out.extend(found)
