@@ -95,34 +95,37 @@ def run_attack(*, dataset: str, dataset_options: dict, segmenter: str, segmenter
                 "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "created": _now()}
     run = RunFolder(output)
     run.start(manifest, overwrite=overwrite)
-    total = len(data) if limit is None else min(int(limit), len(data))
-    names = Names(segmenter=_label(segmenter, segmenter_options), denoiser=denoiser, certifier=cert.name)
-    rows = []
-    with Progress(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=quiet) as progress:
-        task = progress.add_task("attack", total=total)
-
-        def on_image(index, image_id, image_rows):
-            run.append(image_rows)
-            progress.advance(task)
-
-        for row in attack_dataset(data, seg, den, cert, factories, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                                  taus=taus, eps_l2=eps_l2, eps_linf=eps_linf, attack_options=attack_options,
-                                  batch_size=batch_size, seed=seed, device=device, names=names,
-                                  indices=range(total), on_image=on_image):
-            rows.append(row)
-    df = pd.DataFrame(rows)
     try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        df.to_parquet(run.path / "results.parquet", index=False)
-    summary, table = summarize_attacks(df), robustness_table(df)
-    _atomic_write(run.path / ATTACK_SUMMARY, (summary.to_json(orient="records", indent=2) + "\n").encode())
-    _atomic_write(run.path / ROBUSTNESS, (table.to_json(orient="records", indent=2) + "\n").encode())
-    run.update_manifest(status="complete", finished=_now(), images=int(df["index"].nunique()),
-                        violations=int(df["violations"].sum()))
+        total = len(data) if limit is None else min(int(limit), len(data))
+        names = Names(segmenter=_label(segmenter, segmenter_options), denoiser=denoiser, certifier=cert.name)
+        rows = []
+        with Progress(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, disable=quiet) as progress:
+            task = progress.add_task("attack", total=total)
+
+            def on_image(index, image_id, image_rows):
+                run.append(image_rows)
+                progress.advance(task)
+
+            for row in attack_dataset(data, seg, den, cert, factories, sigma=sigma, n0=n0, n=n, alpha=alpha,
+                                      taus=taus, eps_l2=eps_l2, eps_linf=eps_linf, attack_options=attack_options,
+                                      batch_size=batch_size, seed=seed, device=device, names=names,
+                                      indices=range(total), on_image=on_image):
+                rows.append(row)
+        df = pd.DataFrame(rows)
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            df.to_parquet(run.path / "results.parquet", index=False)
+        summary, table = summarize_attacks(df), robustness_table(df)
+        _atomic_write(run.path / ATTACK_SUMMARY, (summary.to_json(orient="records", indent=2) + "\n").encode())
+        _atomic_write(run.path / ROBUSTNESS, (table.to_json(orient="records", indent=2) + "\n").encode())
+        run.update_manifest(status="complete", finished=_now(), images=int(df["index"].nunique()),
+                            violations=int(df["violations"].sum()))
+    finally:
+        getattr(run, "unlock", lambda: None)()  # start() locks the folder (flock)
     print_robustness(table, console, title=f"empirical vs certified Dice ({output})")
     return table
 
