@@ -90,7 +90,7 @@ def run_methods(title, data, methods, *, sigma, eps_l2, eps_linf, args, registry
     log("")
     log(f"{title}: per attack (attack_s = wall seconds per image; viol = violations, abst = covered pixels "
         f"abstained on x', flips = covered pixels whose majority vote on x' flipped)")
-    cols = ["segmenter", "attack", "norm", "eps", "perturbation_l2", "base_robust_dice", "smoothed_robust_dice",
+    cols = ["segmenter", "denoiser", "attack", "norm", "eps", "perturbation_l2", "base_robust_dice", "smoothed_robust_dice",
             "certified_dice_adv", "covered", "violations", "abstained", "majority_flips", "attack_seconds"]
     log(summary[cols].rename(columns={"perturbation_l2": "|d|_2", "base_robust_dice": "f_att",
                                       "smoothed_robust_dice": "g_att", "certified_dice_adv": "g_cert_x'",
