@@ -144,7 +144,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                     seed: int = 0, device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
                     config: dict | None = None,
                     on_epoch: Callable[[dict], None] | None = None,
-                    resume: bool = False, progress: bool = False, console=None) -> TrainResult:
+                    resume: bool = False, progress: bool = False, console=None,
+                    save_state: bool = True) -> TrainResult:
     """Train ``model`` (a :class:`Segmenter` holding an ``nn.Module`` in ``.net``) in place.
 
     train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``).
@@ -158,6 +159,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     resume: continue from the state saved by an earlier run with the same
     checkpoint path and the same batch_size, lr, noise_sigma and seed.
     progress: show a rich progress bar (epochs and batches, last validation Dice).
+    save_state: write the resumable state after each epoch (needs ``checkpoint``);
+    False for one-off runs whose output folder should hold only the best checkpoint.
     Returns the best epoch's Dice, its index and the per-epoch history.
     """
     from monai.losses import DiceCELoss
@@ -242,7 +245,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                     cfg = dict(model_config)
                     cfg["training"] = {**training, "best_epoch": epoch, "val_dice": dice}
                     result.checkpoint = save_checkpoint(checkpoint, net, cfg)
-            if checkpoint is not None:
+            if checkpoint is not None and save_state:
                 _save_state(resume_dir(checkpoint), epoch, net, optim, {**model_config, "training": training},
                             {"training": training, "best_dice": result.best_dice,
                              "best_epoch": result.best_epoch, "history": result.history,

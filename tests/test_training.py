@@ -18,6 +18,15 @@ from certframe.training import evaluate_dice, load_resume_state, resume_dir, sta
 NET = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small networks train faster on one thread than on oversubscribed shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data():
     return (SyntheticLung(count=48, size=32, seed=0, split="train"),
@@ -151,3 +160,9 @@ def test_cli_output_resume_and_errors(tmp_path):
     r = runner.invoke(main, ["train", "segmenter", "--dataset", "kvasir-seg", "--dataset-option",
                              f"root={tmp_path / 'absent'}", "--output", str(tmp_path / "k.safetensors")])
     assert r.exit_code == 1 and "kvasir-seg root: expected a folder" in r.output
+
+
+def test_save_state_false_writes_only_the_best_checkpoint(data, tmp_path):
+    path = tmp_path / "only.safetensors"
+    run(data, path, epochs=1, save_state=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["only.json", "only.safetensors"]
