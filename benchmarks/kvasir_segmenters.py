@@ -142,7 +142,8 @@ def main(argv=None):
             f"{r['certified_dice']:>10.4f} {r['abstain']:>8.4f} {r['per_image']:>8.2f}")
     log("")
     for name, _ in MODELS:
-        log(f"checkpoint {name}: {paths[name].relative_to(HERE.parent) if paths[name].is_relative_to(HERE.parent) else paths[name]}")
+        shown = paths[name].relative_to(HERE.parent) if paths[name].is_relative_to(HERE.parent) else paths[name]
+        log(f"checkpoint {name}: {shown}")
     log(f"total wall time {time.perf_counter() - total_start:.0f} s")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text("\n".join(lines) + "\n")

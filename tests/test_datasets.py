@@ -281,7 +281,8 @@ def test_isic2018_training_only_falls_back_to_seeded_split(tmp_path):
     parts = {s: ids(ISIC2018(root, size=16, split=s, seed=0)) for s in ("train", "val", "test")}
     assert [len(parts[s]) for s in ("train", "val", "test")] == [7, 1, 2]
     assert sorted(sum(parts.values(), [])) == [f"ISIC_{k:07d}" for k in range(10)]
-    with pytest.raises(FileNotFoundError, match="official_splits=true needs the folders ISIC2018_Task1-2_Validation_Input"):
+    with pytest.raises(FileNotFoundError,
+                       match="official_splits=true needs the folders ISIC2018_Task1-2_Validation_Input"):
         ISIC2018(root, official_splits=True)
 
 
