@@ -87,6 +87,7 @@ def kvasir_root(tmp_path):
         save(img, root / "images" / f"case{k}.jpg", quality=95)
         save((disc(h, w, k) * 255).astype(np.uint8), root / "masks" / f"case{k}.jpg", quality=60)
     save(rgb(32, 32, 9), root / "images" / "lonely.jpg")  # an image without a mask
+    save(np.zeros((32, 32), np.uint8), root / "masks" / "orphan.jpg")  # a mask without an image
     strays(root / "images")
     strays(root / "masks")
     (root / "kavsir_bboxes.json").write_text("{}")
@@ -94,8 +95,11 @@ def kvasir_root(tmp_path):
 
 
 def test_kvasir_pairs_exactly_and_thresholds_jpeg_masks(kvasir_root):
-    with pytest.warns(UnpairedImagesWarning, match=r"kvasir-seg: 1 image\(s\) without a mask .*lonely"):
+    with pytest.warns(UnpairedImagesWarning) as caught:
         ds = KvasirSEG(kvasir_root, size=None, split="all")
+    assert sorted(str(w.message) for w in caught) == [
+        "kvasir-seg: 1 image(s) without a mask left out (lonely)",
+        "kvasir-seg: 1 mask(s) without an image left out (orphan)"]
     assert ds.unpaired == ["lonely"]
     assert ids(ds) == [f"case{k}" for k in range(6)]
     assert ds.in_channels == 3 and ds.class_names == ("background", "polyp")

@@ -70,12 +70,12 @@ def require_dir(path: Path, what: str) -> Path:
 
 
 def report_unpaired(dataset: str, unpaired: Sequence[str], what: str = "without a mask",
-                    note: str = "") -> None:
-    """Log and warn that ``len(unpaired)`` images were left out (first few named)."""
+                    note: str = "", noun: str = "image(s)") -> None:
+    """Log and warn that ``len(unpaired)`` files were left out (first few named)."""
     if not unpaired:
         return
     shown = ", ".join(sorted(unpaired)[:5]) + (", ..." if len(unpaired) > 5 else "")
-    msg = f"{dataset}: {len(unpaired)} image(s) {what} left out ({shown}){note}"
+    msg = f"{dataset}: {len(unpaired)} {noun} {what} left out ({shown}){note}"
     log.warning(msg)
     warnings.warn(msg, UnpairedImagesWarning, stacklevel=3)
 
@@ -342,8 +342,9 @@ def pair_by_stem(images: Sequence[Path], masks: Sequence[Path], mask_stem=lambda
                  dataset: str = "data set") -> tuple[list[Pair], list[str]]:
     """Pair each image with the mask whose stem is ``mask_stem(image stem)``.
 
-    Returns (pairs, stems of images without a mask). Two images or two masks with
-    the same stem (``1.png`` and ``1.tif``) are an error naming both.
+    Returns (pairs, stems of images without a mask); masks without an image are
+    reported here. Two images or two masks with the same stem (``1.png`` and
+    ``1.tif``) are an error naming both.
     """
     def index(paths, what):
         out: dict[str, Path] = {}
@@ -362,4 +363,6 @@ def pair_by_stem(images: Sequence[Path], masks: Sequence[Path], mask_stem=lambda
             unpaired.append(stem)
         else:
             pairs.append(Pair(stem, img, (m,)))
+    used = {p.masks[0].stem for p in pairs}
+    report_unpaired(dataset, [s for s in by_mask if s not in used], what="without an image", noun="mask(s)")
     return pairs, unpaired
