@@ -75,9 +75,9 @@ def test_best_checkpoint_loads_as_segmenter_plugin_with_same_outputs(data, train
     loaded = get_registry().create("segmenter", "monai", weights=str(path))
     assert (loaded.in_channels, loaded.num_classes) == (1, 2)
     x = stack(data[1])[0]
-    if res.best_epoch == len(res.history) - 1:  # the in-memory model is the best one
-        with torch.inference_mode():
-            assert torch.equal(loaded(x), model(x))
+    assert res.best_epoch == len(res.history) - 1  # so the in-memory model is the saved one
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))
     assert evaluate_dice(loaded, *stack(data[1]), 2) == pytest.approx(res.best_dice, abs=1e-12)
 
 
