@@ -1,10 +1,11 @@
 """``certframe demo``: the main job on the built-in default, in about a minute on 2 CPU cores.
 
 Certifies the bundled segmenters on the built-in synthetic chest X-ray data
-(synthetic-lung, 64x64): a clean-trained UNet and a Gaussian-trained UNet
-(sigma 0.25), each as the base of a smoothed segmenter at sigma 0.25, with
-SegCertify (n0=10, n=100, alpha=0.001, tau=0.75). Methods contributed by other
-modules (diffusion denoisers) are added to ``DEMO_METHODS``.
+(synthetic-lung, 64x64): a clean-trained UNet, a Gaussian-trained UNet
+(sigma 0.25), and the clean UNet behind the bundled DDPM (``ddpm-synthetic-lung``)
+as a one-shot denoiser and as a 2-step DDIM denoiser, each as the base of a
+smoothed segmenter at sigma 0.25, with SegCertify (n0=10, n=100, alpha=0.001,
+tau=0.75). The methods are listed in ``DEMO_METHODS``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from certframe.registry import get_registry
 DEMO_METHODS: dict[str, tuple[dict, str, dict]] = {
     "clean UNet": ({"weights": "synthetic-lung"}, "none", {}),
     "Gaussian-trained UNet": ({"weights": "synthetic-lung-noise0.25"}, "none", {}),
+    "clean UNet + DDPM": ({"weights": "synthetic-lung"}, "ddpm", {"model": "ddpm-synthetic-lung"}),
+    "clean UNet + DDIM (2 steps)": ({"weights": "synthetic-lung"}, "ddim",
+                                    {"model": "ddpm-synthetic-lung", "steps": 2}),
 }
 
 
