@@ -7,6 +7,7 @@ the configuration is written next to the file (``<name>.json``) for people.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -23,10 +24,17 @@ def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict, *, 
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(config)})
+    tmp.chmod(0o666 & ~_umask())  # safetensors writes 0600; give the usual permissions
     tmp.replace(path)  # atomic: an interrupted save never leaves half a file
     if sidecar:
         path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_config(path: str | Path) -> dict:
