@@ -53,7 +53,8 @@ RESUME_KEYS = ("size", "block_out_channels", "layers_per_block", "attention", "b
 @dataclass
 class DiffusionTrainResult:
     """output: the diffusers folder; steps: steps done; t_max: largest timestep trained on;
-    history: ``{"step", "loss"}`` (mean loss since the previous record); seconds: this call's time."""
+    history: ``{"step", "loss"}`` (mean loss since the previous record); seconds: this call's time
+    (``certframe.json`` records the wall time of all calls of a resumed run)."""
 
     output: Path
     steps: int
@@ -208,7 +209,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
     optim = torch.optim.Adam(unet.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     history: list[dict] = []
-    start = 0
+    start, earlier = 0, 0.0
     folder = resume_dir(output)
     if resume:
         state_path = folder / "state.json"
@@ -229,6 +230,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         g.set_state(_unb64(state["generator"]))
         torch.set_rng_state(_unb64(state["torch_rng"]))
         history, start = list(state["history"]), int(state["step"])
+        earlier = float(state.get("seconds", 0.0))
     elif output.exists() or folder.exists():
         raise FileExistsError(f"{str(output)!r} or its training state {str(folder)!r} exists; resume it or "
                               f"remove it first")
@@ -262,10 +264,12 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
                 if on_log is not None:
                     on_log(history[-1])
             if done % checkpoint_every == 0 or done == steps:
-                _save_state(folder, done, unet, ema, optim, g, training, history)
+                _save_state(folder, done, unet, ema, optim, g, training, history,
+                            earlier + time.perf_counter() - started)
     final = build_unet(size, channels, block_out_channels, layers_per_block, attention)
     ema.copy_to(final.parameters())
-    meta = {"training": {**training, "steps": steps, "t_max": t_max}, "history": history,
+    meta = {"training": {**training, "steps": steps, "t_max": t_max,
+                         "seconds": round(earlier + time.perf_counter() - started, 1)}, "history": history,
             "images": len(images), "channels": channels, "dataset_identity": dataset.identity(), **(info or {})}
     save_diffusion_folder(output, final.cpu(), scheduler, meta)
     return DiffusionTrainResult(output=output, steps=steps, t_max=t_max, history=history,
@@ -277,7 +281,8 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-def _save_state(folder: Path, step: int, unet, ema, optim, g, training: dict, history: list) -> None:
+def _save_state(folder: Path, step: int, unet, ema, optim, g, training: dict, history: list,
+                seconds: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     names = {"unet": f"step-{step}.unet.safetensors", "ema": f"step-{step}.ema.safetensors",
              "optimizer": f"step-{step}.optimizer.safetensors"}
@@ -287,7 +292,7 @@ def _save_state(folder: Path, step: int, unet, ema, optim, g, training: dict, hi
     _save_optimizer(folder / names["optimizer"], optim)
     state = {"version": STATE_VERSION, "step": step, "ema_step": int(ema.optimization_step),
              "training": training, "history": history, "generator": _b64(g.get_state()),
-             "torch_rng": _b64(torch.get_rng_state()), **names}
+             "torch_rng": _b64(torch.get_rng_state()), "seconds": seconds, **names}
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1) + "\n")
     tmp.replace(folder / "state.json")
