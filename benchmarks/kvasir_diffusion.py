@@ -9,7 +9,8 @@ noise-trained segmenter fails, at sigma 0.5 and 1.0. This script measures it.
 
 1. A DDPM (diffusers UNet2DModel, block_out_channels ``--ddpm-channels``) trained
    here on the train split at ``--ddpm-size`` (64x64: CPU-feasible), timesteps
-   concentrated on ``0 .. t*(1.25)`` (:mod:`certframe.diffusion_training`), EMA
+   concentrated on ``0 .. t*(1.25 s)`` with s = 1.0 x the noise shrink of the
+   128 -> 64 resize (0.315) (:mod:`certframe.diffusion_training`), EMA
    weights; resumable, saved to ``benchmarks/out/kvasir/ddpm-kvasir-<size>``. At
    certification the 128x128 noisy images are resized to the DDPM's resolution
    (with ``t*`` for the noise std after resizing) and the result resized back.
@@ -88,14 +89,14 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=128, help="segmenter / certification resolution")
     p.add_argument("--ddpm-size", type=int, default=64)
     p.add_argument("--ddpm-channels", default="16,32,32,64")
-    p.add_argument("--ddpm-steps", type=int, default=600)
+    p.add_argument("--ddpm-steps", type=int, default=2000)
     p.add_argument("--ddpm-batch-size", type=int, default=16)
     p.add_argument("--ddpm-lr", type=float, default=1e-3)
     p.add_argument("--ddim-steps", type=int, default=2)
     p.add_argument("--seg-epochs", type=int, default=25, help="for segmenters not found in --out")
     p.add_argument("--gaussian-sigmas", default="0.5,1.0",
                    help="train sigmas of the Gaussian baselines to use (trained here when missing)")
-    p.add_argument("--certify-images", type=int, default=10)
+    p.add_argument("--certify-images", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=55)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -108,6 +109,7 @@ def main(argv=None):
     from certframe.engine import Names, certify_dataset
     from certframe.plugins.denoisers.ddim import DDIMDenoiser
     from certframe.plugins.denoisers.ddpm import DDPMDenoiser
+    from certframe.plugins.denoisers.diffusion import resized_noise_std
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
     from certframe.registry import get_registry
 
@@ -132,7 +134,10 @@ def main(argv=None):
         f"{args.threads} thread(s), {platform.processor() or platform.machine()}")
 
     # 1. the DDPM (first: it needs nothing else)
-    ddpm_dir = args.out / f"ddpm-kvasir-{args.ddpm_size}"
+    ddpm_dir = args.out / f"ddpm-kvasir-{args.ddpm_size}-{args.ddpm_steps}steps"
+    # resizing size -> ddpm_size averages the noise: the DDPM sees std sigma * shrink, so it is trained
+    # only on the timesteps t*(sigma * shrink) that certification at max(SIGMAS) can ask for
+    shrink = resized_noise_std(1.0, (args.size, args.size), (args.ddpm_size, args.ddpm_size))
     channels = [int(c) for c in args.ddpm_channels.split(",")]
     if (ddpm_dir / "certframe.json").is_file() and not resume_dir(ddpm_dir).exists():
         meta = json.loads((ddpm_dir / "certframe.json").read_text())
@@ -143,10 +148,11 @@ def main(argv=None):
             + (f", trained in {seconds:.0f} s" if seconds else ""))
     else:
         log(f"training a DDPM at {args.ddpm_size}x{args.ddpm_size}: UNet2DModel {channels}, "
-            f"{args.ddpm_steps} steps of batch {args.ddpm_batch_size}, Adam lr {args.ddpm_lr}, EMA")
+            f"{args.ddpm_steps} steps of batch {args.ddpm_batch_size}, Adam lr {args.ddpm_lr}, EMA, t up to "
+            f"t*({max(SIGMAS)} x {shrink:.3f} x 1.25)")
         res = train_diffusion(data["train"], ddpm_dir, size=args.ddpm_size, block_out_channels=channels,
                               steps=args.ddpm_steps, batch_size=args.ddpm_batch_size, lr=args.ddpm_lr,
-                              max_sigma=max(SIGMAS), seed=args.seed, checkpoint_every=50,
+                              max_sigma=max(SIGMAS) * shrink, seed=args.seed, checkpoint_every=50,
                               resume=(resume_dir(ddpm_dir) / "state.json").is_file(),
                               info={"dataset": "kvasir-seg", "dataset_options": {"size": args.size}},
                               on_log=lambda r: print(f"  DDPM step {r['step']}: loss {r['loss']:.4f}", flush=True))
