@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from certframe import metrics
-from certframe.engine import Names, resolve_device
+from certframe.engine import Names, prepare_models, resolve_device
 from certframe.interfaces import ABSTAIN, Certifier, Denoiser, SegmentationDataset, Segmenter
 from certframe.smoothing import SmoothedSegmenter, make_request
 from certframe.validation import validate_sample
@@ -160,12 +160,7 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
     if not jobs:
         raise ValueError(f"none of the attacks {sorted(attacks)} supports the norms of the budgets "
                          f"{sorted({n for n, _ in plan})}")
-    segmenter = segmenter.to(device).eval()
-    if denoiser is not None:
-        denoiser = denoiser.to(device).eval()
-    if segmenter.num_classes != dataset.num_classes:
-        raise ValueError(f"the segmenter predicts {segmenter.num_classes} classes, the dataset declares "
-                         f"{dataset.num_classes} ({', '.join(dataset.class_names)})")
+    segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
     smoothed = SmoothedSegmenter(segmenter, denoiser, request.sigma)
     K = dataset.num_classes
     for index in (range(len(dataset)) if indices is None else indices):

@@ -32,6 +32,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def prepare_models(segmenter: Segmenter, denoiser: Denoiser | None, dataset: SegmentationDataset,
+                   device: torch.device) -> tuple[Segmenter, Denoiser | None]:
+    """Move both models to ``device`` in eval mode; the segmenter's classes must match the data set's."""
+    segmenter = segmenter.to(device).eval()
+    if denoiser is not None:
+        denoiser = denoiser.to(device).eval()
+    if segmenter.num_classes != dataset.num_classes:
+        raise ValueError(f"the segmenter predicts {segmenter.num_classes} classes, the dataset declares "
+                         f"{dataset.num_classes} ({', '.join(dataset.class_names)})")
+    return segmenter, denoiser
+
+
 @dataclass
 class Names:
     """How the pieces are named in the result rows."""
@@ -65,12 +77,7 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
     request = make_request(sigma, n0, n, alpha, taus)
     names = names or Names()
     device = resolve_device(device)
-    segmenter = segmenter.to(device).eval()
-    if denoiser is not None:
-        denoiser = denoiser.to(device).eval()
-    if segmenter.num_classes != dataset.num_classes:
-        raise ValueError(f"the segmenter predicts {segmenter.num_classes} classes, the dataset declares "
-                         f"{dataset.num_classes} ({', '.join(dataset.class_names)})")
+    segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
     if accelerate is None:
         smoothed = SmoothedSegmenter(segmenter, denoiser, request.sigma)
     else:
