@@ -44,7 +44,7 @@ import torch
 
 from certframe import metrics
 from certframe.engine import Names, prepare_models, resolve_device
-from certframe.interfaces import ABSTAIN, Certifier, Denoiser, SegmentationDataset, Segmenter
+from certframe.interfaces import ABSTAIN, Certifier, Denoiser, SegmentationDataset, Segmenter, class_labels
 from certframe.smoothing import SmoothedSegmenter, make_request
 from certframe.validation import validate_sample
 
@@ -172,7 +172,7 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
         certs, majority = _certify(smoothed, certifier, x, request, batch_size=batch_size, seed=seed,
                                    image_id=sample.id)
         with torch.inference_mode():
-            clean = segmenter(x.unsqueeze(0)).argmax(dim=1)[0].cpu()
+            clean = class_labels(segmenter(x.unsqueeze(0)))[0].cpu()
         clean_dice = metrics.mean_dice(clean, y, K)
         smoothed_dice = metrics.mean_dice(majority.cpu(), y, K)
         none_certified = metrics.mean_dice(torch.full_like(y, ABSTAIN), y, K)
@@ -191,7 +191,7 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
             l2, linf = float(d.norm(p=2)), float(d.abs().max())
             bound = eps if norm == "l2" else eps * math.sqrt(x.numel())
             with torch.inference_mode():
-                base_adv = segmenter(adv).argmax(dim=1)[0].cpu()
+                base_adv = class_labels(segmenter(adv))[0].cpu()
             certs_adv, majority_adv = _certify(smoothed, certifier, adv[0], request, batch_size=batch_size,
                                                seed=seed, image_id=sample.id)
             base_robust = metrics.mean_dice(base_adv, y, K)

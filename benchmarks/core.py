@@ -11,7 +11,9 @@ and noisy): read the ratios, not the absolute times. Nothing here asserts.
    ``scipy.stats.binomtest`` calls, the way the reference implementation does it.
 2. overhead: ``certify`` wall time divided by the time of the same number of raw
    denoiser+segmenter forward passes at the same batch sizes (the physical limit
-   of the method). Target <= 1.10 on CPU.
+   of the method: everything else, noise, labels, votes, statistics, is overhead).
+   Target <= 1.10 on CPU. Also times the label step alone: ``argmax(dim=1)`` vs
+   ``max(dim=1).indices`` (what :func:`certframe.interfaces.class_labels` uses).
 3. memory: peak resident memory added while certifying one image at n=100 vs
    n=2000 (each in a fresh process; Linux /proc accounting). Target ratio ~1.
 """
@@ -49,6 +51,13 @@ def bench_stats(side: int = 256, n: int = 1000, tau: float = 0.75, alpha: float 
     return loop / vec
 
 
+def _timed(f) -> float:
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        f()
+        return time.perf_counter() - t0
+
+
 def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int = 32, repeats: int = 3):
     from certframe.plugins.certifiers.segcertify import SegCertify
     from certframe.plugins.denoisers.none import NoDenoiser
@@ -62,14 +71,20 @@ def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int 
     batches = [torch.rand(b, 1, side, side) for b in sizes]
     smoothed = SmoothedSegmenter(seg, den, 0.25)
 
-    def raw():
+    def raw():  # the physical limit: denoiser + segmenter forward passes, nothing else
         with torch.inference_mode():
             for b in batches:
-                seg(den(b, 0.25)).argmax(1)
+                seg(den(b, 0.25))
 
     def certify():
         smoothed.certify(x, SegCertify(), n0=n0, n=n, alpha=0.001, batch_size=batch_size, image_id="bench")
 
+    logits = torch.randn(batch_size, 2, side, side)
+    t_argmax = min(_timed(lambda: logits.argmax(dim=1)) for _ in range(3))
+    t_max = min(_timed(lambda: logits.max(dim=1).indices) for _ in range(3))
+    print(f"[labels] {batch_size}x2x{side}x{side} logits: argmax(dim=1) {t_argmax * 1e3:.1f} ms, "
+          f"max(dim=1).indices {t_max * 1e3:.1f} ms ({t_argmax / t_max:.0f}x); one forward pass "
+          f"{min(_timed(lambda: seg(batches[1])) for _ in range(2)) * 1e3:.0f} ms")
     raw(), certify()  # warm-up
     raw_t, cert_t = [], []
     for _ in range(repeats):  # interleave, keep the best of each (least disturbed by other load)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from certframe import metrics
-from certframe.interfaces import Certifier, Denoiser, Sample, SegmentationDataset, Segmenter
+from certframe.interfaces import Certifier, Denoiser, Sample, SegmentationDataset, Segmenter, class_labels
 from certframe.smoothing import SmoothedSegmenter, make_request
 from certframe.validation import validate_sample
 
@@ -94,7 +94,7 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
         certs = smoothed.certify(x, certifier, n0=request.n0, n=request.n, alpha=request.alpha,
                                  taus=request.taus, batch_size=batch_size, seed=seed, image_id=sample.id)
         with torch.inference_mode():
-            clean = segmenter(x.unsqueeze(0)).argmax(dim=1)[0].cpu()
+            clean = class_labels(segmenter(x.unsqueeze(0)))[0].cpu()
         seconds = time.perf_counter() - start
         mask = sample.mask
         clean_dice = metrics.mean_dice(clean, mask, dataset.num_classes)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Segmenter
+from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Segmenter, class_labels
 from certframe.results import Certificate
 from certframe.sampler import NoiseVoter
 from certframe.statistics import check_alpha, check_count, check_tau
@@ -50,7 +50,7 @@ class SmoothedSegmenter:
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"the segmenter returned shape {tuple(logits.shape)}, expected "
                              f"[B, {self.num_classes}, H, W] logits")
-        return logits.argmax(dim=1)
+        return class_labels(logits)
 
     def voter(self, x: torch.Tensor, *, batch_size: int = 32, seed: int = 0,
               image_id: str = "0") -> NoiseVoter:

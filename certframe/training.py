@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from certframe import metrics
 from certframe.checkpoint import save_checkpoint
-from certframe.interfaces import SegmentationDataset, Segmenter
+from certframe.interfaces import SegmentationDataset, Segmenter, class_labels
 
 STATE_VERSION = 1
 # Settings a resumed run must share with the run it continues (epochs may grow).
@@ -67,7 +67,7 @@ def evaluate_dice(model: Segmenter, images: torch.Tensor, masks: torch.Tensor, n
     scores = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            pred = model(images[i:i + batch_size].to(device)).argmax(1).cpu()
+            pred = class_labels(model(images[i:i + batch_size].to(device))).cpu()
             scores += [metrics.mean_dice(p, m, num_classes) for p, m in zip(pred, masks[i:i + batch_size])]
     return sum(scores) / max(len(scores), 1)
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from certframe.interfaces import class_labels
 from certframe.sampler import NoiseVoter, accumulate_votes, check_totals, draw_seed, gaussian_noise
 from conftest import ThresholdSegmenter
 
@@ -90,3 +91,24 @@ def test_memory_does_not_hold_label_maps(image):
 
     NoiseVoter(model, image, sigma=0.5, num_classes=2, batch_size=16).counts("estimation", 1000)
     assert max(seen) == 16 and sum(seen) == 1000
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_class_labels_equal_argmax_with_ties_infinities_and_nan(num_classes):
+    """The fast label step gives argmax's labels exactly: first maximum, NaN wins, first NaN."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (6, num_classes, 5, 7), generator=gen).float()   # many ties
+    logits[0, 0, :2] = float("nan")
+    logits[1, 1, :2] = float("nan")
+    logits[2, :, :2] = float("nan")
+    logits[3, 1, :2] = float("inf")
+    logits[3, 0, :1] = float("inf")
+    logits[4, 0, :3] = -float("inf")
+    labels = class_labels(logits)
+    assert labels.dtype == torch.int64 and labels.shape == (6, 5, 7)
+    assert torch.equal(labels, logits.argmax(dim=1))
+    # golden: a tie -> 0; larger -> 1; NaN in class 1 only -> 1; NaN in both -> 0; NaN in class 0 -> 0
+    nan = float("nan")
+    tiny = torch.tensor([[1.0, 1.0, 0.0, nan, nan],
+                         [1.0, 2.0, nan, nan, 5.0]]).reshape(1, 2, 1, 5)
+    assert class_labels(tiny).tolist() == [[[0, 1, 1, 0, 0]]]
