@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from certframe.interfaces import ABSTAIN, CertifyRequest
-from certframe.plugins.certifiers.adaptive import (AdaptiveSegCertify, alpha_spending, check_looks,
-                                                   clopper_pearson_upper, doubling_looks,
-                                                   min_certifiable_count)
+from certframe.plugins.certifiers.adaptive import (AdaptiveSegCertify, alpha_spending, certification_chance,
+                                                   check_looks, clopper_pearson_upper, expected_dice_shortfall,
+                                                   first_useful_look, geometric_looks, min_certifiable_count)
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.registry import get_registry
 from certframe.smoothing import SmoothedSegmenter
@@ -31,9 +31,18 @@ class LabelVotes:
 
 
 def test_schedule_and_spending():
-    assert doubling_looks(100) == [25, 50, 100]          # 13 < 16 = min_look
-    assert doubling_looks(1000, max_looks=4) == [125, 250, 500, 1000]
-    assert doubling_looks(10) == [10]
+    assert geometric_looks(1000, 62) == [62, 93, 140, 210, 314, 471, 707, 1000]
+    assert geometric_looks(100, 25, ratio=2) == [25, 50, 100]
+    assert geometric_looks(10, 62) == [10] and geometric_looks(100, 10, max_looks=1) == [100]
+    # too many looks at ratio 1.5: the ratio grows to (n / first)^(1 / 3)
+    assert geometric_looks(1000, 8, max_looks=4) == [8, 40, 200, 1000]
+    # 0.75^62 = 1.8e-8 <= 1e-3 / (12 * 4096) = 2.03e-8 < 0.75^61; at tau 0.9: 0.9^169
+    assert first_useful_look(4096, 1e-3, (0.75,), 12) == 62
+    assert first_useful_look(4096, 1e-3, (0.75, 0.9), 12) == 169
+    req = CertifyRequest(sigma=0.25, n0=10, n=1000, alpha=1e-3, taus=(0.75,))
+    assert AdaptiveSegCertify().schedule(req, 64 * 64) == [62, 93, 140, 210, 314, 471, 707, 1000]
+    assert AdaptiveSegCertify(looks=[100, 1000]).schedule(req, 64 * 64) == [100, 1000]
+    assert AdaptiveSegCertify(min_look=500).schedule(req, 64 * 64) == [500, 750, 1000]
     assert alpha_spending(0.01, 4) == [0.0025] * 4
     assert alpha_spending(0.01, 2, "weighted", [1, 3]) == pytest.approx([0.0025, 0.0075])
     assert alpha_spending(0.01, 3, "none") == [0.01] * 3
@@ -47,6 +56,21 @@ def test_schedule_and_spending():
         alpha_spending(0.01, 2, "weighted", [1])
     with pytest.raises(ValueError, match="tolerance"):
         AdaptiveSegCertify(tolerance=1.0)
+    with pytest.raises(ValueError, match="dice_tolerance must be a Dice difference in \\[0, 1\\), got -0.1"):
+        AdaptiveSegCertify(dice_tolerance=-0.1)
+    with pytest.raises(ValueError, match="ratio"):
+        AdaptiveSegCertify(ratio=1.0)
+
+
+def test_certification_chance_and_dice_shortfall_golden():
+    # 8 of 10 votes; 10 draws to come at rate 0.8; 17 needed: P(Bin(10, .8) >= 9) = .8^10 + 10 * .8^9 * .2
+    chance = certification_chance(np.array([8, 10, 0]), 10, 20, 17)
+    assert chance == pytest.approx([0.8 ** 10 + 10 * 0.8 ** 9 * 0.2, 1.0, 0.0])
+    labels = np.array([0, 0, 1, 1, 1])
+    certified = np.array([True, True, True, False, False])
+    # class 0: C = 2, G = 0; class 1: C = 1, G = 0.75 -> 0.75 / 2.75
+    assert expected_dice_shortfall(np.array([0, 0, 0, 0.5, 0.25]), certified, labels, 2) == pytest.approx(3 / 11)
+    assert expected_dice_shortfall(np.zeros(5), np.zeros(5, bool), labels, 3) == 0.0
 
 
 def test_bounds_pinned():
@@ -90,6 +114,30 @@ def test_futile_pixels_stop_sampling_and_abstain():
     assert cert.info["futile"] == 1
     assert cert.info["stopped_at"] < n
     assert votes.asked[-1][1] + votes.asked[-1][2] == cert.info["stopped_at"]
+
+
+def test_stops_once_the_certificate_is_within_dice_tolerance():
+    # 1 x 101 image of class 1: 100 unanimous pixels and one with 80% of the votes, which
+    # is neither certifiable early nor futile; it moves the class-1 Dice by <= 1 / 201
+    n, looks = 400, [50, 100, 200, 400]
+    est = torch.ones(n, 1, 101, dtype=torch.long)
+    est[:, 0, 100] = (torch.arange(n) % 5 < 4).long()
+    req = CertifyRequest(sigma=0.5, n0=10, n=n, alpha=0.01, taus=(0.75,))
+
+    def run(**kw):
+        votes = LabelVotes(2, selection=torch.ones(10, 1, 101, dtype=torch.long), estimation=est)
+        return AdaptiveSegCertify(looks=looks, **kw).certify(votes, req)[0]
+
+    early = run()                                   # default dice_tolerance = 0.01
+    assert early.info["stopped_at"] == 50 and early.num_samples == 60
+    needed = min_certifiable_count(400, 0.75, 0.01 / 4 / 1)
+    chance = certification_chance(np.array([40]), 50, 400, needed)[0]
+    assert 0.05 < chance < 0.95
+    assert early.info["expected_dice_shortfall"] == pytest.approx(chance / (200 + chance))
+    full = run(dice_tolerance=0.0)                  # wait until every pixel is resolved
+    assert full.info["stopped_at"] == 400 and full.info["looks"] == looks
+    for cert in (early, full):
+        assert cert.labels[0, :100].eq(1).all() and cert.labels[0, 100] == ABSTAIN
 
 
 def test_the_draws_continue_where_the_last_look_ended():
@@ -170,8 +218,9 @@ def count_wrong_images_sequential(certifier, trials=200):
     return wrong, used
 
 
-def test_adaptive_family_wise_error_stays_within_alpha():
-    certifier = AdaptiveSegCertify(looks=LOOKS)
+@pytest.mark.parametrize("dice_tolerance", [0.01, 0.0])
+def test_adaptive_family_wise_error_stays_within_alpha(dice_tolerance):
+    certifier = AdaptiveSegCertify(looks=LOOKS, dice_tolerance=dice_tolerance)
     wrong, used = count_wrong_images_sequential(certifier)
     assert wrong[TAU] <= soundness_bound() and wrong[0.9] <= soundness_bound()
     # it did stop early on some images, and the block at p = 0.977 was certified
@@ -180,7 +229,8 @@ def test_adaptive_family_wise_error_stays_within_alpha():
 
 def test_same_check_fails_without_alpha_spending():
     """The test has power: every look at full alpha (no spending over looks) is unsound."""
-    wrong, _ = count_wrong_images_sequential(AdaptiveSegCertify(looks=LOOKS, spending="none"))
+    broken = AdaptiveSegCertify(looks=LOOKS, spending="none", dice_tolerance=0.0)
+    wrong, _ = count_wrong_images_sequential(broken)
     assert wrong[TAU] > soundness_bound()
 
 

@@ -93,12 +93,28 @@ from certframe.statistics import binomial_pvalues, certified_radius, check_alpha
 SPENDINGS = ("bonferroni", "weighted", "none")
 
 
-def doubling_looks(n: int, min_look: int = 16, max_looks: int = 6) -> list[int]:
-    """``[..., n/4, n/2, n]`` (rounded up), none below ``min_look``, at most ``max_looks``."""
-    looks = [int(n)]
-    while len(looks) < max_looks and math.ceil(looks[0] / 2) >= min_look and looks[0] > 1:
-        looks.insert(0, math.ceil(looks[0] / 2))
-    return looks
+def geometric_looks(n: int, first: int, ratio: float = 1.5, max_looks: int = 12) -> list[int]:
+    """``[first, first*r, first*r^2, ..., n]`` (rounded up, strictly increasing), at most ``max_looks``.
+
+    ``r = ratio``, raised to ``(n / first)^(1 / (max_looks - 1))`` when ``ratio`` would
+    need more looks. Looks are cheap in alpha: Bonferroni spending over L looks tests
+    each at ``alpha / L``, and with Holm over m pixels the per-pixel level
+    ``alpha / (L m)`` moves the count a pixel needs by about ``sqrt(log L)`` standard
+    deviations; a finer grid lets an image stop closer to where it is resolved.
+    """
+    n, first = int(n), int(first)
+    if ratio <= 1:
+        raise ValueError(f"ratio must be > 1, got {ratio}")
+    if first >= n or max_looks <= 1:
+        return [n]
+    r = max(float(ratio), (n / first) ** (1.0 / (max_looks - 1)))
+    looks, v = [], float(first)
+    while math.ceil(v) < n and len(looks) < max_looks - 1:
+        step = math.ceil(v)
+        if not looks or step > looks[-1]:
+            looks.append(step)
+        v *= r
+    return looks + [n]
 
 
 def check_looks(looks: Sequence[int], n: int) -> list[int]:
@@ -143,6 +159,46 @@ def min_certifiable_count(n: int, tau: float, level: float) -> int:
     return int(ok[0]) if ok.size else n + 1
 
 
+def first_useful_look(m: int, alpha: float, taus: Sequence[float], num_looks: int) -> int:
+    """Smallest n at which a unanimous pixel passes Holm's first threshold at every tau.
+
+    ``tau^n <= alpha / (num_looks * m)`` for the largest tau: fewer draws cannot certify
+    any pixel at a look tested at ``alpha / num_looks``, so a look there only spends alpha.
+    Depends on the request, never on the votes (the schedule stays pre-declared).
+    """
+    level = float(alpha) / (int(num_looks) * max(int(m), 1))
+    return max(1, math.ceil(math.log(level) / math.log(max(taus))))
+
+
+def certification_chance(k: np.ndarray, n_j: int, n_last: int, needed: int) -> np.ndarray:
+    """Plug-in chance that a pixel with ``k`` of ``n_j`` votes reaches ``needed`` votes at ``n_last``.
+
+    ``P(k + X >= needed)`` with ``X ~ Binomial(n_last - n_j, k / n_j)``: the votes still
+    to come, at the pixel's observed rate. A stopping heuristic (it never enters a test).
+    """
+    k = np.asarray(k, dtype=np.int64)
+    return binom.sf(needed - k - 1, n_last - n_j, k / n_j)
+
+
+def expected_dice_shortfall(chance: np.ndarray, certified: np.ndarray, labels: np.ndarray,
+                            num_classes: int) -> float:
+    """How far (in Dice) the certificate now is expected to be from the one all draws would give.
+
+    For each class c: C = pixels certified as c, G = sum of ``chance`` over the
+    undecided pixels of class c (``chance`` is 0 elsewhere); the certified set all
+    draws would give is about C + G pixels, containing the C of now, so their Dice is
+    ``2C / (2C + G)``. Returns the largest ``G / (2C + G)`` over classes (0 where
+    ``C + G = 0``). All arrays are flat over the m pixels.
+    """
+    worst = 0.0
+    for c in range(int(num_classes)):
+        of_c = labels == c
+        got, gain = float((certified & of_c).sum()), float(chance[of_c].sum())
+        if got + gain > 0:
+            worst = max(worst, gain / (2 * got + gain))
+    return worst
+
+
 class AdaptiveSegCertify(Certifier):
     """SegCertify with early stopping: group-sequential looks, alpha spending, Holm per look.
 
@@ -151,39 +207,50 @@ class AdaptiveSegCertify(Certifier):
 
     def __init__(self, looks: Sequence[int] | None = None, spending: str = "bonferroni",
                  weights: Sequence[float] | None = None, futility_beta: float = 0.001,
-                 tolerance: float = 0.0, min_look: int = 16, max_looks: int = 6):
+                 dice_tolerance: float = 0.01, tolerance: float = 0.0, ratio: float = 1.5,
+                 min_look: int = 16, max_looks: int = 12):
         if spending not in SPENDINGS:
             raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
         if not 0.0 <= float(tolerance) < 1.0:
             raise ValueError(f"tolerance must be a fraction of pixels in [0, 1), got {tolerance}")
+        if not 0.0 <= float(dice_tolerance) < 1.0:
+            raise ValueError(f"dice_tolerance must be a Dice difference in [0, 1), got {dice_tolerance}")
+        if float(ratio) <= 1.0:
+            raise ValueError(f"ratio (between consecutive looks) must be > 1, got {ratio}")
         self.looks = None if looks is None else [int(v) for v in looks]
         self.spending = spending
         self.weights = None if weights is None else [float(w) for w in weights]
         self.futility_beta = check_alpha(futility_beta)
+        self.dice_tolerance = float(dice_tolerance)
         self.tolerance = float(tolerance)
+        self.ratio = float(ratio)
         self.min_look, self.max_looks = int(min_look), int(max_looks)
         if self.min_look < 1 or self.max_looks < 1:
             raise ValueError(f"min_look and max_looks must be >= 1, got {min_look}, {max_looks}")
         self.name = "adaptive" if spending != "none" else "adaptive-unspent"
 
-    def schedule(self, n: int) -> list[int]:
-        """The looks used for a request with ``n`` estimation draws at most."""
-        if self.looks is None:
-            return doubling_looks(n, self.min_look, self.max_looks)
-        return check_looks(self.looks, n)
+    def schedule(self, request: CertifyRequest, m: int) -> list[int]:
+        """The looks for ``request`` on an image of ``m`` pixels (fixed before any draw)."""
+        if self.looks is not None:
+            return check_looks(self.looks, request.n)
+        first = max(self.min_look, first_useful_look(m, request.alpha, request.taus, self.max_looks))
+        return geometric_looks(request.n, first, self.ratio, self.max_looks)
 
     def certify(self, votes: VoteSource, request: CertifyRequest) -> list[Certificate]:
-        looks = self.schedule(request.n)
-        alphas = alpha_spending(request.alpha, len(looks), self.spending, self.weights)
         selection = votes.counts("selection", request.n0)
         c_hat = selection.argmax(dim=0)                                     # [H, W]
         shape = tuple(c_hat.shape)
+        labels = c_hat.reshape(-1).cpu().numpy()
+        num_classes = selection.shape[0]
         m = c_hat.numel()
+        looks = self.schedule(request, m)
+        alphas = alpha_spending(request.alpha, len(looks), self.spending, self.weights)
         taus = list(request.taus)
         certified = {t: np.zeros(m, dtype=bool) for t in taus}
         futile = {t: np.zeros(m, dtype=bool) for t in taus}
         per_look = {t: [] for t in taus}
         last_p = {t: np.ones(m) for t in taus}
+        shortfall = {t: 0.0 for t in taus}
         k = None
         used = 0
         for j, (n_j, alpha_j) in enumerate(zip(looks, alphas)):
@@ -191,8 +258,11 @@ class AdaptiveSegCertify(Certifier):
             new = counts.gather(0, c_hat.unsqueeze(0)).squeeze(0).reshape(-1).cpu().numpy()
             k = new if k is None else k + new
             used = n_j
-            upper = clopper_pearson_upper(n_j, self.futility_beta)[k]
-            undecided_all = 0
+            if j == len(looks) - 1:
+                upper = None
+            else:
+                upper = clopper_pearson_upper(n_j, self.futility_beta)[k]
+            resolved = True
             for tau in taus:
                 p = binomial_pvalues(k, n_j, tau)
                 last_p[tau] = p
@@ -200,24 +270,34 @@ class AdaptiveSegCertify(Certifier):
                 fresh = rejected & ~certified[tau] & ~futile[tau]
                 certified[tau] |= fresh
                 per_look[tau].append(int(fresh.sum()))
+                if upper is None:
+                    continue
                 open_ = ~certified[tau] & ~futile[tau]
-                if j < len(looks) - 1 and open_.any():
-                    needed = min_certifiable_count(looks[-1], tau, alphas[-1] / (m - int(certified[tau].sum())))
-                    hopeless = (upper <= tau) | (k + upper * (looks[-1] - n_j) < needed)
-                    futile[tau] |= open_ & hopeless
-                    open_ &= ~hopeless
-                undecided_all = max(undecided_all, int(open_.sum()))
-            if undecided_all <= self.tolerance * m:
+                if not open_.any():
+                    shortfall[tau] = 0.0
+                    continue
+                needed = min_certifiable_count(looks[-1], tau, alphas[-1] / (m - int(certified[tau].sum())))
+                hopeless = (upper <= tau) | (k + upper * (looks[-1] - n_j) < needed)
+                futile[tau] |= open_ & hopeless
+                open_ &= ~hopeless
+                chance = np.zeros(m)
+                chance[open_] = certification_chance(k[open_], n_j, looks[-1], needed)
+                shortfall[tau] = expected_dice_shortfall(chance, certified[tau], labels, num_classes)
+                enough = (int(open_.sum()) <= self.tolerance * m
+                          or (self.dice_tolerance > 0 and shortfall[tau] <= self.dice_tolerance))
+                resolved = resolved and enough
+            if upper is not None and resolved:
                 break
         certs = []
         for tau in taus:
             mask = torch.from_numpy(certified[tau].reshape(shape)).to(c_hat.device)
-            labels = torch.where(mask, c_hat, torch.full_like(c_hat, ABSTAIN))
+            out = torch.where(mask, c_hat, torch.full_like(c_hat, ABSTAIN))
             certs.append(Certificate(
-                labels=labels, radius=certified_radius(request.sigma, tau), tau=tau, sigma=request.sigma,
+                labels=out, radius=certified_radius(request.sigma, tau), tau=tau, sigma=request.sigma,
                 alpha=request.alpha, method=self.name, num_samples=request.n0 + used,
                 pvalues=torch.from_numpy(last_p[tau].reshape(shape)),
                 info={"correction": "holm", "spending": self.spending, "looks": looks[: len(per_look[tau])],
                       "schedule": looks, "alpha_per_look": alphas, "stopped_at": used,
-                      "certified_per_look": per_look[tau], "futile": int(futile[tau].sum())}))
+                      "certified_per_look": per_look[tau], "futile": int(futile[tau].sum()),
+                      "expected_dice_shortfall": shortfall[tau]}))
         return certs
