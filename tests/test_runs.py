@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -290,22 +291,31 @@ def test_two_processes_cannot_write_one_run_folder(tmp_path):
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise if still held
 
 
-def test_summary_table_fits_100_columns():
+@pytest.mark.parametrize("width", [80, 100])
+def test_summary_table_fits_the_terminal(width):
     from rich.console import Console
 
     from certframe.cli.certify_cmd import print_summary
 
-    summary = pd.DataFrame([{"segmenter": "monai:synthetic-lung-noise0.25", "denoiser": "ddpm",
-                             "certifier": "segcertify", "sigma": 0.25, "tau": 0.75, "radius": 0.16862,
-                             "certified_dice": 0.8123, "certified_dice_std": 0.1012, "clean_dice": 0.9,
-                             "abstain_rate": 0.05, "images": 100}])
-    console = Console(width=100, record=True)
+    row = {"segmenter": "monai:synthetic-lung-noise0.25", "denoiser": "ddpm", "certifier": "segcertify",
+           "sigma": 0.25, "tau": 0.75, "radius": 0.16862, "certified_dice": 0.8123, "certified_dice_std": 0.1012,
+           "clean_dice": 0.9, "abstain_rate": 0.05, "images": 100}
+    summary = pd.DataFrame([row, {**row, "tau": 0.9, "radius": 0.32038, "certified_dice": 0.61,
+                                  "segmenter": "monai:a-very-long-weights-name-from-a-hospital-archive-v12"}])
+    console = Console(width=width, record=True)
     print_summary(summary, console, title="certified Dice (runs/a/fairly/long/folder/name)")
     lines = console.export_text().splitlines()
-    assert "…" not in "".join(lines) and max(map(len, lines)) <= 100
-    assert lines[1].split() == ["method", "σ", "τ", "radius", "cert.", "Dice", "clean", "Dice", "abstain", "images"]
-    assert lines[3].split() == ["monai:synthetic-lung-noise0.25", "+", "ddpm", "0.25", "0.75", "0.169",
-                                "0.812±0.101", "0.900", "0.050", "100"]
+    assert "…" not in "".join(lines) and max(map(len, lines)) <= width
+    # settings every row shares are in the title; those that differ stay columns
+    assert lines[1].split() == ["segcertify,", "σ", "0.25,", "images", "100"]
+    assert lines[2].split() == ["method", "τ", "radius", "cert.", "Dice", "clean", "Dice", "abstain"]
+    numbers = [line.split()[-5:] for line in lines[4:] if "±" in line]
+    assert numbers == [["0.75", "0.169", "0.812±0.101", "0.900", "0.050"],
+                       ["0.9", "0.320", "0.610±0.101", "0.900", "0.050"]]
+    # method names are whole (a long one wraps, its numbers stay on its first line)
+    methods = "".join(re.split(r"\s{2,}", line.strip())[0] for line in lines[4:]).replace(" ", "")
+    assert methods == ("monai:synthetic-lung-noise0.25+ddpm"
+                       "monai:a-very-long-weights-name-from-a-hospital-archive-v12+ddpm")
 
 
 # ---- experiment files

@@ -144,10 +144,12 @@ def _method_label(segmenter: str, segmenter_options: dict, denoiser: str) -> str
 
 
 def print_summary(summary, console, title="summary"):
-    """A table of a summary DataFrame that fits 100 columns; method names are never cut.
+    """A table of a summary DataFrame that fits the terminal (80 columns and up).
 
     Uses the column ``method`` when present, else ``segmenter`` (+ ``denoiser``); the
     certifier is appended to the method when the table holds several certifiers.
+    Settings shared by every row (sigma, tau, radius, images, certifier) go into the
+    title instead of a column; numbers are never cut: a long method name wraps.
     """
     if "method" in summary.columns:
         methods = summary["method"].astype(str)
@@ -156,24 +158,34 @@ def print_summary(summary, console, title="summary"):
             lambda d: "" if d == "none" else f" + {d}")
     if "certifier" in summary.columns and summary["certifier"].nunique() > 1:
         methods = methods + " [" + summary["certifier"].astype(str) + "]"
-    elif "certifier" in summary.columns and len(summary):
-        title = f"{title}, {summary['certifier'].iloc[0]}"
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    table.add_column("method", no_wrap=True, min_width=max([6] + [len(m) for m in methods]))
     cols = [("sigma", "σ", "{:g}"), ("tau", "τ", "{:g}"), ("radius", "radius", "{:.3f}"),
             ("certified_dice", "cert. Dice", "{:.3f}"), ("clean_dice", "clean Dice", "{:.3f}"),
             ("abstain_rate", "abstain", "{:.3f}"), ("images", "images", "{:d}")]
     cols = [c for c in cols if c[0] in summary.columns]
-    for _, header, _ in cols:
-        table.add_column(header, justify="right", no_wrap=True)
-    for m, (_, r) in zip(methods, summary.iterrows()):
-        cells = []
-        for key, _, fmt in cols:
-            v = r[key]
-            if key == "certified_dice" and "certified_dice_std" in summary.columns:
-                cells.append(f"{v:.3f}±{r['certified_dice_std']:.3f}")
-            else:
-                cells.append(fmt.format(int(v) if key == "images" else v))
+
+    def cell(r, key, fmt):
+        v = r[key]
+        if key == "certified_dice" and "certified_dice_std" in summary.columns:
+            return f"{v:.3f}±{r['certified_dice_std']:.3f}"
+        return fmt.format(int(v) if key == "images" else v)
+
+    shared = []
+    if len(summary):
+        for key, header, fmt in list(cols):
+            if key in ("sigma", "tau", "radius", "images") and summary[key].nunique() == 1:
+                shared.append(f"{header} {cell(summary.iloc[0], key, fmt)}")
+                cols.remove((key, header, fmt))
+        if "certifier" in summary.columns and summary["certifier"].nunique() == 1:
+            shared.insert(0, str(summary["certifier"].iloc[0]))
+    if shared:
+        title = f"{title}\n{', '.join(shared)}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("method", overflow="fold", ratio=1, min_width=12)
+    rows = [[cell(r, key, fmt) for key, _, fmt in cols] for _, r in summary.iterrows()]
+    for i, (_, header, _) in enumerate(cols):
+        width = max([len(header)] + [len(row[i]) for row in rows])
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    for m, cells in zip(methods, rows):
         table.add_row(m, *cells)
     console.print(table)
 
