@@ -5,8 +5,9 @@ Most pixels of an easy image are decided long before that: they are unanimously
 one class (certifiable with far fewer draws) or clearly too uncertain to ever pass
 the test. :class:`AdaptiveSegCertify` looks at the votes at a pre-declared schedule
 of sample sizes ``n_1 < n_2 < ... < n_L = n`` and stops drawing for the image as soon
-as every pixel is *resolved* at every tau asked: certified, or futile (it provably
-cannot be certified). It is a group-sequential test (Jennison & Turnbull, "Group
+as every pixel is *resolved* at every tau asked (certified, or futile: it provably
+cannot be certified), or as soon as the rest can change the certificate by less than
+``dice_tolerance`` in expected Dice (step 4). It is a group-sequential test (Jennison & Turnbull, "Group
 Sequential Methods", 2000) with Bonferroni alpha spending over the looks and Holm
 (1979) over the pixels at each look; sequential certification in the spirit of
 anytime-valid randomized smoothing (Voracek, NeurIPS 2024), here in its simplest
@@ -29,9 +30,24 @@ same draws):
    stay below the count that look needs at Holm's threshold for the first pixel not yet
    certified (``alpha_L / (m - r)``, r = pixels certified so far), is marked futile: it
    abstains and is never certified later.
-4. Stop after look j when every pixel is certified or futile at every tau (or when
-   at most ``tolerance`` of the pixels are still undecided), or at ``n_L``. Pixels not
-   certified when sampling stops abstain.
+4. Stop after look j (before the last) when, at every tau, the certificate is good
+   enough: every pixel is certified or futile, or at most ``tolerance`` of the pixels
+   are still open, or its *expected Dice shortfall* is at most ``dice_tolerance``.
+   The shortfall compares the certificate now with the one all ``n_L`` draws would
+   give: each open pixel would be certified with the plug-in chance
+   ``P(k_i + Binomial(n_L - n_j, k_i / n_j) >= needed)`` (needed = the count of step 3),
+   so for class c with C certified pixels and expected gain G (the sum of those chances
+   over its open pixels) the Dice between the two certificates is about ``2C/(2C + G)``;
+   the shortfall is the largest ``G / (2C + G)`` over classes. Pixels not certified when
+   sampling stops abstain.
+
+Why a Dice criterion: on real images the pixels along a segmentation boundary have
+probabilities close to what n draws can certify. They stay open until the last look,
+so "stop when every pixel is resolved" (``dice_tolerance=0``) saves nothing there,
+and a budget in pixels (``tolerance``) treats a thin boundary of a large organ like a
+small polyp. The shortfall asks the question a user of certified Dice asks: how much
+would the certificate still change? ``benchmarks/adaptive_vs_fixed.py`` measures the
+trade-off (draws saved vs certified Dice lost against ground truth).
 
 Guarantee (per tau, as SegCertify): with probability ``>= 1 - alpha`` over the draws
 every certified pixel i satisfies ``p_i(c_i) > tau``, hence keeps ``c_i`` for every L2
@@ -60,21 +76,31 @@ the error rate grows with the number of looks (tests show it).
 Options:
     looks: the cumulative estimation sample sizes ``[n_1, ..., n_L]`` (increasing,
         ``n_L`` = the request's ``n``; a list whose last element is not n is an error),
-        or None for a doubling schedule ending at n: ``n, n/2, n/4, ...`` down to
-        ``min_look`` (at most ``max_looks`` looks).
+        or None (default) for a geometric schedule ``n_1, n_1 r, n_1 r^2, ..., n``
+        (:func:`geometric_looks`) from the first useful look ``n_1``
+        (:func:`first_useful_look`: the fewest draws at which a unanimous pixel passes
+        Holm's first threshold ``alpha / (max_looks m)``, never below ``min_look``),
+        ``r = ratio`` (default 1.5), at most ``max_looks`` (default 12) looks. The
+        schedule depends only on the request and the image size, never on the votes.
     spending: ``"bonferroni"`` (alpha_j = alpha / L, default), ``"weighted"`` (alpha_j
         proportional to ``weights``) or ``"none"`` (full alpha at every look: NOT sound,
         kept to demonstrate why spending is needed).
     futility_beta: level of the futility bound (default 0.001). Affects only how many
         pixels end up certified and when sampling stops, never the guarantee.
+    dice_tolerance: stop once the expected Dice shortfall (step 4) is at most this,
+        in [0, 1); default 0.01 (the certificate is expected within 1 Dice point of
+        the one all n draws would give); 0 = off.
     tolerance: fraction of pixels in [0, 1) that may still be undecided when sampling
-        stops (they abstain); 0 (default) = stop only when every pixel is resolved.
+        stops (they abstain); default 0 = off. With both off the certifier stops only
+        when every pixel is resolved.
 
 Votes: int64 ``[K, H, W]`` counts from a :class:`~certframe.interfaces.VoteSource`;
 returns one :class:`~certframe.results.Certificate` per tau with labels int64
 ``[H, W]`` (class or ABSTAIN), ``num_samples = n0 + estimation draws used``, and in
-``info``: ``looks`` (the schedule), ``alpha_per_look``, ``stopped_at`` (estimation
-draws used), ``certified_per_look`` and ``futile`` (pixel count).
+``info``: ``looks`` (the looks made), ``schedule`` (all looks), ``alpha_per_look``,
+``stopped_at`` (estimation draws used), ``certified_per_look``, ``futile`` (pixel
+count) and ``expected_dice_shortfall`` (at the look where sampling stopped; 0 after
+the last look, where nothing is left to draw).
 """
 from __future__ import annotations
 
@@ -270,7 +296,8 @@ class AdaptiveSegCertify(Certifier):
                 fresh = rejected & ~certified[tau] & ~futile[tau]
                 certified[tau] |= fresh
                 per_look[tau].append(int(fresh.sum()))
-                if upper is None:
+                if upper is None:           # the last look: nothing left to draw
+                    shortfall[tau] = 0.0
                     continue
                 open_ = ~certified[tau] & ~futile[tau]
                 if not open_.any():
