@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import pandas as pd
 import torch
@@ -46,6 +46,7 @@ from certframe import metrics
 from certframe.engine import Names, prepare_models, resolve_device
 from certframe.interfaces import ABSTAIN, Certifier, Denoiser, SegmentationDataset, Segmenter, class_labels
 from certframe.smoothing import SmoothedSegmenter, make_request
+from certframe.statistics import certified_radius, check_tau
 from certframe.validation import validate_sample
 
 from .base import check_eps, check_norm
@@ -81,6 +82,51 @@ def budgets(eps_l2: Iterable[float], eps_linf: Iterable[float]) -> list[tuple[st
     if not out:
         raise ValueError("no attack budget: give at least one L2 or Linf eps")
     return out
+
+
+class AttackJob(NamedTuple):
+    """One (attack, norm, eps) an image is attacked with; each writes one row per tau."""
+
+    name: str
+    factory: Callable
+    threat: str        # "base" or "smoothed"
+    norm: str          # "l2" or "linf"
+    eps: float
+    pass_norm: bool    # the attack supports several norms: ``norm=`` is passed to its factory
+
+
+def attack_jobs(attacks: dict[str, Callable], *, sigma: float, taus: Sequence[float],
+                eps_l2: Sequence[float] | None = None, eps_linf: Sequence[float] = ()) -> list[AttackJob]:
+    """The jobs :func:`attack_dataset` runs on every image: each attack at each budget of its norms.
+
+    Order: attacks as given, then budgets (L2 first, then Linf, as given). Each image
+    writes ``len(jobs) * len(taus)`` rows. eps_l2 None: the certified radii of ``taus``
+    shrunk by ``1 - 1e-6`` (see :func:`attack_dataset`). Raises ValueError for no attack,
+    no budget, a bad tau or eps, an unknown threat, or attacks that support none of the
+    budgets' norms.
+    """
+    if not attacks:
+        raise ValueError("no attack given")
+    taus = tuple(check_tau(t) for t in (taus if isinstance(taus, (list, tuple)) else [taus]))
+    if not taus:
+        raise ValueError("at least one tau is needed")
+    radii = [certified_radius(float(sigma), t) for t in taus]
+    # default L2 budgets: the certified radii, shrunk by 1e-6 (relative) so that the attack stays
+    # strictly inside the open ball ||delta||_2 < R the certificate covers, despite float rounding
+    plan = budgets([r * (1 - RADIUS_MARGIN) for r in radii] if eps_l2 is None else eps_l2, eps_linf)
+    jobs = []
+    for name, factory in attacks.items():
+        norms = attack_norms(factory)
+        threat = getattr(factory, "threat", "base")
+        if threat not in ("base", "smoothed"):
+            raise ValueError(f"attack {name!r} has threat {threat!r}; expected 'base' or 'smoothed'")
+        for norm, eps in plan:
+            if norm in norms:
+                jobs.append(AttackJob(name, factory, threat, norm, eps, len(norms) > 1))
+    if not jobs:
+        raise ValueError(f"none of the attacks {sorted(attacks)} supports the norms of the budgets "
+                         f"{sorted({n for n, _ in plan})}")
+    return jobs
 
 
 class _RecordingVotes:
@@ -123,6 +169,9 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
                    on_image: Callable[[int, str, list[dict]], None] | None = None) -> Iterator[dict]:
     """Yield result rows (see the module docstring), image by image.
 
+    Every image runs the same jobs, :func:`attack_jobs` (attack x budget), and yields
+    ``len(jobs) * len(taus)`` rows: jobs in order, taus within each job.
+
     attacks: ``{name: factory}``; ``factory(model=segmenter, eps=..., [norm=...],
         [sigma=..., denoiser=...,] seed=..., **attack_options[name])`` builds the attack
         (``norm`` is passed to attacks that support several; ``sigma`` and ``denoiser``
@@ -141,25 +190,7 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
     unknown = sorted(set(attack_options) - set(attacks))
     if unknown:
         raise ValueError(f"options given for attack(s) {unknown} that are not run; attacks: {sorted(attacks)}")
-    if not attacks:
-        raise ValueError("no attack given")
-    from certframe.statistics import certified_radius
-    radii = [certified_radius(request.sigma, t) for t in request.taus]
-    # default L2 budgets: the certified radii, shrunk by 1e-6 (relative) so that the attack stays
-    # strictly inside the open ball ||delta||_2 < R the certificate covers, despite float rounding
-    plan = budgets([r * (1 - RADIUS_MARGIN) for r in radii] if eps_l2 is None else eps_l2, eps_linf)
-    jobs = []
-    for name, factory in attacks.items():
-        norms = attack_norms(factory)
-        threat = getattr(factory, "threat", "base")
-        if threat not in ("base", "smoothed"):
-            raise ValueError(f"attack {name!r} has threat {threat!r}; expected 'base' or 'smoothed'")
-        for norm, eps in plan:
-            if norm in norms:
-                jobs.append((name, factory, threat, norm, eps, len(norms) > 1))
-    if not jobs:
-        raise ValueError(f"none of the attacks {sorted(attacks)} supports the norms of the budgets "
-                         f"{sorted({n for n, _ in plan})}")
+    jobs = attack_jobs(attacks, sigma=request.sigma, taus=request.taus, eps_l2=eps_l2, eps_linf=eps_linf)
     segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
     smoothed = SmoothedSegmenter(segmenter, denoiser, request.sigma)
     K = dataset.num_classes

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,18 +22,20 @@ from certframe.attacks import (EOTPGDL2, PGD, PGDL2, DenoisedSegmenter, SegPGD, 
 from certframe.attacks.base import project, validate_labels
 from certframe.attacks.pipeline import eot_gradient
 from certframe.attacks.segpgd import segpgd_lambda, segpgd_loss
-from certframe.attacks.suite import attack_dataset, budgets, robustness_table
+from certframe.attacks.suite import attack_dataset, attack_jobs, budgets, robustness_table
 from certframe.attacks.violations import check_certificates
 from certframe.cli import main
 from certframe.interfaces import ABSTAIN
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.plugins.denoisers.none import NoDenoiser
 from certframe.registry import get_registry
+from certframe.runs import RunError, RunFolder, compare_results
 from certframe.smoothing import SmoothedSegmenter
 
 from conftest import ListDataset, ThresholdSegmenter
 
 TOL = 1e-6
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +408,179 @@ def test_cli_bad_values(tmp_path, args, match):
                                        "-n", "10", "-o", str(tmp_path / "r"), *args], terminal_width=200)
     assert result.exit_code != 0
     assert match in " ".join(result.output.split()), result.output
+
+
+# ------------------------------------------------------------------ job plan and resume
+def test_attack_jobs_plan_rows_per_image():
+    from certframe.statistics import certified_radius
+
+    attacks = {"pgdl2": PGDL2, "pgd": PGD, "segpgd": SegPGD}
+    jobs = attack_jobs(attacks, sigma=0.25, taus=(0.6, 0.75), eps_l2=(0.3, 0.3), eps_linf=(1 / 255,))
+    assert [(j.name, j.norm, j.eps, j.pass_norm) for j in jobs] == [
+        ("pgdl2", "l2", 0.3, False), ("pgd", "linf", 1 / 255, False),
+        ("segpgd", "l2", 0.3, True), ("segpgd", "linf", 1 / 255, True)]
+    assert jobs[0].threat == "base" and jobs[0].factory is PGDL2
+    # default L2 budgets: one per tau, the certified radii just inside the open ball
+    jobs = attack_jobs({"pgdl2": PGDL2}, sigma=0.25, taus=(0.6, 0.75))
+    assert [j.eps for j in jobs] == pytest.approx([certified_radius(0.25, t) * (1 - 1e-6) for t in (0.6, 0.75)],
+                                                  rel=1e-12)
+    with pytest.raises(ValueError, match="no attack given"):
+        attack_jobs({}, sigma=0.25, taus=(0.75,))
+    with pytest.raises(ValueError, match="no attack budget"):
+        attack_jobs({"pgd": PGD}, sigma=0.25, taus=(0.75,), eps_l2=())
+    with pytest.raises(ValueError, match=r"none of the attacks \['pgd'\] supports the norms of the budgets \['l2'\]"):
+        attack_jobs({"pgd": PGD}, sigma=0.25, taus=(0.75,))
+    # attack_dataset runs exactly these jobs: len(jobs) * len(taus) rows per image
+    data = ListDataset([(torch.full((1, 8, 8), 0.2), torch.zeros(8, 8, dtype=torch.long))] * 2)
+    rows = list(attack_dataset(data, ThresholdSegmenter(), None, SegCertify(), {"pgdl2": PGDL2, "pgd": PGD},
+                               sigma=0.25, n0=5, n=20, alpha=0.01, taus=(0.6, 0.75), eps_linf=(1 / 255,),
+                               attack_options={"pgdl2": {"steps": 1}, "pgd": {"steps": 1}}, device="cpu"))
+    jobs = attack_jobs({"pgdl2": PGDL2, "pgd": PGD}, sigma=0.25, taus=(0.6, 0.75), eps_linf=(1 / 255,))
+    assert len(rows) == 2 * len(jobs) * 2
+    assert [(r["attack"], r["norm"], r["eps"]) for r in rows[:len(jobs) * 2:2]] == [(j.name, j.norm, j.eps)
+                                                                                  for j in jobs]
+
+
+# 3 images at 32x32; each writes 2 jobs (pgdl2 at L2 0.3, pgd at Linf 1/255) x 2 taus = 4 rows. Enough
+# attack steps that an image takes a few tenths of a second, so a kill lands between images.
+RESUME_COUNT, RESUME_ROWS = 3, 4
+RESUME_ARGS = ["attack", "--dataset-option", f"count={RESUME_COUNT}", "--dataset-option", "size=32",
+               "--segmenter-option", "weights=synthetic-lung-noise0.25", "--n0", "5", "-n", "100",
+               "--alpha", "0.01", "--tau", "0.6", "--tau", "0.75", "--attack", "pgdl2", "--attack", "pgd",
+               "--attack-option", "pgdl2:steps=40", "--attack-option", "pgd:steps=40", "--eps-l2", "0.3",
+               "--eps-linf", "1/255", "--batch-size", "50", "--device", "cpu", "--quiet"]
+WALL_TIME = ("seconds", "attack_seconds")
+
+
+@pytest.fixture
+def one_thread():
+    """Same thread count as the subprocesses (OMP_NUM_THREADS=1), so floating point agrees."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _attack(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args], terminal_width=200)
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def _read(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "results.csv", dtype={"image_id": str})
+
+
+@pytest.fixture(scope="module")
+def attack_reference(tmp_path_factory):
+    """An uninterrupted attack run of RESUME_COUNT images."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("attack-reference") / "run"
+    try:
+        _attack(*RESUME_ARGS, "-o", out)
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def _interrupted_copy(reference: Path, run: Path) -> list[str]:
+    """A copy of ``reference`` cut inside image 1: image 0's rows, two of image 1's and a cut-off line."""
+    run.mkdir()
+    manifest = json.loads((reference / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    lines = (reference / "results.csv").read_text().splitlines(keepends=True)
+    (run / "results.csv").write_text("".join(lines[:1 + RESUME_ROWS + 2]) + lines[1 + RESUME_ROWS + 2][:25])
+    return lines
+
+
+def _same_as_reference(reference: Path, run: Path) -> None:
+    ref, got = _read(reference), _read(run)
+    compare_results(ref, got, ignore=WALL_TIME)  # every column but wall time
+    assert got["index"].tolist() == [i for i in range(RESUME_COUNT) for _ in range(RESUME_ROWS)]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["resumed"] == 1
+    assert manifest["images"] == RESUME_COUNT and manifest["rows_per_image"] == RESUME_ROWS
+    assert manifest["violations"] == json.loads((reference / "manifest.json").read_text())["violations"]
+    # the final files cover the whole run, not only the images attacked after the resume
+    if (reference / "results.parquet").exists():
+        parquet = pd.read_parquet(run / "results.parquet")
+        assert pd.api.types.is_string_dtype(parquet["image_id"])
+        compare_results(got, parquet, ignore=WALL_TIME)
+    for name, ignore in (("summary.json", ["attack_seconds"]), ("robustness.json", [])):
+        a, b = (pd.DataFrame(json.loads((p / name).read_text())).drop(columns=ignore) for p in (reference, run))
+        pd.testing.assert_frame_equal(a, b)
+    assert pd.DataFrame(json.loads((run / "robustness.json").read_text()))["images"].tolist() == [RESUME_COUNT] * 4
+
+
+def test_cli_attack_killed_run_resumes_to_identical_results(tmp_path, attack_reference, one_thread):
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "certframe", *RESUME_ARGS, "-o", str(run)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    results, start = run / "results.csv", time.monotonic()
+    while not (results.exists() and results.read_bytes().count(b"\n") >= 1 + RESUME_ROWS):
+        if proc.poll() is not None:
+            pytest.fail(f"attack ended (rc {proc.returncode}) before its first image: "
+                        f"{proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() - start > 120:
+            proc.kill()
+            pytest.fail("no rows appeared in time")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    done = _read(run)
+    assert RESUME_ROWS <= len(done) < RESUME_ROWS * RESUME_COUNT, "the run was not interrupted mid-way"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["rows_per_image"] == RESUME_ROWS
+
+    # without --resume the folder is protected
+    r = _attack(*RESUME_ARGS, "-o", run, ok=False)
+    assert r.exit_code != 0 and "already holds results" in r.output and "--resume" in r.output
+    assert _read(run).equals(done)
+
+    _attack(*RESUME_ARGS, "-o", run, "--resume")
+    _same_as_reference(attack_reference, run)
+    # the images done before the kill were kept, not attacked again
+    kept = _read(run).iloc[:len(done)]
+    pd.testing.assert_frame_equal(kept, done)
+
+
+def test_cli_attack_resume_drops_a_partially_written_image(tmp_path, attack_reference, one_thread):
+    # repair needs the attack run's rows per image (jobs x taus), not one per tau
+    lines = _interrupted_copy(attack_reference, tmp_path / "repaired")
+    assert RunFolder(tmp_path / "repaired").repair(rows_per_image=RESUME_ROWS) == {0: "lung-test-0000"}
+    assert (tmp_path / "repaired" / "results.csv").read_text() == "".join(lines[:1 + RESUME_ROWS])
+    # --resume repairs the folder itself: image 0 kept, image 1 (cut) and image 2 attacked
+    run = tmp_path / "run"
+    _interrupted_copy(attack_reference, run)
+    _attack(*RESUME_ARGS, "-o", run, "--resume")
+    _same_as_reference(attack_reference, run)
+    assert (run / "results.csv").read_text().startswith("".join(lines[:1 + RESUME_ROWS]))
+
+
+def test_cli_attack_resume_guards(tmp_path, attack_reference):
+    run = tmp_path / "run"
+    _interrupted_copy(attack_reference, run)
+    before = (run / "results.csv").read_bytes()
+    # without --resume: refused, nothing lost
+    r = _attack(*RESUME_ARGS, "-o", run, ok=False)
+    assert r.exit_code != 0 and "already holds results" in r.output
+    # another configuration: refused with the difference named
+    changed = ["0.5" if a == "0.3" else a for a in RESUME_ARGS]  # --eps-l2 0.5 instead of 0.3
+    r = _attack(*changed, "-o", run, "--resume", ok=False)
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), r.output
+    assert "cannot resume" in r.output
+    assert "configuration differs: eps_l2: [0.3] in the run, [0.5] now" in " ".join(r.output.split())
+    # --resume with --overwrite: a clean error (no traceback), nothing overwritten
+    r = _attack(*RESUME_ARGS, "-o", run, "--resume", "--overwrite", ok=False)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "--resume and --overwrite exclude each other" in r.output and "Traceback" not in r.output
+    assert (run / "results.csv").read_bytes() == before
+    assert json.loads((run / "manifest.json").read_text())["status"] == "running"
+    with pytest.raises(RunError, match="truncated"):
+        RunFolder(run).results(require_complete=False)

@@ -6,9 +6,15 @@ where pyarrow is installed, ``summary.json`` per attack and eps,
 ``robustness.json`` per method and eps, ``manifest.json``) and prints the table
 of empirical vs certified robustness. Rows join ``certframe certify`` results on
 ``image_id``, ``segmenter``, ``denoiser``, ``certifier``, ``sigma``, ``tau``.
+
+Each image's rows (one per attack, budget and tau) are appended and fsync'ed as
+the image finishes, so an interrupted run (Ctrl-C, ``kill -9``) continues with
+``--resume``: the images already done are kept, a partially written last image is
+attacked again, and the final files cover the whole run (see :mod:`certframe.runs`).
 """
 from __future__ import annotations
 
+import logging
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +33,12 @@ from certframe.runs import FORMAT, RunError, RunFolder, _atomic_write, _now, dat
 from certframe.runs import package_versions, resolved_options
 
 ATTACK_SUMMARY, ROBUSTNESS = "summary.json", "robustness.json"
+
+# columns every attack results table has (checked when a run folder is read back)
+ATTACK_COLUMNS = ["image_id", "index", "segmenter", "denoiser", "certifier", "sigma", "tau", "radius", "attack",
+                  "norm", "eps", "violations", "seconds"]
+
+log = logging.getLogger("certframe.attack")
 
 
 class Budget(click.ParamType):
@@ -63,16 +75,22 @@ def run_attack(*, dataset: str, dataset_options: dict, segmenter: str, segmenter
                attacks: tuple[str, ...], attack_options: dict[str, dict], eps_l2: tuple[float, ...] | None,
                eps_linf: tuple[float, ...], sigma: float, n0: int, n: int, alpha: float,
                taus: tuple[float, ...], batch_size: int, seed: int, device: str, output: Path,
-               overwrite: bool = False, quiet: bool = False, limit: int | None = None, registry=None,
-               console=None):
-    """Build the plugins, attack and certify, write the run folder; return the robustness table."""
-    import pandas as pd
+               resume: bool = False, overwrite: bool = False, quiet: bool = False, limit: int | None = None,
+               registry=None, console=None):
+    """Build the plugins, attack and certify, write the run folder; return the robustness table.
 
-    from certframe.attacks.suite import attack_dataset, robustness_table, summarize_attacks
+    resume: continue an interrupted run in ``output`` (same configuration, else RunError):
+        images already done are kept, only the others are attacked; the final files
+        (results.parquet, summary.json, robustness.json) cover every image of the run.
+    """
+    from certframe.attacks.suite import attack_dataset, attack_jobs, robustness_table, summarize_attacks
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
     factories = {name: registry.get("attack", name).factory for name in attacks}
+    # the rows each image writes, known before the run: needed to tell a complete image from a cut one
+    jobs = attack_jobs(factories, sigma=sigma, taus=taus, eps_l2=eps_l2, eps_linf=eps_linf)
+    rows_per_image = len(jobs) * len(taus)
     options = {"dataset": dataset_options, "segmenter": segmenter_options, "denoiser": denoiser_options,
                "certifier": certifier_options}
     names_ = {"dataset": dataset, "segmenter": segmenter, "denoiser": denoiser, "certifier": certifier}
@@ -93,39 +111,52 @@ def run_attack(*, dataset: str, dataset_options: dict, segmenter: str, segmenter
                 "device": str(resolve_device(device)), "plugins": plugins, "dataset": dataset_identity(data),
                 "classes": list(data.class_names), "versions": package_versions(),
                 "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "created": _now()}
-    run = RunFolder(output)
-    run.start(manifest, overwrite=overwrite)
+    run = RunFolder(output, required_columns=ATTACK_COLUMNS)
+    complete = False
     try:
+        done = run.start(manifest, resume=resume, overwrite=overwrite, rows_per_image=rows_per_image)
         total = len(data) if limit is None else min(int(limit), len(data))
+        todo = [i for i in range(total) if i not in done]
+        if done:
+            log.info("resuming %s: %d of %d images already done", output, total - len(todo), total)
         names = Names(segmenter=_label(segmenter, segmenter_options), denoiser=denoiser, certifier=cert.name)
-        rows = []
         with Progress(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, disable=quiet) as progress:
-            task = progress.add_task("attack", total=total)
+            task = progress.add_task("attack", total=total, completed=total - len(todo))
 
             def on_image(index, image_id, image_rows):
                 run.append(image_rows)
                 progress.advance(task)
 
-            for row in attack_dataset(data, seg, den, cert, factories, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                                      taus=taus, eps_l2=eps_l2, eps_linf=eps_linf, attack_options=attack_options,
-                                      batch_size=batch_size, seed=seed, device=device, names=names,
-                                      indices=range(total), on_image=on_image):
-                rows.append(row)
-        df = pd.DataFrame(rows)
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            df.to_parquet(run.path / "results.parquet", index=False)
+            if todo:
+                for _ in attack_dataset(data, seg, den, cert, factories, sigma=sigma, n0=n0, n=n, alpha=alpha,
+                                        taus=taus, eps_l2=eps_l2, eps_linf=eps_linf,
+                                        attack_options=attack_options, batch_size=batch_size, seed=seed,
+                                        device=device, names=names, indices=todo, on_image=on_image):
+                    pass
+        # the whole run: rows kept from before the interruption plus the new ones (image_id as str)
+        df = run.results(require_complete=False)
+        df = df.sort_values("index", kind="stable").reset_index(drop=True)
+        finished = set(df["index"].astype(int))
+        complete = finished >= set(range(total))
+        if complete:
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                pass
+            else:
+                df.to_parquet(run.path / "results.parquet", index=False)
         summary, table = summarize_attacks(df), robustness_table(df)
         _atomic_write(run.path / ATTACK_SUMMARY, (summary.to_json(orient="records", indent=2) + "\n").encode())
         _atomic_write(run.path / ROBUSTNESS, (table.to_json(orient="records", indent=2) + "\n").encode())
-        run.update_manifest(status="complete", finished=_now(), images=int(df["index"].nunique()),
-                            violations=int(df["violations"].sum()))
+        if complete:
+            run.update_manifest(status="complete", finished=_now(), images=int(df["index"].nunique()),
+                                violations=int(df["violations"].sum()))
+            log.info("run complete: %s", output)
+        else:
+            log.info("%d of %d images done in %s", len(finished), total, output)
     finally:
-        getattr(run, "unlock", lambda: None)()  # start() locks the folder (flock)
+        run.unlock()  # start() locks the folder (flock)
     print_robustness(table, console, title=f"empirical vs certified Dice ({output})")
     return table
 
@@ -168,18 +199,24 @@ def print_robustness(table, console, title="robustness"):
               help="Linf budget in [0, 1] units, e.g. 2/255 (repeatable).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("runs/attack"),
               show_default=True, help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --output.")
 @click.option("--overwrite", is_flag=True, help="Replace the results in --output.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, table or info logs.")
 def attack(dataset_name, dataset_options, segmenter_name, segmenter_options, denoiser_name, denoiser_options,
            certifier_name, certifier_options, sigma, n0, n, alpha, taus, batch_size, seed, device, limit,
-           attacks, attack_options, eps_l2, eps_linf, output, overwrite, quiet):
+           attacks, attack_options, eps_l2, eps_linf, output, resume, overwrite, quiet):
     """Attack the base and the smoothed segmenter; check every certificate on the attacked images.
 
     For each image: certify x; run each attack at each budget; certify x'. Reports
     empirical robust Dice (base f and smoothed g), certified Dice at radius >= eps,
     and certificate violations (pixels certified on x at a radius beyond the
     perturbation that are certified as another class on x'; expected 0).
+
+    Rows are written image by image; an interrupted run continues with --resume
+    (same options), which keeps the images already done.
     """
+    if quiet:
+        logging.getLogger("certframe").setLevel(logging.WARNING)
     try:
         run_attack(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
                    segmenter=segmenter_name, segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
@@ -189,6 +226,6 @@ def attack(dataset_name, dataset_options, segmenter_name, segmenter_options, den
                    attacks=tuple(attacks), attack_options=parse_attack_options(attack_options, tuple(attacks)),
                    eps_l2=tuple(eps_l2) or None, eps_linf=tuple(eps_linf), sigma=sigma, n0=n0, n=n, alpha=alpha,
                    taus=taus, batch_size=batch_size, seed=seed, device=device, output=output,
-                   overwrite=overwrite, quiet=quiet, limit=limit)
+                   resume=resume, overwrite=overwrite, quiet=quiet, limit=limit)
     except (PluginError, RunError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         raise click.ClickException(str(err)) from err
