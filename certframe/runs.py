@@ -393,14 +393,16 @@ class RunFolder:
             raise RunError(f"{self.path} holds no {RESULTS}: the run has not certified any image yet")
         rows_per_image = manifest.get("rows_per_image") or len(manifest["config"].get("taus") or [0])
         df, _, problem = self._scan(int(rows_per_image))
+        if manifest.get("kind") == "attack":
+            how = (f"`certframe attack --resume --output {self.path}` with the options of its "
+                   f"{MANIFEST} (config)")
+        else:
+            how = f"`certframe certify --resume --from-manifest {self.manifest_path} --output {self.path}`"
         if problem is not None:
-            raise RunError(f"{self.results_path} is truncated: {problem}; continue the run with "
-                           f"`certframe certify --resume --from-manifest {self.manifest_path} "
-                           f"--output {self.path}`")
+            raise RunError(f"{self.results_path} is truncated: {problem}; continue the run with {how}")
         if require_complete and manifest.get("status") != "complete":
             raise RunError(f"{self.path} is incomplete (status {manifest.get('status')!r}, "
-                           f"{df['index'].nunique()} images done); continue it with `certframe certify "
-                           f"--resume --from-manifest {self.manifest_path} --output {self.path}`")
+                           f"{df['index'].nunique()} images done); continue it with {how}")
         return df
 
     def certificate(self, index: int) -> dict[str, np.ndarray]:

@@ -258,9 +258,12 @@ def test_corrupt_and_mismatched_folders_give_clear_errors(tmp_path):
         f.repair(1)
 
     f = _make_folder(tmp_path / "running", [_row(0)], status="running")
-    with pytest.raises(RunError, match="is incomplete .* --resume"):
+    with pytest.raises(RunError, match="is incomplete .* `certframe certify --resume --from-manifest"):
         f.results()
     assert len(f.results(require_complete=False)) == 1
+    f.update_manifest(kind="attack")          # the advice names the command that wrote the folder
+    with pytest.raises(RunError, match="is incomplete .* `certframe attack --resume --output"):
+        f.results()
 
     f = _make_folder(tmp_path / "cut", [_row(0), _row(1)])
     f.results_path.write_bytes(f.results_path.read_bytes()[:-5])
