@@ -58,7 +58,7 @@ def _timed(f) -> float:
         return time.perf_counter() - t0
 
 
-def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int = 32, repeats: int = 3):
+def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int = 32, repeats: int = 5):
     from certframe.plugins.certifiers.segcertify import SegCertify
     from certframe.plugins.denoisers.none import NoDenoiser
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
