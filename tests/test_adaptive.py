@@ -218,13 +218,14 @@ def count_wrong_images_sequential(certifier, trials=200):
     return wrong, used
 
 
-@pytest.mark.parametrize("dice_tolerance", [0.01, 0.0])
-def test_adaptive_family_wise_error_stays_within_alpha(dice_tolerance):
-    certifier = AdaptiveSegCertify(looks=LOOKS, dice_tolerance=dice_tolerance)
+@pytest.mark.parametrize("options", [{"looks": LOOKS}, {"looks": LOOKS, "dice_tolerance": 0.0}, {}],
+                         ids=["20-looks", "20-looks-no-early-stop", "default-schedule"])
+def test_adaptive_family_wise_error_stays_within_alpha(options):
+    certifier = AdaptiveSegCertify(**options)
     wrong, used = count_wrong_images_sequential(certifier)
     assert wrong[TAU] <= soundness_bound() and wrong[0.9] <= soundness_bound()
-    # it did stop early on some images, and the block at p = 0.977 was certified
-    assert min(used) < 10 + LOOKS[-1]
+    if "looks" in options:  # with 20 looks it did stop early on some images
+        assert min(used) < 10 + LOOKS[-1]
 
 
 def test_same_check_fails_without_alpha_spending():
