@@ -42,7 +42,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from certframe.interfaces import SegmentationDataset
-from certframe.training import _b64, _load_optimizer, _progress, _save_optimizer, _unb64, stack
+from certframe.train_state import decode_state, encode_state, load_optimizer, save_optimizer, training_progress
+from certframe.training import stack
 
 STATE_VERSION = 1
 RESUME_KEYS = ("size", "block_out_channels", "layers_per_block", "attention", "batch_size", "lr",
@@ -226,9 +227,9 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         names = [n for n, _ in unet.named_parameters()]
         ema.shadow_params = [shadow[n].to(device) for n in names]
         ema.optimization_step = int(state["ema_step"])
-        _load_optimizer(folder / state["optimizer"], optim)
-        g.set_state(_unb64(state["generator"]))
-        torch.set_rng_state(_unb64(state["torch_rng"]))
+        load_optimizer(folder / state["optimizer"], optim)
+        g.set_state(decode_state(state["generator"]))
+        torch.set_rng_state(decode_state(state["torch_rng"]))
         history, start = list(state["history"]), int(state["step"])
         earlier = float(state.get("seconds", 0.0))
     elif output.exists() or folder.exists():
@@ -236,7 +237,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
                               f"remove it first")
     acp = scheduler.alphas_cumprod.to(device)
     running, seen = 0.0, 0
-    bar = _progress(console, enabled=progress)
+    bar = training_progress(console, enabled=progress)
     with bar:
         task = bar.add_task("DDPM steps", total=steps, completed=start, info=f"t in 0..{t_max}")
         unet.train()
@@ -289,10 +290,10 @@ def _save_state(folder: Path, step: int, unet, ema, optim, g, training: dict, hi
     save_file(_named(unet.state_dict()), str(folder / names["unet"]))
     save_file(_named(dict(zip([n for n, _ in unet.named_parameters()], ema.shadow_params))),
               str(folder / names["ema"]))
-    _save_optimizer(folder / names["optimizer"], optim)
+    save_optimizer(folder / names["optimizer"], optim)
     state = {"version": STATE_VERSION, "step": step, "ema_step": int(ema.optimization_step),
-             "training": training, "history": history, "generator": _b64(g.get_state()),
-             "torch_rng": _b64(torch.get_rng_state()), "seconds": seconds, **names}
+             "training": training, "history": history, "generator": encode_state(g.get_state()),
+             "torch_rng": encode_state(torch.get_rng_state()), "seconds": seconds, **names}
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1) + "\n")
     tmp.replace(folder / "state.json")

@@ -18,19 +18,17 @@ Files written for ``checkpoint="out/model.safetensors"``:
 """
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from certframe import metrics
 from certframe.checkpoint import save_checkpoint
 from certframe.interfaces import SegmentationDataset, Segmenter, class_labels
+from certframe.train_state import decode_state, encode_state, load_optimizer, save_optimizer, training_progress
 
 STATE_VERSION = 1
 # Settings a resumed run must share with the run it continues (epochs may grow).
@@ -78,40 +76,12 @@ def resume_dir(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".resume")
 
 
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
 
 
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
 
 
-def _save_optimizer(path: Path, optim: torch.optim.Optimizer) -> None:
-    sd = optim.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in sd["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
 
 
-def _load_optimizer(path: Path, optim: torch.optim.Optimizer) -> None:
-    state: dict[int, dict] = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        for key in f.keys():
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = f.get_tensor(key)
-    for key, value in json.loads(meta["scalars"]).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    optim.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
 
 
 def _save_state(folder: Path, epoch: int, net: torch.nn.Module, optim, config: dict, state: dict) -> None:
@@ -119,7 +89,7 @@ def _save_state(folder: Path, epoch: int, net: torch.nn.Module, optim, config: d
     weights = folder / f"epoch-{epoch}.weights.safetensors"
     optimizer = folder / f"epoch-{epoch}.optimizer.safetensors"
     save_checkpoint(weights, net, config, sidecar=False)
-    _save_optimizer(optimizer, optim)
+    save_optimizer(optimizer, optim)
     state = {**state, "version": STATE_VERSION, "epoch": epoch, "weights": weights.name,
              "optimizer": optimizer.name}
     tmp = folder / "state.json.tmp"
@@ -204,16 +174,16 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                 raise ValueError(f"cannot resume: the saved model has {key}={saved_config[key]!r}, "
                                  f"this one {key}={model_config[key]!r}")
         net.load_state_dict(weights)
-        _load_optimizer(folder / state["optimizer"], optim)
-        g.set_state(_unb64(state["generator"]))
-        torch.set_rng_state(_unb64(state["torch_rng"]))
+        load_optimizer(folder / state["optimizer"], optim)
+        g.set_state(decode_state(state["generator"]))
+        torch.set_rng_state(decode_state(state["torch_rng"]))
         result.best_dice, result.best_epoch = state["best_dice"], state["best_epoch"]
         result.history = list(state["history"])
         if checkpoint is not None and Path(checkpoint).is_file():
             result.checkpoint = Path(checkpoint)
         start = state["epoch"] + 1
     batches = (len(images) + batch_size - 1) // batch_size
-    bar = _progress(console, enabled=progress)
+    bar = training_progress(console, enabled=progress)
     with bar:
         epoch_task = bar.add_task("epochs", total=epochs, completed=start, info="")
         batch_task = bar.add_task("batches", total=batches, info="")
@@ -249,18 +219,10 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                 _save_state(resume_dir(checkpoint), epoch, net, optim, {**model_config, "training": training},
                             {"training": training, "best_dice": result.best_dice,
                              "best_epoch": result.best_epoch, "history": result.history,
-                             "generator": _b64(g.get_state()), "torch_rng": _b64(torch.get_rng_state())})
+                             "generator": encode_state(g.get_state()), "torch_rng": encode_state(torch.get_rng_state())})
             bar.update(epoch_task, advance=1,
                        info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ epoch {result.best_epoch + 1})")
             if on_epoch is not None:
                 on_epoch(record)
     model.eval()
     return result
-
-
-def _progress(console, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                    disable=not enabled, transient=False)
