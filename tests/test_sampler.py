@@ -112,3 +112,24 @@ def test_class_labels_equal_argmax_with_ties_infinities_and_nan(num_classes):
     tiny = torch.tensor([[1.0, 1.0, 0.0, nan, nan],
                          [1.0, 2.0, nan, nan, 5.0]]).reshape(1, 2, 1, 5)
     assert class_labels(tiny).tolist() == [[[0, 1, 1, 0, 0]]]
+
+
+def test_noise_drawn_ahead_gives_the_same_votes_and_survives_a_failing_model(image):
+    """CPU voters draw batch i + 1 in a helper thread: same counts as one batch; errors surface."""
+    one_batch = make_voter(image, batch_size=64).counts("estimation", 50, start=7)
+    ahead = make_voter(image, batch_size=8).counts("estimation", 50, start=7)   # 7 batches, drawn ahead
+    assert torch.equal(one_batch, ahead)
+
+    calls = []
+
+    def flaky(noisy):
+        calls.append(len(noisy))
+        if len(calls) == 2:
+            raise RuntimeError("model failed on batch 2")
+        return labels_of(ThresholdSegmenter())(noisy)
+
+    voter = NoiseVoter(flaky, image, sigma=0.5, num_classes=2, batch_size=8, seed=0, image_id="img")
+    with pytest.raises(RuntimeError, match="batch 2"):
+        voter.counts("estimation", 50, start=7)
+    # the voter (and its generator) is usable again and gives the same votes as before
+    assert torch.equal(voter.counts("estimation", 50, start=7), one_batch)
