@@ -56,5 +56,5 @@ def demo(output, images, sigma, n, seed, device, quiet):
         summary.insert(0, "method", label)
         frames.append(summary)
     print_summary(pd.concat(frames, ignore_index=True).assign(segmenter=lambda d: d["method"]), console,
-                  title=f"certframe demo: certified Dice at radius {frames[0]['radius'].iloc[0]:.3f}")
+                  title="certframe demo: certified Dice")
     console.print(f"run folders under {output}/")
