@@ -415,11 +415,12 @@ class RunFolder:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per (segmenter, denoiser, certifier, sigma, tau, radius): mean over images of every
-    metric column (same name), ``*_std`` (population std, ddof=0, as ``numpy.std``) of
-    certified and clean Dice and ``images`` (count)."""
+    metric column (same name) and of ``num_samples`` (noise draws per image: n0 + n, or
+    fewer for an adaptive certifier), ``*_std`` (population std, ddof=0, as ``numpy.std``)
+    of certified and clean Dice and ``images`` (count)."""
     keys = [k for k in SUMMARY_KEYS if k in df.columns]
     values = sorted({c for c in df.columns if c.endswith("dice") or c.startswith("certified_dice")
-                     or c in ("abstain_rate", "certified_accuracy", "seconds")})
+                     or c in ("abstain_rate", "certified_accuracy", "seconds", "num_samples")})
     g = df.groupby(keys, dropna=False, sort=False)
     summary = g[values].mean()
     for c in ("certified_dice", "clean_dice"):

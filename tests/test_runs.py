@@ -302,7 +302,7 @@ def test_summary_table_fits_the_terminal(width):
 
     row = {"segmenter": "monai:synthetic-lung-noise0.25", "denoiser": "ddpm", "certifier": "segcertify",
            "sigma": 0.25, "tau": 0.75, "radius": 0.16862, "certified_dice": 0.8123, "certified_dice_std": 0.1012,
-           "clean_dice": 0.9, "abstain_rate": 0.05, "images": 100}
+           "clean_dice": 0.9, "abstain_rate": 0.05, "num_samples": 110.0, "images": 100}
     summary = pd.DataFrame([row, {**row, "tau": 0.9, "radius": 0.32038, "certified_dice": 0.61,
                                   "segmenter": "monai:a-very-long-weights-name-from-a-hospital-archive-v12"}])
     console = Console(width=width, record=True)
@@ -310,7 +310,7 @@ def test_summary_table_fits_the_terminal(width):
     lines = console.export_text().splitlines()
     assert "…" not in "".join(lines) and max(map(len, lines)) <= width
     # settings every row shares are in the title; those that differ stay columns
-    assert lines[1].split() == ["segcertify,", "σ", "0.25,", "images", "100"]
+    assert lines[1].split() == ["segcertify,", "σ", "0.25,", "draws", "110,", "images", "100"]
     assert lines[2].split() == ["method", "τ", "radius", "cert.", "Dice", "clean", "Dice", "abstain"]
     numbers = [line.split()[-5:] for line in lines[4:] if "±" in line]
     assert numbers == [["0.75", "0.169", "0.812±0.101", "0.900", "0.050"],

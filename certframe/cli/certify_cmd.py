@@ -148,8 +148,9 @@ def print_summary(summary, console, title="summary"):
 
     Uses the column ``method`` when present, else ``segmenter`` (+ ``denoiser``); the
     certifier is appended to the method when the table holds several certifiers.
-    Settings shared by every row (sigma, tau, radius, images, certifier) go into the
-    title instead of a column; numbers are never cut: a long method name wraps.
+    Settings shared by every row (sigma, tau, radius, draws per image, images,
+    certifier) go into the title instead of a column; numbers are never cut: a long
+    method name wraps.
     """
     if "method" in summary.columns:
         methods = summary["method"].astype(str)
@@ -160,7 +161,7 @@ def print_summary(summary, console, title="summary"):
         methods = methods + " [" + summary["certifier"].astype(str) + "]"
     cols = [("sigma", "σ", "{:g}"), ("tau", "τ", "{:g}"), ("radius", "radius", "{:.3f}"),
             ("certified_dice", "cert. Dice", "{:.3f}"), ("clean_dice", "clean Dice", "{:.3f}"),
-            ("abstain_rate", "abstain", "{:.3f}"), ("images", "images", "{:d}")]
+            ("abstain_rate", "abstain", "{:.3f}"), ("num_samples", "draws", "{:.0f}"), ("images", "images", "{:d}")]
     cols = [c for c in cols if c[0] in summary.columns]
 
     def cell(r, key, fmt):
@@ -172,7 +173,7 @@ def print_summary(summary, console, title="summary"):
     shared = []
     if len(summary):
         for key, header, fmt in list(cols):
-            if key in ("sigma", "tau", "radius", "images") and summary[key].nunique() == 1:
+            if key in ("sigma", "tau", "radius", "num_samples", "images") and summary[key].nunique() == 1:
                 shared.append(f"{header} {cell(summary.iloc[0], key, fmt)}")
                 cols.remove((key, header, fmt))
         if "certifier" in summary.columns and summary["certifier"].nunique() == 1:
