@@ -17,11 +17,13 @@ Design points:
 * On CPU the noise of the next batch is drawn in a helper thread while the model
   runs on the current one (seeded noise is about 4% of a UNet's forward time at
   256x256, see ``benchmarks/core.py overhead``); the draws are the same either way.
-  On CUDA noise generation is already asynchronous on the device.
+  On CUDA noise generation is already asynchronous on the device. A forked child
+  starts its own helper thread (the parent's does not survive fork).
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Callable
@@ -71,6 +73,15 @@ def check_totals(counts: torch.Tensor, n: int) -> None:
 
 
 _NOISE_THREAD: ThreadPoolExecutor | None = None
+
+
+def _forget_noise_thread() -> None:
+    """After a fork the child has the executor but not its thread: a task sent there would wait forever."""
+    global _NOISE_THREAD
+    _NOISE_THREAD = None
+
+
+os.register_at_fork(after_in_child=_forget_noise_thread)
 
 
 def _noise_thread() -> ThreadPoolExecutor:

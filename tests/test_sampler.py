@@ -133,3 +133,25 @@ def test_noise_drawn_ahead_gives_the_same_votes_and_survives_a_failing_model(ima
         voter.counts("estimation", 50, start=7)
     # the voter (and its generator) is usable again and gives the same votes as before
     assert torch.equal(voter.counts("estimation", 50, start=7), one_batch)
+
+
+def _count_in_child(image, queue):
+    queue.put(make_voter(image, batch_size=8).counts("estimation", 50, start=7).tolist())
+
+
+def test_a_forked_child_can_count_after_its_parent(image):
+    """The helper thread does not survive fork: a child forked after its parent drew noise ahead
+    (a multiprocessing pool, a forking data loader) must start its own, not wait forever."""
+    import multiprocessing
+
+    parent = make_voter(image, batch_size=8).counts("estimation", 50, start=7)   # the thread exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_count_in_child, args=(image, queue))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung while counting votes")
+    assert child.exitcode == 0
+    assert queue.get(timeout=10) == parent.tolist()
