@@ -291,12 +291,7 @@ class RunFolder:
         df = self.results(require_complete=False)
         df = df.sort_values([c for c in ("index", "tau") if c in df.columns], kind="stable").reset_index(drop=True)
         _atomic_write(self.results_path, df.to_csv(index=False, lineterminator="\n").encode())
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            df.to_parquet(self.path / RESULTS_PARQUET, index=False)
+        write_parquet(df, self.path / RESULTS_PARQUET)
         summary = summarize(df)
         _atomic_write(self.path / SUMMARY,
                       (summary.to_json(orient="records", indent=2, double_precision=15) + "\n").encode())
@@ -411,6 +406,16 @@ class RunFolder:
             raise RunError(f"{path} is missing: the run was made with --no-certificates or the file was deleted")
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> bool:
+    """Write ``df`` to ``path`` as Parquet when pyarrow is installed (an optional extra); True if written."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    df.to_parquet(path, index=False)
+    return True
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

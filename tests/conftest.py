@@ -44,3 +44,12 @@ class ListDataset(SegmentationDataset):
 @pytest.fixture
 def threshold_segmenter():
     return ThresholdSegmenter()
+
+
+@pytest.fixture
+def one_thread():
+    """Same thread count as the subprocesses (OMP_NUM_THREADS=1), so floating point agrees."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

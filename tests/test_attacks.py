@@ -452,15 +452,6 @@ RESUME_ARGS = ["attack", "--dataset-option", f"count={RESUME_COUNT}", "--dataset
 WALL_TIME = ("seconds", "attack_seconds")
 
 
-@pytest.fixture
-def one_thread():
-    """Same thread count as the subprocesses (OMP_NUM_THREADS=1), so floating point agrees."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _attack(*args, ok=True):
     result = CliRunner().invoke(main, [str(a) for a in args], terminal_width=200)
     if ok:

@@ -31,12 +31,9 @@ BASE = ["certify", "--dataset", "synthetic-lung", "--segmenter-option", "weights
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Same thread count as the subprocesses (OMP_NUM_THREADS=1), so floating point agrees."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _same_threads_as_subprocesses(one_thread):
+    """Every test here compares with subprocess runs (OMP_NUM_THREADS=1): see conftest.one_thread."""
     yield
-    torch.set_num_threads(old)
 
 
 def invoke(*args, ok=True):

@@ -29,8 +29,8 @@ from certframe.cli.certify_cmd import _label, certify_options
 from certframe.cli.options import parse_options
 from certframe.engine import Names, resolve_device
 from certframe.registry import PluginError, get_registry
-from certframe.runs import FORMAT, RunError, RunFolder, _atomic_write, _now, dataset_identity, jsonable
-from certframe.runs import package_versions, resolved_options
+from certframe.runs import (FORMAT, RESULTS_PARQUET, RunError, RunFolder, _atomic_write, _now, dataset_identity,
+                            jsonable, package_versions, resolved_options, write_parquet)
 
 ATTACK_SUMMARY, ROBUSTNESS = "summary.json", "robustness.json"
 
@@ -140,12 +140,7 @@ def run_attack(*, dataset: str, dataset_options: dict, segmenter: str, segmenter
         finished = set(df["index"].astype(int))
         complete = finished >= set(range(total))
         if complete:
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                pass
-            else:
-                df.to_parquet(run.path / "results.parquet", index=False)
+            write_parquet(df, run.path / RESULTS_PARQUET)
         summary, table = summarize_attacks(df), robustness_table(df)
         _atomic_write(run.path / ATTACK_SUMMARY, (summary.to_json(orient="records", indent=2) + "\n").encode())
         _atomic_write(run.path / ROBUSTNESS, (table.to_json(orient="records", indent=2) + "\n").encode())
