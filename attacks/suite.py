@@ -1,4 +1,10 @@
-"""Certified vs empirical robustness: the library function behind ``certframe attack``.
+"""Certified vs empirical robustness: the attack plan and the summaries of ``certframe attack``.
+
+The per-image step (certify x, attack, certify x', check) is
+:class:`certframe.run.step.AttackStep`, shared with ``certframe certify``;
+:func:`certframe.run.attack_dataset` runs it over a data set. This module plans the
+jobs (:func:`attack_jobs`) and summarises the rows (:func:`summarize_attacks`,
+:func:`robustness_table`).
 
 For each image x (``[C, H, W]`` in [0, 1], mask y ``[H, W]``):
 
@@ -35,22 +41,13 @@ draws. The attacks are seeded with ``seed`` too, so a run is reproducible.
 """
 from __future__ import annotations
 
-import math
-import time
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import pandas as pd
-import torch
 
-from certframe import metrics
-from certframe.engine import Names, prepare_models, resolve_device
-from certframe.interfaces import ABSTAIN, Certifier, Denoiser, SegmentationDataset, Segmenter, class_labels
-from certframe.smoothing import SmoothedSegmenter, make_request
 from certframe.statistics import certified_radius, check_tau
-from certframe.validation import validate_sample
 
 from .base import check_eps, check_norm
-from .violations import count_violations
 
 DEFAULT_ATTACKS = ("pgdl2", "eot-pgdl2", "pgd", "eot-pgd")
 RADIUS_MARGIN = 1e-6
@@ -127,131 +124,6 @@ def attack_jobs(attacks: dict[str, Callable], *, sigma: float, taus: Sequence[fl
         raise ValueError(f"none of the attacks {sorted(attacks)} supports the norms of the budgets "
                          f"{sorted({n for n, _ in plan})}")
     return jobs
-
-
-class _RecordingVotes:
-    """A :class:`~certframe.interfaces.VoteSource` proxy that keeps the counts it hands out."""
-
-    def __init__(self, votes):
-        self.votes = votes
-        self.num_classes = votes.num_classes
-        self.recorded: dict[str, torch.Tensor] = {}
-
-    def counts(self, phase: str, n: int, start: int = 0) -> torch.Tensor:
-        c = self.votes.counts(phase, n, start)
-        self.recorded[phase] = c if phase not in self.recorded else self.recorded[phase] + c
-        return c
-
-    def majority(self) -> torch.Tensor:
-        """g's plain majority vote ``[H, W]``: argmax of the estimation counts (else of all)."""
-        counts = self.recorded.get("estimation")
-        if counts is None:
-            counts = sum(self.recorded.values())
-        return counts.argmax(dim=0)
-
-
-def _certify(smoothed: SmoothedSegmenter, certifier: Certifier, x: torch.Tensor, request, *, batch_size: int,
-             seed: int, image_id: str):
-    votes = _RecordingVotes(smoothed.voter(x, batch_size=batch_size, seed=seed, image_id=image_id))
-    certs = certifier.certify(votes, request)
-    if len(certs) != len(request.taus):
-        raise ValueError(f"certifier {certifier.name!r} returned {len(certs)} certificates for "
-                         f"{len(request.taus)} taus")
-    return certs, votes.majority()
-
-
-def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser: Denoiser | None,
-                   certifier: Certifier, attacks: dict[str, Callable], *, sigma: float, n0: int, n: int,
-                   alpha: float, taus: Sequence[float] = (0.75,), eps_l2: Sequence[float] | None = None,
-                   eps_linf: Sequence[float] = (), attack_options: dict[str, dict] | None = None,
-                   batch_size: int = 32, seed: int = 0, device: str | torch.device = "auto",
-                   names: Names | None = None, indices: Iterable[int] | None = None,
-                   on_image: Callable[[int, str, list[dict]], None] | None = None) -> Iterator[dict]:
-    """Yield result rows (see the module docstring), image by image.
-
-    Every image runs the same jobs, :func:`attack_jobs` (attack x budget), and yields
-    ``len(jobs) * len(taus)`` rows: jobs in order, taus within each job.
-
-    attacks: ``{name: factory}``; ``factory(model=segmenter, eps=..., [norm=...],
-        [sigma=..., denoiser=...,] seed=..., **attack_options[name])`` builds the attack
-        (``norm`` is passed to attacks that support several; ``sigma`` and ``denoiser``
-        to attacks whose ``threat`` is "smoothed").
-    eps_l2: L2 budgets (default: the certified radii ``sigma * Phi^-1(tau)`` of ``taus``, times
-        ``1 - 1e-6``: the guarantee covers the OPEN ball ``||delta||_2 < R``, and an attack
-        projected onto ``||delta||_2 <= R`` lands on its boundary up to float rounding, where
-        nothing is promised; a budget exactly equal to R leaves the check to chance).
-    eps_linf: Linf budgets in [0, 1] pixel units (default none).
-    on_image: called after each image with (index, image id, its rows).
-    """
-    request = make_request(sigma, n0, n, alpha, taus)
-    names = names or Names()
-    device = resolve_device(device)
-    attack_options = dict(attack_options or {})
-    unknown = sorted(set(attack_options) - set(attacks))
-    if unknown:
-        raise ValueError(f"options given for attack(s) {unknown} that are not run; attacks: {sorted(attacks)}")
-    jobs = attack_jobs(attacks, sigma=request.sigma, taus=request.taus, eps_l2=eps_l2, eps_linf=eps_linf)
-    segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
-    smoothed = SmoothedSegmenter(segmenter, denoiser, request.sigma)
-    K = dataset.num_classes
-    for index in (range(len(dataset)) if indices is None else indices):
-        sample = dataset[index]
-        validate_sample(sample, dataset.class_names, dataset.in_channels)
-        start = time.perf_counter()
-        x = sample.image.to(device)
-        y = sample.mask
-        certs, majority = _certify(smoothed, certifier, x, request, batch_size=batch_size, seed=seed,
-                                   image_id=sample.id)
-        with torch.inference_mode():
-            clean = class_labels(segmenter(x.unsqueeze(0)))[0].cpu()
-        clean_dice = metrics.mean_dice(clean, y, K)
-        smoothed_dice = metrics.mean_dice(majority.cpu(), y, K)
-        none_certified = metrics.mean_dice(torch.full_like(y, ABSTAIN), y, K)
-        rows = []
-        for name, factory, threat, norm, eps, pass_norm in jobs:
-            options = {"model": segmenter, "eps": eps, "seed": seed, **attack_options.get(name, {})}
-            if pass_norm:
-                options["norm"] = norm
-            if threat == "smoothed":
-                options.update(sigma=request.sigma, denoiser=denoiser)
-            attack = factory(**options)
-            t0 = time.perf_counter()
-            adv = attack(x.unsqueeze(0), y.unsqueeze(0).to(device))
-            attack_seconds = time.perf_counter() - t0
-            d = (adv[0].double() - x.double()).flatten()
-            l2, linf = float(d.norm(p=2)), float(d.abs().max())
-            bound = eps if norm == "l2" else eps * math.sqrt(x.numel())
-            with torch.inference_mode():
-                base_adv = class_labels(segmenter(adv))[0].cpu()
-            certs_adv, majority_adv = _certify(smoothed, certifier, adv[0], request, batch_size=batch_size,
-                                               seed=seed, image_id=sample.id)
-            base_robust = metrics.mean_dice(base_adv, y, K)
-            smoothed_robust = metrics.mean_dice(majority_adv.cpu(), y, K)
-            for cert, cert_adv in zip(certs, certs_adv):
-                labels, labels_adv = cert.labels.cpu(), cert_adv.labels.cpu()
-                check = count_violations(labels, cert.radius, labels_adv, l2, majority_adv.cpu())
-                certified = metrics.mean_dice(labels, y, K)
-                rows.append({
-                    "image_id": sample.id, "index": index, "segmenter": names.segmenter,
-                    "denoiser": names.denoiser, "certifier": names.certifier, "sigma": request.sigma,
-                    "tau": cert.tau, "radius": cert.radius, "n0": request.n0, "n": request.n,
-                    "alpha": request.alpha, "attack": name, "threat": threat, "norm": norm, "eps": eps,
-                    "eps_l2_bound": bound, "perturbation_l2": l2, "perturbation_linf": linf,
-                    "clean_dice": clean_dice, "base_robust_dice": base_robust,
-                    "smoothed_dice": smoothed_dice, "smoothed_robust_dice": smoothed_robust,
-                    "certified_dice": certified,
-                    "certified_dice_at_eps": certified if cert.radius >= bound else none_certified,
-                    "certified_dice_adv": metrics.mean_dice(labels_adv, y, K),
-                    "abstain_rate": metrics.abstain_rate(labels),
-                    "covers": check.covers, **check.as_row(),
-                    "attack_seconds": attack_seconds, "seconds": 0.0,
-                })
-        seconds = time.perf_counter() - start
-        for row in rows:
-            row["seconds"] = seconds
-        if on_image is not None:
-            on_image(index, sample.id, rows)
-        yield from rows
 
 
 def summarize_attacks(df: pd.DataFrame) -> pd.DataFrame:

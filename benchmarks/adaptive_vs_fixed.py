@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from certframe.engine import Names, certify_dataset
+from certframe.run import Names, certify_dataset
 from certframe.interfaces import CertifyRequest
 from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
 from certframe.plugins.certifiers.segcertify import SegCertify

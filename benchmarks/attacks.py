@@ -39,8 +39,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from certframe.attacks.suite import attack_dataset, robustness_table, summarize_attacks
-from certframe.engine import Names
+from certframe.attacks.suite import robustness_table, summarize_attacks
+from certframe.run import attack_dataset
+from certframe.run import Names
 from certframe.registry import get_registry
 from certframe.statistics import certified_radius
 

@@ -24,7 +24,7 @@ import time
 import torch
 
 from certframe.accelerate import Acceleration
-from certframe.engine import certify_dataset
+from certframe.run import certify_dataset
 from certframe.interfaces import Denoiser
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.registry import get_registry

@@ -106,7 +106,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from certframe.diffusion_training import resume_dir, train_diffusion
-    from certframe.engine import Names, certify_dataset
+    from certframe.run import Names, certify_dataset
     from certframe.plugins.denoisers.ddim import DDIMDenoiser
     from certframe.plugins.denoisers.ddpm import DDPMDenoiser
     from certframe.plugins.denoisers.diffusion import resized_noise_std

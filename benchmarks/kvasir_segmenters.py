@@ -76,7 +76,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from certframe import metrics
-    from certframe.engine import Names, certify_dataset
+    from certframe.run import Names, certify_dataset
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
     from certframe.registry import get_registry
 

@@ -223,12 +223,5 @@ def prefetch(dataset: SegmentationDataset, indices: Iterable[int], depth: int = 
                 thread.join(timeout=0.05)
 
 
-def samples(dataset: SegmentationDataset, indices: Iterable[int], options: Acceleration | None,
-            device: str | torch.device) -> Iterator[tuple[int, Sample]]:
-    """The engine's image source: prefetched when ``options.prefetch > 0``."""
-    depth = 0 if options is None else int(options.prefetch)
-    return prefetch(dataset, indices, depth, device)
-
-
-__all__ = ["Acceleration", "AcceleratedSmoothedSegmenter", "auto_batch_size", "prefetch", "samples",
+__all__ = ["Acceleration", "AcceleratedSmoothedSegmenter", "auto_batch_size", "prefetch",
            "PRECISIONS"]

@@ -85,7 +85,7 @@ def rank_folder(output: str | Path, rank: int) -> Path:
 
 def rank_device(device: str, env: DistEnv) -> str:
     """``auto``/``cuda`` become ``cuda:LOCAL_RANK`` when CUDA is used; other devices stay."""
-    from certframe.engine import resolve_device
+    from certframe.run.build import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
@@ -179,58 +179,18 @@ def merge_runs(output: str | Path, world_size: int, expected: Sequence[int], *,
     return merged.finish()
 
 
-def sharded(run_certify: Callable, environ: Mapping[str, str] | None = None) -> Callable:
-    """``run_certify`` itself with one process; else a version that certifies this rank's shard.
+def sharded(run: Callable, environ: Mapping[str, str] | None = None) -> Callable:
+    """``run`` itself with one process; else :func:`certframe.run.run_certify_sharded` for this rank.
 
-    The returned function takes ``run_certify``'s keyword arguments. Rank r certifies
-    its shard into ``OUTPUT/ranks/rank{r}``; after a barrier rank 0 merges the parts
-    into ``OUTPUT`` and returns the merged summary (other ranks return their part's).
+    Kept for callers that wrap a run function; the run layer's
+    :func:`~certframe.run.certify.run_certify_sharded` does the sharding.
     """
     env = dist_env(environ)
     if not env.distributed:
-        return run_certify
+        return run
+    from certframe.run.certify import run_certify_sharded
 
-    def run(**kwargs):
-        from certframe.registry import get_registry
-
-        output = Path(kwargs.pop("output"))
-        resume, overwrite = kwargs.get("resume", False), kwargs.get("overwrite", False)
-        merged = RunFolder(output)
-        if merged.results_path.exists() and merged.results_path.stat().st_size and not (resume or overwrite):
-            raise RunError(f"{output} already holds results; pass --resume to continue that run "
-                           f"or --overwrite to start again")
-        device = rank_device(kwargs.get("device", "auto"), env)
-        init_process_group(env, device)
-        registry = kwargs.get("registry") or get_registry()
-        data = registry.create("dataset", kwargs["dataset"], **kwargs["dataset_options"])
-        limit = kwargs.get("limit")
-        total = len(data) if limit is None else min(int(limit), len(data))
-        wanted = list(range(total) if kwargs.get("indices") is None else kwargs["indices"])
-        show = kwargs.pop("show_summary", True) and not kwargs.get("quiet", False)
-        kwargs.update(device=device, registry=registry, indices=shard(wanted, env.rank, env.world_size),
-                      show_summary=False)
-        if env.rank != 0:
-            kwargs["quiet"] = True
-        part = run_certify(output=rank_folder(output, env.rank), **kwargs)
-        barrier()                      # every part written
-        if env.rank != 0:
-            barrier()                  # rank 0 merged
-            return part
-        try:
-            summary = merge_runs(output, env.world_size, wanted)
-        finally:
-            barrier()
-        log.info("merged %d parts into %s", env.world_size, output)
-        if show:
-            from certframe.cli.certify_cmd import print_summary
-            from rich.console import Console
-
-            console = kwargs.get("console") or Console()
-            print_summary(summary.assign(method=kwargs.get("label") or summary["segmenter"]), console,
-                          title=f"certified Dice ({output}, {env.world_size} processes)")
-        return summary
-
-    return run
+    return lambda spec, output, **kwargs: run_certify_sharded(spec, output, environ=environ, **kwargs)
 
 
 __all__ = ["DistEnv", "dist_env", "shard", "rank_folder", "init_process_group", "merge_runs", "sharded",

@@ -97,21 +97,11 @@ def dataset_identity(dataset) -> dict:
     return {**ident, "items": len(ids), "sha256": h.hexdigest()}
 
 
-def resolved_options(entry, given: dict) -> dict:
-    """The options a plugin was built with: its signature's defaults updated by ``given``."""
-    out = {}
-    for name, param in entry.options().items():
-        if param.default is not param.empty:
-            out[name] = param.default
-    out.update(given)
-    return jsonable(out)
-
-
-def _now() -> str:
+def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as f:
         f.write(data)
@@ -238,7 +228,7 @@ class RunFolder:
             f.close()
 
     def write_manifest(self, manifest: dict) -> None:
-        _atomic_write(self.manifest_path, (json.dumps(jsonable(manifest), indent=2) + "\n").encode())
+        atomic_write(self.manifest_path, (json.dumps(jsonable(manifest), indent=2) + "\n").encode())
 
     def update_manifest(self, **fields) -> dict:
         manifest = {**self.manifest(), **fields}
@@ -283,19 +273,19 @@ class RunFolder:
                             mask=np.asarray(mask, dtype=np.int16), clean=np.asarray(clean, dtype=np.int16),
                             image=np.round(np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255)
                             .astype(np.uint8))
-        _atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
         return path
 
     def finish(self) -> pd.DataFrame:
         """Sort the results by (index, tau), write Parquet and the summary; mark the run complete."""
         df = self.results(require_complete=False)
         df = df.sort_values([c for c in ("index", "tau") if c in df.columns], kind="stable").reset_index(drop=True)
-        _atomic_write(self.results_path, df.to_csv(index=False, lineterminator="\n").encode())
+        atomic_write(self.results_path, df.to_csv(index=False, lineterminator="\n").encode())
         write_parquet(df, self.path / RESULTS_PARQUET)
         summary = summarize(df)
-        _atomic_write(self.path / SUMMARY,
+        atomic_write(self.path / SUMMARY,
                       (summary.to_json(orient="records", indent=2, double_precision=15) + "\n").encode())
-        self.update_manifest(status="complete", finished=_now(), images=int(df["index"].nunique()))
+        self.update_manifest(status="complete", finished=now(), images=int(df["index"].nunique()))
         self.unlock()
         return summary
 

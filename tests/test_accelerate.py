@@ -6,7 +6,7 @@ import torch
 
 from certframe import accelerate as acc
 from certframe.accelerate import Acceleration, AcceleratedSmoothedSegmenter, auto_batch_size, prefetch
-from certframe.engine import certify_dataset
+from certframe.run import certify_dataset
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.sampler import NoiseVoter
 from certframe.smoothing import SmoothedSegmenter

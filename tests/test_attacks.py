@@ -22,7 +22,8 @@ from certframe.attacks import (EOTPGDL2, PGD, PGDL2, DenoisedSegmenter, SegPGD, 
 from certframe.attacks.base import project, validate_labels
 from certframe.attacks.pipeline import eot_gradient
 from certframe.attacks.segpgd import segpgd_lambda, segpgd_loss
-from certframe.attacks.suite import attack_dataset, attack_jobs, budgets, robustness_table
+from certframe.attacks.suite import attack_jobs, budgets, robustness_table
+from certframe.run import attack_dataset
 from certframe.attacks.violations import check_certificates
 from certframe.cli import main
 from certframe.interfaces import ABSTAIN
@@ -342,7 +343,7 @@ def test_suite_rows_and_no_violations_on_threshold_model():
     attacks = {"pgdl2": PGDL2, "eot-pgdl2": EOTPGDL2, "pgd": PGD}
     rows = list(attack_dataset(data, ThresholdSegmenter(), None, SegCertify(), attacks, sigma=0.25, n0=10, n=200,
                                alpha=0.01, taus=(0.6, 0.75), eps_linf=(2 / 255,),
-                               attack_options={"eot-pgdl2": {"num_draws": 4, "steps": 3}}, device="cpu"))
+                               attack_options={"eot-pgdl2": {"num_draws": 4, "steps": 3}}, seed=0, device="cpu"))
     df = pd.DataFrame(rows)
     r6, r75 = certified_radius(0.25, 0.6), certified_radius(0.25, 0.75)
     # default L2 budgets: the certified radii, just inside the open ball
@@ -434,7 +435,7 @@ def test_attack_jobs_plan_rows_per_image():
     data = ListDataset([(torch.full((1, 8, 8), 0.2), torch.zeros(8, 8, dtype=torch.long))] * 2)
     rows = list(attack_dataset(data, ThresholdSegmenter(), None, SegCertify(), {"pgdl2": PGDL2, "pgd": PGD},
                                sigma=0.25, n0=5, n=20, alpha=0.01, taus=(0.6, 0.75), eps_linf=(1 / 255,),
-                               attack_options={"pgdl2": {"steps": 1}, "pgd": {"steps": 1}}, device="cpu"))
+                               attack_options={"pgdl2": {"steps": 1}, "pgd": {"steps": 1}}, seed=0, device="cpu"))
     jobs = attack_jobs({"pgdl2": PGDL2, "pgd": PGD}, sigma=0.25, taus=(0.6, 0.75), eps_linf=(1 / 255,))
     assert len(rows) == 2 * len(jobs) * 2
     assert [(r["attack"], r["norm"], r["eps"]) for r in rows[:len(jobs) * 2:2]] == [(j.name, j.norm, j.eps)

@@ -295,7 +295,7 @@ def test_two_processes_cannot_write_one_run_folder(tmp_path):
 def test_summary_table_fits_the_terminal(width):
     from rich.console import Console
 
-    from certframe.cli.certify_cmd import print_summary
+    from certframe.cli.tables import print_summary
 
     row = {"segmenter": "monai:synthetic-lung-noise0.25", "denoiser": "ddpm", "certifier": "segcertify",
            "sigma": 0.25, "tau": 0.75, "radius": 0.16862, "certified_dice": 0.8123, "certified_dice_std": 0.1012,

@@ -1,7 +1,9 @@
 """The ``certframe`` command line (click). Each command lives in its own module.
 
-Commands are thin: they parse options, build plugins through the registry and
-call library functions (:mod:`certframe.engine` and friends).
+Commands are thin: they parse options into a validated spec, call the run layer
+(:mod:`certframe.run`) or another library function, and print tables
+(:mod:`certframe.cli.tables`). Failures go through one error boundary
+(:mod:`certframe.cli.errors`).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import importlib
 import click
 
 from certframe import __version__
+from certframe.cli.errors import CertframeGroup
 
 # module name -> attribute: a new command adds one line here.
 COMMANDS = {
@@ -22,9 +25,10 @@ COMMANDS = {
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CertframeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="certframe")
-def main():
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error (or set CERTFRAME_DEBUG=1).")
+def main(debug):
     """Certify medical image segmentation models with randomized smoothing."""
     from certframe.cli.logs import setup_logging
 

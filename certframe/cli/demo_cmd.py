@@ -15,9 +15,10 @@ import click
 import pandas as pd
 from rich.console import Console
 
-from certframe.cli.certify_cmd import print_summary, run_certify
 from certframe.cli.options import device_option, seed_option
+from certframe.cli.tables import print_summary
 from certframe.registry import get_registry
+from certframe.run import RunSpec, run_certify
 
 # label -> (segmenter options, denoiser name, denoiser options)
 DEMO_METHODS: dict[str, tuple[dict, str, dict]] = {
@@ -46,13 +47,12 @@ def demo(output, images, sigma, n, seed, device, quiet):
         if den not in registry.names("denoiser"):
             continue
         console.print(f"[bold]{label}[/] (denoiser: {den})")
-        summary = run_certify(dataset="synthetic-lung", dataset_options={"count": images, "size": 64},
-                              segmenter="monai", segmenter_options=seg_opts, denoiser=den,
-                              denoiser_options=den_opts, certifier="segcertify", certifier_options={},
-                              sigma=sigma, n0=10, n=n, alpha=0.001, taus=(0.75,), batch_size=50,
-                              seed=seed, device=device, output=output / f"{i}-{den}", overwrite=True,
-                              quiet=True, registry=registry, console=console, label=label,
-                              show_summary=False)
+        spec = RunSpec(dataset="synthetic-lung", dataset_options={"count": images, "size": 64},
+                       segmenter="monai", segmenter_options=seg_opts, denoiser=den, denoiser_options=den_opts,
+                       certifier="segcertify", sigma=sigma, n0=10, n=n, alpha=0.001, taus=(0.75,),
+                       batch_size=50, seed=seed, device=device, label=label)
+        summary = run_certify(spec, output / f"{i}-{den}", overwrite=True, quiet=True, registry=registry,
+                              console=console)
         summary.insert(0, "method", label)
         frames.append(summary)
     print_summary(pd.concat(frames, ignore_index=True).assign(segmenter=lambda d: d["method"]), console,

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from certframe.config import DEFAULTS
+
 
 def parse_options(pairs: tuple[str, ...], what: str) -> dict:
     """``("key=value", ...)`` -> dict; values are read as JSON when they parse, else strings.
@@ -92,3 +94,28 @@ def acceleration_from_params(params: dict) -> dict:
     """Pop the :func:`acceleration_options` from ``params``; the kwargs of ``Acceleration``."""
     return {"precision": params.pop("precision"), "channels_last": params.pop("channels_last"),
             "compile": params.pop("compile_model"), "prefetch": params.pop("prefetch")}
+
+
+def certify_options(f):
+    """The options of ``certify`` (shared with other commands that certify)."""
+    for deco in reversed([
+        plugin_option("dataset", DEFAULTS["dataset"], "Data set plugin."),
+        plugin_option("segmenter", DEFAULTS["segmenter"], "Segmenter plugin."),
+        plugin_option("denoiser", DEFAULTS["denoiser"], "Denoiser plugin (none: Gaussian-trained baseline)."),
+        plugin_option("certifier", DEFAULTS["certifier"], "Certifier plugin."),
+        click.option("--sigma", type=float, default=DEFAULTS["sigma"], show_default=True,
+                     help="Noise std in [0, 1] pixel units."),
+        click.option("--n0", type=int, default=DEFAULTS["n0"], show_default=True, help="Selection draws."),
+        click.option("-n", "--n", "n", type=int, default=DEFAULTS["n"], show_default=True,
+                     help="Estimation draws."),
+        click.option("--alpha", type=float, default=DEFAULTS["alpha"], show_default=True,
+                     help="Family-wise error level per image."),
+        click.option("--tau", "taus", type=float, multiple=True, default=tuple(DEFAULTS["taus"]),
+                     show_default=True, help="Threshold(s) in (0.5, 1); radius sigma * Phi^-1(tau). Repeatable."),
+        click.option("--batch-size", type=BATCH_SIZE, default=DEFAULTS["batch_size"], show_default=True,
+                     help="Noise draws per forward pass, or auto (fit the memory available)."),
+        seed_option, device_option,
+        click.option("--limit", type=int, default=None, help="Certify only the first N images."),
+    ]):
+        f = deco(f)
+    return f

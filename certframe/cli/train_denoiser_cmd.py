@@ -33,7 +33,7 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, siz
                        registry=None, console=None):
     """Build the data set (``split=train``), train, save; returns the :class:`DiffusionTrainResult`."""
     from certframe.diffusion_training import resume_dir, train_diffusion
-    from certframe.engine import resolve_device
+    from certframe.run.build import resolve_device
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)

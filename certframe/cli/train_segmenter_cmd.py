@@ -24,7 +24,7 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, arch: str, netwo
                         overwrite: bool = False, device: str = "auto", seed: int = 0, quiet: bool = False,
                         registry=None, console=None) -> TrainResult:
     """Build the train/val splits and the network, train, return the :class:`TrainResult`."""
-    from certframe.engine import resolve_device
+    from certframe.run.build import resolve_device
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 
     registry = registry or get_registry()

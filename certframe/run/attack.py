@@ -1,0 +1,134 @@
+"""Attack runs: certify each image, attack it, and check every certificate on the attacked image.
+
+:func:`run_attack` is what ``certframe attack`` calls: it builds the plugins of a
+validated :class:`~certframe.run.spec.AttackSpec`, plans the jobs (attack x budget,
+:func:`certframe.attacks.suite.attack_jobs`), writes the manifest, runs
+:class:`~certframe.run.step.AttackStep` on the images not done yet (rows appended as each
+image finishes, so an interrupted run resumes) and writes ``summary.json`` (per attack
+and budget) and ``robustness.json`` (per method and budget). :func:`attack_dataset` is
+the same loop without a run folder.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import pandas as pd
+import torch
+from rich.console import Console
+
+from certframe.interfaces import Certifier, Denoiser, SegmentationDataset, Segmenter
+from certframe.run.build import Names, build_plugins, prepare_models, resolve_device
+from certframe.run.certify import image_results, progress_bar, smoothed_segmenter
+from certframe.run.manifest import attack_manifest
+from certframe.run.selection import run_size, select_indices
+from certframe.run.spec import AttackSpec
+from certframe.run.step import AttackStep
+from certframe.runs import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
+from certframe.smoothing import make_request
+
+ATTACK_SUMMARY, ROBUSTNESS = "summary.json", "robustness.json"
+# columns every attack results table has (checked when a run folder is read back)
+ATTACK_COLUMNS = ["image_id", "index", "segmenter", "denoiser", "certifier", "sigma", "tau", "radius", "attack",
+                  "norm", "eps", "violations", "seconds"]
+
+log = logging.getLogger("certframe.attack")
+
+
+def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser: Denoiser | None,
+                   certifier: Certifier, attacks: dict[str, Callable], *, sigma: float, n0: int, n: int,
+                   alpha: float, taus: Sequence[float] = (0.75,), eps_l2: Sequence[float] | None = None,
+                   eps_linf: Sequence[float] = (), attack_options: dict[str, dict] | None = None,
+                   seed: int, batch_size: int | str = 32, device: str | torch.device = "auto",
+                   names: Names | None = None, indices: Iterable[int] | None = None,
+                   on_image: Callable[[int, str, list[dict]], None] | None = None) -> Iterator[dict]:
+    """Yield attack result rows (see :mod:`certframe.attacks.suite`), image by image.
+
+    Every image runs the same jobs, :func:`~certframe.attacks.suite.attack_jobs` (attack x
+    budget), and yields ``len(jobs) * len(taus)`` rows: jobs in order, taus within each job.
+    attacks: ``{name: factory}``; ``factory(model=segmenter, eps=..., [norm=...], [sigma=...,
+    denoiser=...,] seed=..., **attack_options[name])`` builds the attack (``norm`` for attacks
+    that support several; ``sigma`` and ``denoiser`` for attacks whose ``threat`` is "smoothed").
+    eps_l2: L2 budgets (default: the certified radii ``sigma * Phi^-1(tau)`` of ``taus`` times
+    ``1 - 1e-6``: the guarantee covers the OPEN ball ``||delta||_2 < R``).
+    eps_linf: Linf budgets in [0, 1] pixel units (default none).
+    seed: fixes the noise draws (with each image's id) and the attacks' randomness.
+    """
+    from certframe.attacks.suite import attack_jobs
+
+    request = make_request(sigma, n0, n, alpha, taus)
+    attack_options = dict(attack_options or {})
+    unknown = sorted(set(attack_options) - set(attacks))
+    if unknown:
+        raise ValueError(f"options given for attack(s) {unknown} that are not run; attacks: {sorted(attacks)}")
+    jobs = attack_jobs(attacks, sigma=request.sigma, taus=request.taus, eps_l2=eps_l2, eps_linf=eps_linf)
+    device = resolve_device(device)
+    segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
+    step = AttackStep(smoothed_segmenter(segmenter, denoiser, request, device), certifier, dataset, request,
+                      seed=seed, batch_size=batch_size, device=device, names=names or Names(), jobs=jobs,
+                      attack_options=attack_options)
+    for result in image_results(step, dataset, range(len(dataset)) if indices is None else indices):
+        if on_image is not None:
+            on_image(result.index, result.sample.id, result.rows)
+        yield from result.rows
+
+
+def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, overwrite: bool = False,
+               quiet: bool = False, registry=None, console: Console | None = None) -> pd.DataFrame:
+    """Build the plugins, attack and certify, write the run folder; return the robustness table.
+
+    resume: continue an interrupted run in ``output`` (same configuration, else RunError):
+        images already done are kept, only the others are attacked; the final files
+        (results.parquet, summary.json, robustness.json) cover every image of the run.
+    """
+    from certframe.attacks.suite import attack_jobs, robustness_table, summarize_attacks
+    from certframe.registry import get_registry
+
+    registry = registry or get_registry()
+    console = console or Console(quiet=quiet)
+    factories = {name: registry.get("attack", name).factory for name in spec.attacks}
+    request = spec.request
+    # the rows each image writes, known before the run: needed to tell a complete image from a cut one
+    jobs = attack_jobs(factories, sigma=spec.sigma, taus=spec.taus, eps_l2=spec.eps_l2, eps_linf=spec.eps_linf)
+    plugins = build_plugins(spec, registry)
+    manifest = attack_manifest(spec, plugins, registry)
+    device = resolve_device(spec.device)
+    run = RunFolder(output, required_columns=ATTACK_COLUMNS)
+    try:
+        done = run.start(manifest, resume=resume, overwrite=overwrite, rows_per_image=len(jobs) * len(spec.taus))
+        total = run_size(plugins.dataset, spec.limit)
+        todo = [i for i in select_indices(total) if i not in done]
+        if done:
+            log.info("resuming %s: %d of %d images already done", output, total - len(todo), total)
+        segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
+        step = AttackStep(smoothed_segmenter(segmenter, denoiser, request, device), plugins.certifier,
+                          plugins.dataset, request, seed=spec.seed, batch_size=spec.batch_size, device=device,
+                          names=plugins.names(spec), jobs=jobs, attack_options=spec.attack_options)
+        with progress_bar(console, "attack", quiet) as progress:
+            task = progress.add_task("attack", total=total, completed=total - len(todo))
+            for result in image_results(step, plugins.dataset, todo):
+                run.append(result.rows)
+                progress.advance(task)
+        # the whole run: rows kept from before the interruption plus the new ones (image_id as str)
+        df = run.results(require_complete=False)
+        df = df.sort_values("index", kind="stable").reset_index(drop=True)
+        finished = set(df["index"].astype(int))
+        complete = finished >= set(range(total))
+        if complete:
+            write_parquet(df, run.path / RESULTS_PARQUET)
+        summary, table = summarize_attacks(df), robustness_table(df)
+        atomic_write(run.path / ATTACK_SUMMARY, (summary.to_json(orient="records", indent=2) + "\n").encode())
+        atomic_write(run.path / ROBUSTNESS, (table.to_json(orient="records", indent=2) + "\n").encode())
+        if complete:
+            run.update_manifest(status="complete", finished=now(), images=int(df["index"].nunique()),
+                                violations=int(df["violations"].sum()))
+            log.info("run complete: %s", output)
+        else:
+            log.info("%d of %d images done in %s", len(finished), total, output)
+    finally:
+        run.unlock()  # start() locks the folder (flock)
+    return table
+
+
+__all__ = ["run_attack", "attack_dataset", "ATTACK_COLUMNS", "ATTACK_SUMMARY", "ROBUSTNESS"]

@@ -1,0 +1,135 @@
+"""Building a run's plugins through the registry, and the names its rows and reports use.
+
+:func:`build_plugins` creates the data set, segmenter, denoiser and certifier of a
+:class:`~certframe.run.spec.RunSpec` (the ``none`` denoiser becomes ``None``: the
+Gaussian-trained baseline), moves the models to the device in eval mode and checks
+that the segmenter predicts the data set's classes. :func:`plugin_records` describes
+each plugin for the manifest (resolved options, distribution, version).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from certframe.interfaces import Certifier, Denoiser, SegmentationDataset, Segmenter
+from certframe.run.spec import PLUGIN_KINDS, RunSpec
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {str(device)!r} is not a device torch knows: expected auto, cpu, cuda or "
+                         f"cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"device {str(device)!r} is not supported: expected auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def prepare_models(segmenter: Segmenter, denoiser: Denoiser | None, dataset: SegmentationDataset,
+                   device: torch.device) -> tuple[Segmenter, Denoiser | None]:
+    """Move both models to ``device`` in eval mode; the segmenter's classes must match the data set's."""
+    segmenter = segmenter.to(device).eval()
+    if denoiser is not None:
+        denoiser = denoiser.to(device).eval()
+    if segmenter.num_classes != dataset.num_classes:
+        raise ValueError(f"the segmenter predicts {segmenter.num_classes} classes, the dataset declares "
+                         f"{dataset.num_classes} ({', '.join(dataset.class_names)})")
+    return segmenter, denoiser
+
+
+@dataclass
+class Names:
+    """How the pieces are named in the result rows."""
+
+    segmenter: str = "segmenter"
+    denoiser: str = "none"
+    certifier: str = "segcertify"
+
+
+def weights_name(weights) -> str:
+    """The file name of a weights path without ``.safetensors`` / ``.json`` (dots in names stay)."""
+    name = Path(str(weights).rstrip("/")).name
+    for suffix in (".safetensors", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def segmenter_label(name: str, options: dict) -> str:
+    """``monai`` + ``weights=out/lung-noise0.25.safetensors`` -> ``monai:lung-noise0.25``."""
+    weights = options.get("weights")
+    return f"{name}:{weights_name(weights)}" if weights else name
+
+
+def method_label(spec: RunSpec) -> str:
+    """The method's name in reports: the spec's label, else segmenter (+ weights) (+ denoiser)."""
+    if spec.label:
+        return spec.label
+    base = segmenter_label(spec.segmenter, spec.segmenter_options)
+    return base if spec.denoiser == "none" else f"{base} + {spec.denoiser}"
+
+
+@dataclass
+class Plugins:
+    """The built plugins of a run (models not yet on their device)."""
+
+    dataset: SegmentationDataset
+    segmenter: Segmenter
+    denoiser: Denoiser | None
+    certifier: Certifier
+
+    def names(self, spec: RunSpec) -> Names:
+        return Names(segmenter=segmenter_label(spec.segmenter, spec.segmenter_options), denoiser=spec.denoiser,
+                     certifier=self.certifier.name)
+
+
+def build_dataset(spec: RunSpec, registry) -> SegmentationDataset:
+    return registry.create("dataset", spec.dataset, **spec.dataset_options)
+
+
+def build_plugins(spec: RunSpec, registry, dataset: SegmentationDataset | None = None) -> Plugins:
+    """Create the four plugins of ``spec`` through ``registry`` (the ``none`` denoiser is kept as an object)."""
+    data = dataset if dataset is not None else build_dataset(spec, registry)
+    built: dict[str, Any] = {kind: registry.create(kind, getattr(spec, kind), **spec.options(kind))
+                             for kind in PLUGIN_KINDS if kind != "dataset"}
+    return Plugins(data, built["segmenter"], built["denoiser"], built["certifier"])
+
+
+def resolved_options(entry, given: dict) -> dict:
+    """The options a plugin was built with: its signature's defaults updated by ``given``."""
+    from certframe.runs import jsonable
+
+    out = {}
+    for name, param in entry.options().items():
+        if param.default is not param.empty:
+            out[name] = param.default
+    out.update(given)
+    return jsonable(out)
+
+
+def plugin_record(registry, kind: str, name: str, options: dict, *, plugin: bool = True) -> dict:
+    """One plugin in the manifest: name, resolved options, distribution, version (and its hook plugin)."""
+    entry = registry.get(kind, name)
+    record = {"name": name, "options": resolved_options(entry, options), "distribution": entry.distribution,
+              "version": entry.version}
+    if plugin:
+        record["plugin"] = entry.plugin
+    return record
+
+
+def plugin_records(spec: RunSpec, registry, *, plugin: bool = True) -> dict:
+    """``{kind: record}`` for the four plugins of ``spec``."""
+    return {kind: plugin_record(registry, kind, getattr(spec, kind), spec.options(kind), plugin=plugin)
+            for kind in PLUGIN_KINDS}
+
+
+__all__ = ["resolve_device", "prepare_models", "Names", "weights_name", "segmenter_label", "method_label",
+           "Plugins", "build_plugins", "build_dataset", "resolved_options", "plugin_record", "plugin_records"]

@@ -1,0 +1,185 @@
+"""Certify runs: a data set through one smoothed segmenter, image by image, into a run folder.
+
+:func:`run_certify` is what ``certframe certify``, ``certframe demo`` and every process
+of a torchrun/SLURM job call: it builds the plugins of a validated
+:class:`~certframe.run.spec.RunSpec`, writes the manifest, certifies the images not done
+yet through :class:`~certframe.run.step.CertifyStep` (rows appended and certificates
+saved as each image finishes, so an interrupted run resumes), and finishes the folder
+once every image is done. :func:`certify_dataset` is the same loop without a run folder,
+for library use.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Sample, SegmentationDataset, Segmenter
+from certframe.run.build import Names, Plugins, build_plugins, method_label, prepare_models, resolve_device
+from certframe.run.manifest import certify_manifest
+from certframe.run.selection import run_size, samples, select_indices
+from certframe.run.spec import RunSpec
+from certframe.run.step import CertifyStep, ImageResult
+from certframe.runs import RunFolder, summarize
+from certframe.smoothing import SmoothedSegmenter, make_request
+
+log = logging.getLogger("certframe.certify")
+
+
+def smoothed_segmenter(segmenter: Segmenter, denoiser: Denoiser | None, request: CertifyRequest,
+                       device: torch.device, accelerate=None) -> SmoothedSegmenter:
+    """The smoothed segmenter of a run, plain or with an :class:`~certframe.accelerate.Acceleration`."""
+    if accelerate is None:
+        return SmoothedSegmenter(segmenter, denoiser, request.sigma)
+    return accelerate.smoothed(segmenter, denoiser, request.sigma, device)
+
+
+def _acceleration(options: dict | None):
+    if options is None:
+        return None
+    from certframe.accelerate import Acceleration
+
+    return Acceleration(**options)
+
+
+def image_results(step: CertifyStep, dataset: SegmentationDataset, indices: Iterable[int],
+                  prefetch_depth: int = 0) -> Iterator[ImageResult]:
+    """Run ``step`` on each index, in order (images loaded ahead when ``prefetch_depth`` > 0)."""
+    for index, sample in samples(dataset, indices, prefetch_depth, step.device):
+        yield step(index, sample)
+
+
+def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser: Denoiser | None,
+                    certifier: Certifier, *, sigma: float, n0: int, n: int, alpha: float,
+                    taus: Sequence[float] = (0.75,), seed: int, batch_size: int | str = 32,
+                    device: str | torch.device = "auto", names: Names | None = None,
+                    indices: Iterable[int] | None = None,
+                    on_image: Callable[[int, str, list[dict]], None] | None = None,
+                    on_certificates: Callable[[int, Sample, list, torch.Tensor], None] | None = None,
+                    accelerate=None) -> Iterator[dict]:
+    """Yield result rows (see :mod:`certframe.run.step`), image by image, without a run folder.
+
+    seed: with each image's id, fixes every noise draw (required: there is no default seed).
+    indices: which items to certify (default: all). on_image(index, image id, rows) and
+    on_certificates(index, sample, certificates, clean prediction [H, W] on the CPU) are
+    called after each image. accelerate: an :class:`~certframe.accelerate.Acceleration`
+    or None (plain fp32, no prefetch). batch_size: draws per pass or ``"auto"``.
+    """
+    request = make_request(sigma, n0, n, alpha, taus)
+    device = resolve_device(device)
+    segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
+    smoothed = smoothed_segmenter(segmenter, denoiser, request, device, accelerate)
+    step = CertifyStep(smoothed, certifier, dataset, request, seed=seed, batch_size=batch_size, device=device,
+                       names=names or Names())
+    wanted = range(len(dataset)) if indices is None else indices
+    depth = 0 if accelerate is None else accelerate.prefetch
+    for result in image_results(step, dataset, wanted, depth):
+        if on_certificates is not None:
+            on_certificates(result.index, result.sample, result.certificates, result.clean)
+        if on_image is not None:
+            on_image(result.index, result.sample.id, result.rows)
+        yield from result.rows
+
+
+def progress_bar(console: Console, text: str, quiet: bool) -> Progress:
+    return Progress(TextColumn(text), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, disable=quiet, transient=False)
+
+
+def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, overwrite: bool = False,
+                quiet: bool = False, registry=None, console: Console | None = None,
+                indices: Sequence[int] | None = None, plugins: Plugins | None = None):
+    """Build the plugins, certify, write the run folder ``output``; return the summary DataFrame.
+
+    indices: certify only these data set indices (default: all, or the first ``spec.limit``);
+        a caller sharding a data set over workers passes each its share. The run is finished
+        (sorted results, Parquet, summary.json, status "complete") only once every image is done.
+    Returns the summary (:func:`certframe.runs.summarize`) of the rows done so far.
+    """
+    from certframe.registry import get_registry
+
+    registry = registry or get_registry()
+    console = console or Console(quiet=quiet)
+    plugins = plugins or build_plugins(spec, registry)
+    manifest = certify_manifest(spec, plugins, registry)
+    total = run_size(plugins.dataset, spec.limit)
+    wanted = select_indices(total, indices)
+    request = spec.request
+    device = resolve_device(spec.device)
+    accelerate = _acceleration(spec.accelerate)
+    run = RunFolder(output)
+    done = run.start(manifest, resume=resume, overwrite=overwrite)
+    todo = [i for i in wanted if i not in done]
+    if done:
+        log.info("resuming %s: %d of %d images already done", output, len(wanted) - len(todo), len(wanted))
+    segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
+    step = CertifyStep(smoothed_segmenter(segmenter, denoiser, request, device, accelerate), plugins.certifier,
+                       plugins.dataset, request, seed=spec.seed, batch_size=spec.batch_size, device=device,
+                       names=plugins.names(spec))
+    label = method_label(spec)
+    with progress_bar(console, f"certify {label} sigma={spec.sigma:g}", quiet) as progress:
+        task = progress.add_task("certify", total=len(wanted), completed=len(wanted) - len(todo))
+        for result in image_results(step, plugins.dataset, todo, 0 if accelerate is None else accelerate.prefetch):
+            if spec.certificates:
+                certs = result.certificates
+                run.save_certificate(result.index, labels=[c.labels.cpu().numpy() for c in certs],
+                                     taus=[c.tau for c in certs], mask=result.sample.mask.numpy(),
+                                     clean=result.clean.numpy(), image=result.sample.image.cpu().numpy())
+            run.append(result.rows)
+            progress.advance(task)
+    finished = set(run.repair(len(spec.taus)))
+    if finished >= set(range(total)):
+        summary = run.finish()
+        log.info("run complete: %s", output)
+    else:
+        summary = summarize(run.results(require_complete=False))
+        log.info("%d of %d images done in %s", len(finished), total, output)
+    return summary
+
+
+def run_certify_sharded(spec: RunSpec, output: str | Path, *, environ=None, registry=None, **kwargs):
+    """:func:`run_certify` in one process, or this process's shard of a torchrun/SLURM job.
+
+    Rank r certifies ``indices[r::world_size]`` into ``OUTPUT/ranks/rank{r}``; after a barrier
+    rank 0 merges the parts into ``OUTPUT`` (:func:`certframe.distributed.merge_runs`) and
+    returns the merged summary (other ranks return their part's). Returns ``(summary, world_size)``.
+    """
+    from certframe import distributed
+    from certframe.registry import get_registry
+    from certframe.runs import RunError
+
+    env = distributed.dist_env(environ)
+    if not env.distributed:
+        return run_certify(spec, output, registry=registry, **kwargs), 1
+    output = Path(output)
+    resume, overwrite = kwargs.get("resume", False), kwargs.get("overwrite", False)
+    merged = RunFolder(output)
+    if merged.results_path.exists() and merged.results_path.stat().st_size and not (resume or overwrite):
+        raise RunError(f"{output} already holds results; pass --resume to continue that run "
+                       f"or --overwrite to start again")
+    spec = spec.replace(device=distributed.rank_device(spec.device, env))
+    distributed.init_process_group(env, spec.device)
+    registry = registry or get_registry()
+    plugins = build_plugins(spec, registry)
+    wanted = select_indices(run_size(plugins.dataset, spec.limit), kwargs.pop("indices", None))
+    if env.rank != 0:
+        kwargs["quiet"] = True
+    part = run_certify(spec, distributed.rank_folder(output, env.rank), registry=registry, plugins=plugins,
+                       indices=distributed.shard(wanted, env.rank, env.world_size), **kwargs)
+    distributed.barrier()              # every part written
+    if env.rank != 0:
+        distributed.barrier()          # rank 0 merged
+        return part, env.world_size
+    try:
+        summary = distributed.merge_runs(output, env.world_size, wanted)
+    finally:
+        distributed.barrier()
+    log.info("merged %d parts into %s", env.world_size, output)
+    return summary, env.world_size
+
+
+__all__ = ["run_certify", "run_certify_sharded", "certify_dataset", "smoothed_segmenter", "image_results"]

@@ -1,0 +1,55 @@
+"""The manifest of a run folder: what was run, built once from the spec and the plugins.
+
+Keys: ``format``, ``kind`` (``certify`` / ``attack``), ``label``, ``config`` (the part a
+resumed run must match: :meth:`RunSpec.config`), ``execution`` (batch size, device asked
+for, certificates, acceleration), ``device`` (the device used), ``plugins`` (each with its
+resolved options, distribution and version), ``correction``, ``dataset`` (identity and
+hash), ``classes``, ``versions``, ``command``, ``created``; the run folder adds ``status``,
+``rows_per_image`` and the time stamps.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from certframe.run.build import Plugins, method_label, plugin_record, plugin_records, resolve_device
+from certframe.run.spec import AttackSpec, RunSpec
+from certframe.runs import FORMAT, dataset_identity, now, package_versions
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
+    """The manifest of a ``certframe certify`` run."""
+    from certframe.accelerate import Acceleration
+
+    records = plugin_records(spec, registry)
+    device = resolve_device(spec.device)
+    return {"format": FORMAT, "label": method_label(spec), "config": spec.config(),
+            "execution": {"batch_size": spec.batch_size, "device": spec.device,
+                          "certificates": spec.certificates,
+                          "accelerate": None if spec.accelerate is None else
+                          Acceleration(**spec.accelerate).resolve(device).as_dict()},
+            "device": str(device), "plugins": records,
+            "correction": records["certifier"]["options"].get("correction"),
+            "dataset": dataset_identity(plugins.dataset), "classes": list(plugins.dataset.class_names),
+            "versions": package_versions(), "command": command_line(), "created": now()}
+
+
+def attack_manifest(spec: AttackSpec, plugins: Plugins, registry) -> dict:
+    """The manifest of a ``certframe attack`` run."""
+    records = plugin_records(spec, registry, plugin=False)
+    records["attacks"] = {}
+    for name in spec.attacks:
+        record = plugin_record(registry, "attack", name, spec.attack_options.get(name, {}), plugin=False)
+        record.pop("name")
+        records["attacks"][name] = record
+    return {"format": FORMAT, "kind": "attack", "config": spec.config(),
+            "device": str(resolve_device(spec.device)), "plugins": records,
+            "dataset": dataset_identity(plugins.dataset), "classes": list(plugins.dataset.class_names),
+            "versions": package_versions(), "command": command_line(), "created": now()}
+
+
+__all__ = ["certify_manifest", "attack_manifest", "command_line"]
