@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certframe.interfaces import Denoiser, Segmenter
+from certframe.smoothing import SmoothedSegmenter
 
 OBJECTIVES = ("expected-loss", "smoothed-softmax")
 
@@ -22,6 +23,9 @@ OBJECTIVES = ("expected-loss", "smoothed-softmax")
 class DenoisedSegmenter(nn.Module):
     """``f o D`` at noise level sigma: noisy images ``[B, C, H, W]`` -> logits ``[B, K, H, W]``.
 
+    The module form of the smoothing pipeline itself: ``forward`` IS
+    :meth:`certframe.smoothing.SmoothedSegmenter.base_logits`, so an attack differentiates
+    exactly the function the certificate votes with (there is one pipeline, not a copy).
     segmenter: :class:`~certframe.interfaces.Segmenter`; denoiser: a
     :class:`~certframe.interfaces.Denoiser` or ``None`` (Gaussian-trained baseline).
     The input is ``x + eps`` (NOT clipped), as in :mod:`certframe.sampler`.
@@ -29,18 +33,21 @@ class DenoisedSegmenter(nn.Module):
 
     def __init__(self, segmenter: Segmenter, denoiser: Denoiser | None, sigma: float):
         super().__init__()
-        sigma = float(sigma)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be a positive noise level, got {sigma}")
-        self.segmenter = segmenter
+        smoothed = SmoothedSegmenter(segmenter, denoiser, sigma)
+        self.segmenter = segmenter   # registered as sub-modules: .to(device) and parameters() follow
         self.denoiser = denoiser
-        self.sigma = sigma
+        self.smoothed = smoothed
+        self.sigma = smoothed.sigma
         self.num_classes = getattr(segmenter, "num_classes", None)
         self.in_channels = getattr(segmenter, "in_channels", None)
 
+    @classmethod
+    def of(cls, smoothed: SmoothedSegmenter) -> "DenoisedSegmenter":
+        """The pipeline of an existing smoothed segmenter."""
+        return cls(smoothed.segmenter, smoothed.denoiser, smoothed.sigma)
+
     def forward(self, noisy: torch.Tensor) -> torch.Tensor:
-        x = noisy if self.denoiser is None else self.denoiser(noisy, self.sigma)
-        return self.segmenter(x)
+        return self.smoothed.base_logits(noisy)
 
 
 def eot_gradient(pipeline: DenoisedSegmenter, adv: torch.Tensor, labels: torch.Tensor, *, num_draws: int,

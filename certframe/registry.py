@@ -125,49 +125,59 @@ def _entry_points() -> Iterable[metadata.EntryPoint]:
     return metadata.entry_points(group=GROUP)
 
 
+BUILTINS = {"builtin": "certframe.plugins", "attacks": "certframe.attacks.hooks"}
+"""certframe's own plugin modules (entry-point name -> module): the built-in plugins and
+the attack suite's attacks, registered directly (also with ``load_entrypoints=False``)
+through the same hooks as any third-party package; their entry points are skipped."""
+
+
 def get_plugin_manager(*, load_entrypoints: bool | None = None,
-                       plugins: Iterable[tuple[str, object]] = ()) -> tuple[pluggy.PluginManager, list[PluginFailure]]:
+                       plugins: Iterable[tuple[str, object]] = ()
+                       ) -> tuple[pluggy.PluginManager, list[PluginFailure], dict[str, tuple[str, str]]]:
     """A fresh PluginManager with the built-ins, entry points and ``plugins`` registered.
 
     load_entrypoints: ``None`` means "unless the environment variable
         ``CERTFRAME_DISABLE_PLUGIN_AUTOLOAD`` is set to a non-empty value".
     plugins: extra ``(name, module_or_object)`` pairs, e.g. from tests.
+    Returns the manager, the plugins that failed to load, and ``{plugin name:
+    (distribution, version)}``.
     """
-    from certframe import plugins as builtin
+    import importlib
 
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(CertframeSpec)
     failures: list[PluginFailure] = []
-    pm.register(builtin, name="builtin")
-    pm._certframe_dists = {"builtin": _dist_of_module("certframe")}  # type: ignore[attr-defined]
+    dists: dict[str, tuple[str, str]] = {}
+    for name, module in BUILTINS.items():
+        pm.register(importlib.import_module(module), name=name)
+        dists[name] = _dist_of_module("certframe")
     if load_entrypoints is None:
         load_entrypoints = not os.environ.get(DISABLE_ENV)
     if load_entrypoints:
         for ep in _entry_points():
             dist = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "?")
-            if ep.value.split(":")[0] == builtin.__name__:
-                continue  # certframe's own entry point: already registered above
+            if ep.value.split(":")[0] in BUILTINS.values():
+                continue  # certframe's own entry points: already registered above
             try:
                 obj = ep.load()
                 if pm.is_registered(obj) or pm.get_plugin(ep.name) is not None:
                     raise PluginError(f"plugin name {ep.name!r} or its module is already registered")
                 pm.register(obj, name=ep.name)
-                pm._certframe_dists[ep.name] = dist  # type: ignore[attr-defined]
+                dists[ep.name] = dist
             except Exception as err:  # a broken plugin must not take the tool down
                 failures.append(PluginFailure(ep.name, dist[0], f"{type(err).__name__}: {err}"))
     for name, obj in plugins:
         pm.register(obj, name=name)
-        pm._certframe_dists[name] = ("(registered at run time)", "")  # type: ignore[attr-defined]
+        dists[name] = ("(registered at run time)", "")
     pm.check_pending()
-    return pm, failures
+    return pm, failures, dists
 
 
 def get_registry(*, load_entrypoints: bool | None = None,
                  plugins: Iterable[tuple[str, object]] = ()) -> Registry:
     """Build the :class:`Registry` of every plugin available now."""
-    pm, failures = get_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins)
+    pm, failures, dists = get_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins)
     registry = Registry(failures=failures, plugin_manager=pm)
-    dists = pm._certframe_dists  # type: ignore[attr-defined]
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
         # Call each implementation on its own, so one failing plugin is reported

@@ -2,7 +2,9 @@
 
 They register through exactly the hooks a third-party package implements; the
 ``certframe`` distribution also declares this module under the ``certframe``
-entry-point group.
+entry-point group. The attacks are not here: the attack suite registers them through
+its own entry point (:mod:`certframe.attacks.hooks`), so the built-in plugins do not
+depend on it.
 """
 from certframe.hookspecs import hookimpl
 
@@ -58,14 +60,6 @@ def register_datasets(register):
     register("shenzhen", shenzhen.Shenzhen)
     register("ph2", ph2.PH2)
     register("folder", folder.FolderDataset)
-
-
-@hookimpl
-def register_attacks(register):
-    from certframe.attacks import BUILTIN_ATTACKS
-
-    for name, attack in BUILTIN_ATTACKS.items():
-        register(name, attack)
 
 
 @hookimpl
