@@ -179,19 +179,5 @@ def merge_runs(output: str | Path, world_size: int, expected: Sequence[int], *,
     return merged.finish()
 
 
-def sharded(run: Callable, environ: Mapping[str, str] | None = None) -> Callable:
-    """``run`` itself with one process; else :func:`certframe.run.run_certify_sharded` for this rank.
-
-    Kept for callers that wrap a run function; the run layer's
-    :func:`~certframe.run.certify.run_certify_sharded` does the sharding.
-    """
-    env = dist_env(environ)
-    if not env.distributed:
-        return run
-    from certframe.run.certify import run_certify_sharded
-
-    return lambda spec, output, **kwargs: run_certify_sharded(spec, output, environ=environ, **kwargs)
-
-
-__all__ = ["DistEnv", "dist_env", "shard", "rank_folder", "init_process_group", "merge_runs", "sharded",
+__all__ = ["DistEnv", "dist_env", "shard", "rank_folder", "init_process_group", "merge_runs",
            "barrier"]

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from certframe.cli import main
-from certframe.distributed import DistEnv, dist_env, rank_device, rank_folder, shard, sharded
+from certframe.distributed import DistEnv, dist_env, rank_device, rank_folder, shard
 from certframe.runs import RunError, RunFolder, compare_results
 
 
@@ -35,11 +35,17 @@ def test_shards_cover_every_image_once():
     assert rank_device("auto", DistEnv(1, 2, 1)) == "cpu"       # no CUDA here: CPU, gloo
 
 
-def test_one_process_runs_unsharded():
-    def fake(**kw):
-        return kw
-    assert sharded(fake, {}) is fake
-    assert sharded(fake, {"RANK": "0", "WORLD_SIZE": "1"}) is fake
+def test_one_process_runs_unsharded(tmp_path, monkeypatch):
+    """Without a launcher (or with world size 1) the sharded entry point is run_certify itself."""
+    import certframe.run.certify as certify_module
+    from certframe.run import RunSpec, run_certify_sharded
+
+    calls = []
+    monkeypatch.setattr(certify_module, "run_certify", lambda spec, output, **kw: calls.append(output) or "s")
+    spec = RunSpec(segmenter_options={"weights": "synthetic-lung"})
+    for env in ({}, {"RANK": "0", "WORLD_SIZE": "1"}):
+        assert run_certify_sharded(spec, tmp_path / "x", environ=env) == ("s", 1)
+    assert calls == [tmp_path / "x"] * 2
 
 
 ARGS = ["certify", "--dataset", "synthetic-lung", "--dataset-option", "count=5", "--dataset-option", "size=32",
