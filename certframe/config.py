@@ -196,6 +196,7 @@ def expand(doc: dict, *, source: str = "<config>", stem: str = "experiment") -> 
             spec["label"] = _substitute(label, names)
             spec["output"] = spec["output"] or f"runs/{stem}/{name}"
             spec["name"] = name
+            spec["swept"] = sorted(k for k, _, _ in point)
             if spec["output"] in seen:
                 raise ConfigError(f"{source}: runs {seen[spec['output']]!r} and {name!r} both write to "
                                   f"{spec['output']!r}; give each [[runs]] entry its own name or use "
@@ -218,6 +219,15 @@ def spec_from_manifest(manifest: dict, source: str = "manifest") -> dict:
     spec["output"] = str(Path(source).parent) if source.endswith(".json") else None
     spec["name"] = Path(spec["output"]).name if spec["output"] else "run"
     return spec
+
+
+def manifest_provenance(path: str | Path) -> dict | None:
+    """The ``provenance`` (model and file hashes) a run's manifest records, or None."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest.get("provenance") if isinstance(manifest, dict) else None
 
 
 def load_experiment(path: str | Path) -> list[dict]:
@@ -247,6 +257,13 @@ def apply_overrides(specs: list[dict], overrides: dict, output: str | Path | Non
     """
     out = []
     for spec in specs:
+        swept = sorted(set(spec.get("swept") or ()) & set(overrides))
+        if swept:
+            key = swept[0]
+            raise ConfigError(f"{key} is swept by the experiment file ([sweep] {key} = [...]); overriding it on the "
+                              f"command line would run every point of the sweep at {key} = {overrides[key]!r} "
+                              f"under the names, outputs and weights of the other values. Drop the option, or "
+                              f"edit the file's [sweep] (see docs/experiments.md)")
         spec = _merge(spec, {k: v for k, v in overrides.items() if k in SPEC})
         if output is not None:
             spec["output"] = str(output) if len(specs) == 1 else str(Path(output) / spec["name"])

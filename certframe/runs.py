@@ -27,6 +27,7 @@ uninterrupted run in every column but the wall-time ones (``seconds``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
@@ -110,6 +111,28 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def provenance_diff(old: dict | None, new: dict | None) -> list[str]:
+    """What differs between the ``provenance`` of two manifests (model state hashes, file hashes).
+
+    A manifest without provenance (written before it was recorded) compares as unknown: no difference.
+    """
+    if not old or not new:
+        return []
+    diffs = []
+    for kind in sorted(set(old) | set(new)):
+        a, b = old.get(kind) or {}, new.get(kind) or {}
+        ha, hb = ((x.get("model") or {}).get("state_sha256") for x in (a, b))
+        if ha != hb:
+            diffs.append(f"the {kind}'s weights differ (state sha256 {str(ha)[:12]} in the run, {str(hb)[:12]} now)")
+        files_a, files_b = a.get("files") or {}, b.get("files") or {}
+        for key in sorted(set(files_a) | set(files_b)):
+            fa, fb = files_a.get(key) or {}, files_b.get(key) or {}
+            if fa.get("sha256") != fb.get("sha256"):
+                diffs.append(f"the {kind} file {key}={fb.get('path') or fa.get('path')} changed (sha256 "
+                             f"{str(fa.get('sha256'))[:12]} in the run, {str(fb.get('sha256'))[:12]} now)")
+    return diffs
+
+
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
@@ -178,6 +201,7 @@ class RunFolder:
                                   for m in (old, manifest))
             if old_prec and new_prec and old_prec != new_prec:
                 diff.append(f"precision: {old_prec!r} in the run, {new_prec!r} now")
+            diff += provenance_diff(old.get("provenance"), manifest.get("provenance"))
             if diff:
                 raise RunError(f"cannot resume {self.path}: its configuration differs: " + "; ".join(diff)
                                + " (use another --output, or --overwrite to start again)")
@@ -226,6 +250,26 @@ class RunFolder:
         f = _HELD.pop(str(self.path.resolve()), None)
         if f is not None:
             f.close()
+
+    @contextlib.contextmanager
+    def recording_failure(self):
+        """Mark the manifest ``failed`` (or ``interrupted`` on Ctrl-C) with the reason if the block raises.
+
+        The rows already appended stay; the folder is unlocked and the error re-raised, so the
+        command can say what went wrong and ``--resume`` continues the run.
+        """
+        try:
+            yield
+        except BaseException as err:
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            reason = (str(err).strip().splitlines() or [""])[0]
+            try:
+                self.update_manifest(status=status, error=f"{type(err).__name__}: {reason}"[:500],
+                                     stopped=now())
+            except Exception:  # the folder itself may be what failed (disk full, permissions)
+                pass
+            self.unlock()
+            raise
 
     def write_manifest(self, manifest: dict) -> None:
         atomic_write(self.manifest_path, (json.dumps(jsonable(manifest), indent=2) + "\n").encode())
@@ -386,7 +430,8 @@ class RunFolder:
         if problem is not None:
             raise RunError(f"{self.results_path} is truncated: {problem}; continue the run with {how}")
         if require_complete and manifest.get("status") != "complete":
-            raise RunError(f"{self.path} is incomplete (status {manifest.get('status')!r}, "
+            why = f": {manifest['error']}" if manifest.get("error") else ""
+            raise RunError(f"{self.path} is incomplete (status {manifest.get('status')!r}{why}; "
                            f"{df['index'].nunique()} images done); continue it with {how}")
         return df
 

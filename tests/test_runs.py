@@ -103,7 +103,11 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, sig, reference):
     done = read(run)
     assert 2 <= len(done) < 2 * count, "the run was not interrupted mid-way"
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "running"
+    if sig == signal.SIGINT:   # Ctrl-C: the manifest says so, and the command says how to continue
+        assert proc.returncode == 130 and manifest["status"] == "interrupted"
+        assert "--resume" in proc.stderr.read().decode()
+    else:                      # kill -9 leaves no chance to write anything
+        assert manifest["status"] == "running"
 
     # without --resume the folder is protected
     r = invoke(*BASE, "--dataset-option", f"count={count}", "--output", run, ok=False)

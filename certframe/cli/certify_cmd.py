@@ -17,7 +17,7 @@ from rich.console import Console
 
 from certframe.cli.options import acceleration_from_params, acceleration_options, certify_options, parse_options
 from certframe.cli.tables import print_summary
-from certframe.config import apply_overrides, load_experiment
+from certframe.config import apply_overrides, load_experiment, manifest_provenance
 from certframe.distributed import dist_env
 from certframe.registry import get_registry
 from certframe.run import RunSpec, run_certify_sharded
@@ -79,6 +79,9 @@ def certify(ctx, output, config_path, manifest_path, resume, overwrite, quiet, *
         if explicit_output is None and any(r["output"] is None for r in runs):
             raise click.UsageError("give --output for the re-run")
         runs = apply_overrides(runs, overrides, explicit_output)
+    expect = None
+    if manifest_path is not None or (config_path is not None and config_path.suffix == ".json"):
+        expect = manifest_provenance(source)
     specs = []
     for run in runs:
         # acceleration: the file's (or manifest's) settings, explicit options on top
@@ -94,7 +97,7 @@ def certify(ctx, output, config_path, manifest_path, resume, overwrite, quiet, *
         if len(specs) > 1:
             log.info("run %d of %d: %s -> %s", i + 1, len(specs), name, out)
         summary, world = run_certify_sharded(spec, out, resume=resume, overwrite=overwrite, quiet=quiet,
-                                             registry=registry, console=console)
+                                             registry=registry, console=console, expect_provenance=expect)
         if rank == 0 and not quiet:
             where = f"{out}" if world == 1 else f"{out}, {world} processes"
             print_summary(summary.assign(method=method_label(spec)), console, title=f"certified Dice ({where})")

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 
 from certframe.interfaces import Certifier, Denoiser, SegmentationDataset, Segmenter
-from certframe.run.build import Names, build_plugins, prepare_models, resolve_device
+from certframe.run.build import Names, build_plugins, check_plugins, prepare_models, resolve_device
 from certframe.run.certify import image_results, progress_bar, smoothed_segmenter
 from certframe.run.manifest import attack_manifest
 from certframe.run.selection import run_size, select_indices
@@ -91,13 +91,14 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
     request = spec.request
     # the rows each image writes, known before the run: needed to tell a complete image from a cut one
     jobs = attack_jobs(factories, sigma=spec.sigma, taus=spec.taus, eps_l2=spec.eps_l2, eps_linf=spec.eps_linf)
-    plugins = build_plugins(spec, registry)
-    manifest = attack_manifest(spec, plugins, registry)
     device = resolve_device(spec.device)
+    plugins = build_plugins(spec, registry)
+    check_plugins(spec, plugins)
+    manifest = attack_manifest(spec, plugins, registry)
+    total = run_size(plugins.dataset, spec.limit)
     run = RunFolder(output, required_columns=ATTACK_COLUMNS)
-    try:
-        done = run.start(manifest, resume=resume, overwrite=overwrite, rows_per_image=len(jobs) * len(spec.taus))
-        total = run_size(plugins.dataset, spec.limit)
+    done = run.start(manifest, resume=resume, overwrite=overwrite, rows_per_image=len(jobs) * len(spec.taus))
+    with run.recording_failure():
         todo = [i for i in select_indices(total) if i not in done]
         if done:
             log.info("resuming %s: %d of %d images already done", output, total - len(todo), total)
@@ -126,8 +127,7 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
             log.info("run complete: %s", output)
         else:
             log.info("%d of %d images done in %s", len(finished), total, output)
-    finally:
-        run.unlock()  # start() locks the folder (flock)
+    run.unlock()  # start() locks the folder (flock)
     return table
 
 

@@ -91,45 +91,99 @@ class Plugins:
                      certifier=self.certifier.name)
 
 
+def build_plugin(registry, kind: str, name: str, options: dict) -> Any:
+    """``registry.create(kind, name, **options)``; a failure names the plugin and its options.
+
+    A plugin's own error (a corrupt weights file, weights of another architecture, a
+    missing folder, an option of the wrong type) becomes a :class:`PluginError` whose
+    message says which plugin, with which options, failed and why (its first lines: a
+    state-dict mismatch lists hundreds), so the command prints one clear line.
+    """
+    from certframe.registry import PluginError
+
+    try:
+        return registry.create(kind, name, **options)
+    except PluginError:
+        raise
+    except Exception as err:
+        lines = (str(err).strip() or type(err).__name__).splitlines()
+        detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... ({len(lines) - 1} more lines)"
+        given = ", ".join(f"{k}={v}" for k, v in options.items()) or "no options"
+        raise PluginError(f"{kind} {name!r} ({given}) could not be built: {type(err).__name__}: {detail}") from err
+
+
 def build_dataset(spec: RunSpec, registry) -> SegmentationDataset:
-    return registry.create("dataset", spec.dataset, **spec.dataset_options)
+    return build_plugin(registry, "dataset", spec.dataset, spec.dataset_options)
 
 
 def build_plugins(spec: RunSpec, registry, dataset: SegmentationDataset | None = None) -> Plugins:
     """Create the four plugins of ``spec`` through ``registry`` (the ``none`` denoiser is kept as an object)."""
     data = dataset if dataset is not None else build_dataset(spec, registry)
-    built: dict[str, Any] = {kind: registry.create(kind, getattr(spec, kind), **spec.options(kind))
+    built: dict[str, Any] = {kind: build_plugin(registry, kind, getattr(spec, kind), spec.options(kind))
                              for kind in PLUGIN_KINDS if kind != "dataset"}
     return Plugins(data, built["segmenter"], built["denoiser"], built["certifier"])
 
 
-def resolved_options(entry, given: dict) -> dict:
-    """The options a plugin was built with: its signature's defaults updated by ``given``."""
+def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
+    """Checks that need the built plugins, made before anything is written.
+
+    The segmenter's classes match the data set's; the denoiser accepts the run's sigma
+    (a denoiser that exposes ``check_sigma(sigma)`` refuses a noise level beyond what it
+    was trained for, naming the largest it supports).
+    """
+    if plugins.segmenter.num_classes != plugins.dataset.num_classes:
+        raise ValueError(f"the segmenter {spec.segmenter!r} predicts {plugins.segmenter.num_classes} classes, the "
+                         f"dataset {spec.dataset!r} declares {plugins.dataset.num_classes} "
+                         f"({', '.join(plugins.dataset.class_names)})")
+    check = getattr(plugins.denoiser, "check_sigma", None)
+    if callable(check):
+        check(spec.sigma)
+
+
+def resolved_options(entry, given: dict, built: Any = None) -> dict:
+    """The options a plugin was built with: its signature's defaults updated by ``given``.
+
+    built: the object the factory returned. An option that was not given but that the
+    object states itself (an attribute, or a key of its ``config`` dict: what a checkpoint
+    said, e.g. ``in_channels`` and ``network`` of loaded weights) is taken from the object
+    rather than from the signature's default, which the weights may have overridden.
+    """
     from certframe.runs import jsonable
 
+    config = getattr(built, "config", None)
+    config = config if isinstance(config, dict) else {}
     out = {}
     for name, param in entry.options().items():
-        if param.default is not param.empty:
+        if name in given:
+            continue
+        if name in config:
+            out[name] = config[name]
+        elif built is not None and isinstance(getattr(built, name, None), (int, float, str, bool, dict, list,
+                                                                            tuple)):
+            out[name] = getattr(built, name)
+        elif param.default is not param.empty:
             out[name] = param.default
     out.update(given)
     return jsonable(out)
 
 
-def plugin_record(registry, kind: str, name: str, options: dict, *, plugin: bool = True) -> dict:
+def plugin_record(registry, kind: str, name: str, options: dict, *, plugin: bool = True,
+                  built: Any = None) -> dict:
     """One plugin in the manifest: name, resolved options, distribution, version (and its hook plugin)."""
     entry = registry.get(kind, name)
-    record = {"name": name, "options": resolved_options(entry, options), "distribution": entry.distribution,
+    record = {"name": name, "options": resolved_options(entry, options, built), "distribution": entry.distribution,
               "version": entry.version}
     if plugin:
         record["plugin"] = entry.plugin
     return record
 
 
-def plugin_records(spec: RunSpec, registry, *, plugin: bool = True) -> dict:
-    """``{kind: record}`` for the four plugins of ``spec``."""
-    return {kind: plugin_record(registry, kind, getattr(spec, kind), spec.options(kind), plugin=plugin)
+def plugin_records(spec: RunSpec, registry, *, plugin: bool = True, plugins: "Plugins | None" = None) -> dict:
+    """``{kind: record}`` for the four plugins of ``spec`` (``plugins``: the built objects)."""
+    return {kind: plugin_record(registry, kind, getattr(spec, kind), spec.options(kind), plugin=plugin,
+                                built=None if plugins is None else getattr(plugins, kind))
             for kind in PLUGIN_KINDS}
 
 
 __all__ = ["resolve_device", "prepare_models", "Names", "weights_name", "segmenter_label", "method_label",
-           "Plugins", "build_plugins", "build_dataset", "resolved_options", "plugin_record", "plugin_records"]
+           "Plugins", "build_plugins", "build_plugin", "build_dataset", "check_plugins", "resolved_options", "plugin_record", "plugin_records"]

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Sample, SegmentationDataset, Segmenter
-from certframe.run.build import Names, Plugins, build_plugins, method_label, prepare_models, resolve_device
+from certframe.run.build import (Names, Plugins, build_plugins, check_plugins, method_label, prepare_models,
+                                 resolve_device)
 from certframe.run.manifest import certify_manifest
 from certframe.run.selection import run_size, samples, select_indices
 from certframe.run.spec import RunSpec
@@ -48,8 +49,23 @@ def _acceleration(options: dict | None):
 
 def image_results(step: CertifyStep, dataset: SegmentationDataset, indices: Iterable[int],
                   prefetch_depth: int = 0) -> Iterator[ImageResult]:
-    """Run ``step`` on each index, in order (images loaded ahead when ``prefetch_depth`` > 0)."""
-    for index, sample in samples(dataset, indices, prefetch_depth, step.device):
+    """Run ``step`` on each index, in order (images loaded ahead when ``prefetch_depth`` > 0).
+
+    An item the data set cannot read is an error naming the data set and the index.
+    """
+    indices = list(indices)
+    items = samples(dataset, indices, prefetch_depth, step.device)
+    done = 0
+    while True:
+        try:
+            index, sample = next(items)
+        except StopIteration:
+            return
+        except Exception as err:
+            index = indices[done] if done < len(indices) else "?"
+            raise ValueError(f"the data set {type(dataset).__name__} could not read item {index}: "
+                             f"{type(err).__name__}: {err}") from err
+        done += 1
         yield step(index, sample)
 
 
@@ -92,52 +108,66 @@ def progress_bar(console: Console, text: str, quiet: bool) -> Progress:
 
 def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, overwrite: bool = False,
                 quiet: bool = False, registry=None, console: Console | None = None,
-                indices: Sequence[int] | None = None, plugins: Plugins | None = None):
+                indices: Sequence[int] | None = None, plugins: Plugins | None = None,
+                expect_provenance: dict | None = None):
     """Build the plugins, certify, write the run folder ``output``; return the summary DataFrame.
 
+    Everything that can be checked is checked before the folder is written: the spec (at
+    construction), the device, the plugins' options (built here), the segmenter's classes
+    against the data set's, the denoiser's noise range, and ``expect_provenance`` (the
+    ``provenance`` of a manifest being re-run: the models and files must be the same).
     indices: certify only these data set indices (default: all, or the first ``spec.limit``);
         a caller sharding a data set over workers passes each its share. The run is finished
         (sorted results, Parquet, summary.json, status "complete") only once every image is done.
+    A failure while certifying marks the manifest ``failed`` (Ctrl-C: ``interrupted``) with
+    the reason; the rows of finished images stay, and ``--resume`` continues.
     Returns the summary (:func:`certframe.runs.summarize`) of the rows done so far.
     """
     from certframe.registry import get_registry
+    from certframe.runs import RunError, provenance_diff
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
-    plugins = plugins or build_plugins(spec, registry)
-    manifest = certify_manifest(spec, plugins, registry)
-    total = run_size(plugins.dataset, spec.limit)
-    wanted = select_indices(total, indices)
-    request = spec.request
     device = resolve_device(spec.device)
     accelerate = _acceleration(spec.accelerate)
+    request = spec.request
+    plugins = plugins or build_plugins(spec, registry)
+    check_plugins(spec, plugins)
+    manifest = certify_manifest(spec, plugins, registry)
+    diff = provenance_diff(expect_provenance, manifest["provenance"])
+    if diff:
+        raise RunError("the manifest being re-run used other inputs: " + "; ".join(diff))
+    total = run_size(plugins.dataset, spec.limit)
+    wanted = select_indices(total, indices)
     run = RunFolder(output)
     done = run.start(manifest, resume=resume, overwrite=overwrite)
     todo = [i for i in wanted if i not in done]
     if done:
         log.info("resuming %s: %d of %d images already done", output, len(wanted) - len(todo), len(wanted))
-    segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
-    step = CertifyStep(smoothed_segmenter(segmenter, denoiser, request, device, accelerate), plugins.certifier,
-                       plugins.dataset, request, seed=spec.seed, batch_size=spec.batch_size, device=device,
-                       names=plugins.names(spec))
-    label = method_label(spec)
-    with progress_bar(console, f"certify {label} sigma={spec.sigma:g}", quiet) as progress:
-        task = progress.add_task("certify", total=len(wanted), completed=len(wanted) - len(todo))
-        for result in image_results(step, plugins.dataset, todo, 0 if accelerate is None else accelerate.prefetch):
-            if spec.certificates:
-                certs = result.certificates
-                run.save_certificate(result.index, labels=[c.labels.cpu().numpy() for c in certs],
-                                     taus=[c.tau for c in certs], mask=result.sample.mask.numpy(),
-                                     clean=result.clean.numpy(), image=result.sample.image.cpu().numpy())
-            run.append(result.rows)
-            progress.advance(task)
-    finished = set(run.repair(len(spec.taus)))
-    if finished >= set(range(total)):
-        summary = run.finish()
-        log.info("run complete: %s", output)
-    else:
-        summary = summarize(run.results(require_complete=False))
-        log.info("%d of %d images done in %s", len(finished), total, output)
+    with run.recording_failure():
+        segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
+        step = CertifyStep(smoothed_segmenter(segmenter, denoiser, request, device, accelerate),
+                           plugins.certifier, plugins.dataset, request, seed=spec.seed,
+                           batch_size=spec.batch_size, device=device, names=plugins.names(spec))
+        label = method_label(spec)
+        with progress_bar(console, f"certify {label} sigma={spec.sigma:g}", quiet) as progress:
+            task = progress.add_task("certify", total=len(wanted), completed=len(wanted) - len(todo))
+            depth = 0 if accelerate is None else accelerate.prefetch
+            for result in image_results(step, plugins.dataset, todo, depth):
+                if spec.certificates:
+                    certs = result.certificates
+                    run.save_certificate(result.index, labels=[c.labels.cpu().numpy() for c in certs],
+                                         taus=[c.tau for c in certs], mask=result.sample.mask.numpy(),
+                                         clean=result.clean.numpy(), image=result.sample.image.cpu().numpy())
+                run.append(result.rows)
+                progress.advance(task)
+        finished = set(run.repair(len(spec.taus)))
+        if finished >= set(range(total)):
+            summary = run.finish()
+            log.info("run complete: %s", output)
+        else:
+            summary = summarize(run.results(require_complete=False))
+            log.info("%d of %d images done in %s", len(finished), total, output)
     return summary
 
 
@@ -162,6 +192,7 @@ def run_certify_sharded(spec: RunSpec, output: str | Path, *, environ=None, regi
         raise RunError(f"{output} already holds results; pass --resume to continue that run "
                        f"or --overwrite to start again")
     spec = spec.replace(device=distributed.rank_device(spec.device, env))
+    resolve_device(spec.device)
     distributed.init_process_group(env, spec.device)
     registry = registry or get_registry()
     plugins = build_plugins(spec, registry)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from certframe.run.build import Plugins, method_label, plugin_record, plugin_records, resolve_device
+from certframe.run.provenance import provenance
 from certframe.run.spec import AttackSpec, RunSpec
 from certframe.runs import FORMAT, dataset_identity, now, package_versions
 
@@ -21,26 +22,32 @@ def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
 
 
+def correction(certifier, options: dict) -> str | None:
+    """The multiple-testing correction a certifier applies: its ``correction`` attribute, else its option."""
+    value = getattr(certifier, "correction", None)
+    return value if isinstance(value, str) else options.get("correction")
+
+
 def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
     """The manifest of a ``certframe certify`` run."""
     from certframe.accelerate import Acceleration
 
-    records = plugin_records(spec, registry)
+    records = plugin_records(spec, registry, plugins=plugins)
     device = resolve_device(spec.device)
     return {"format": FORMAT, "label": method_label(spec), "config": spec.config(),
             "execution": {"batch_size": spec.batch_size, "device": spec.device,
                           "certificates": spec.certificates,
                           "accelerate": None if spec.accelerate is None else
                           Acceleration(**spec.accelerate).resolve(device).as_dict()},
-            "device": str(device), "plugins": records,
-            "correction": records["certifier"]["options"].get("correction"),
+            "device": str(device), "plugins": records, "provenance": provenance(spec, plugins),
+            "correction": correction(plugins.certifier, records["certifier"]["options"]),
             "dataset": dataset_identity(plugins.dataset), "classes": list(plugins.dataset.class_names),
             "versions": package_versions(), "command": command_line(), "created": now()}
 
 
 def attack_manifest(spec: AttackSpec, plugins: Plugins, registry) -> dict:
     """The manifest of a ``certframe attack`` run."""
-    records = plugin_records(spec, registry, plugin=False)
+    records = plugin_records(spec, registry, plugin=False, plugins=plugins)
     records["attacks"] = {}
     for name in spec.attacks:
         record = plugin_record(registry, "attack", name, spec.attack_options.get(name, {}), plugin=False)
@@ -48,8 +55,10 @@ def attack_manifest(spec: AttackSpec, plugins: Plugins, registry) -> dict:
         records["attacks"][name] = record
     return {"format": FORMAT, "kind": "attack", "config": spec.config(),
             "device": str(resolve_device(spec.device)), "plugins": records,
+            "provenance": provenance(spec, plugins),
+            "correction": correction(plugins.certifier, records["certifier"]["options"]),
             "dataset": dataset_identity(plugins.dataset), "classes": list(plugins.dataset.class_names),
             "versions": package_versions(), "command": command_line(), "created": now()}
 
 
-__all__ = ["certify_manifest", "attack_manifest", "command_line"]
+__all__ = ["certify_manifest", "attack_manifest", "command_line", "correction"]

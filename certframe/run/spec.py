@@ -5,8 +5,9 @@ file (:mod:`certframe.config`) or from a run's ``manifest.json``; an :class:`Att
 adds the attack settings. Validation happens in ``__post_init__``, so a spec that
 exists is a valid one: sigma is a finite positive float, n0 / n / limit are positive
 integers, alpha lies in (0, 1), every tau in (0.5, 1), batch_size is a positive int or
-``"auto"``, seed a non-negative int, options are dicts. Nothing later converts or
-re-checks these values.
+``"auto"``, seed a non-negative int, options are dicts (an option value naming an existing
+file or folder is made absolute, so the manifest re-runs from any working directory).
+Nothing later converts or re-checks these values.
 
 ``spec.config()`` is the part of the manifest a resumed run must match (its keys are
 those of run folders written by earlier versions, so old folders still resume).
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 from certframe.interfaces import CertifyRequest
+from certframe.run.provenance import absolute_paths
 from certframe.statistics import check_alpha, check_tau
 
 PLUGIN_KINDS = ("dataset", "segmenter", "denoiser", "certifier")
@@ -114,7 +116,7 @@ class RunSpec:
                 raise SpecError(f"{kind} must be a plugin name, got {name!r}")
             if not isinstance(options, dict):
                 raise SpecError(f"{kind}_options must be a dict of KEY=VALUE options, got {options!r}")
-            set_(f"{kind}_options", dict(options))
+            set_(f"{kind}_options", absolute_paths(options))
         set_("sigma", check_sigma(self.sigma))
         set_("n0", _int("n0", self.n0, 1))
         set_("n", _int("n", self.n, 1))
