@@ -101,7 +101,11 @@ class Registry:
         entries = self._kind(kind)
         if name not in entries:
             available = ", ".join(sorted(entries)) or "none"
-            raise PluginNotFound(f"unknown {kind} {name!r}; available {kind}s: {available}")
+            broken = ""
+            if self.failures:
+                names = ", ".join(sorted({f.plugin for f in self.failures}))
+                broken = f"; {len(self.failures)} plugin(s) failed to load ({names})"
+            raise PluginNotFound(f"unknown {kind} {name!r}; available {kind}s: {available}{broken}")
         return entries[name]
 
     def create(self, kind: str, name: str, **options) -> Any:

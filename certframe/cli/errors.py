@@ -23,11 +23,13 @@ def debug_enabled(ctx: click.Context | None) -> bool:
 
 def describe(err: BaseException) -> str:
     """The one-line message for an exception a command raised."""
-    from certframe.registry import PluginNotFound
+    from certframe.registry import PluginError, PluginNotFound
 
     text = str(err).strip() or type(err).__name__
     if isinstance(err, PluginNotFound):
         return f"{text} (`certframe plugins` lists what is installed and any plugin that failed to load)"
+    if isinstance(err, PluginError):
+        return text
     if isinstance(err, PermissionError):
         where = f" {err.filename!r}" if err.filename else ""
         return f"permission denied writing or reading{where}: choose a folder you can write (--output)"
