@@ -44,8 +44,9 @@ import torch
 
 from certframe import metrics
 from certframe.engine import Names, prepare_models, resolve_device
-from certframe.interfaces import ABSTAIN, Certifier, Denoiser, SegmentationDataset, Segmenter, class_labels
-from certframe.smoothing import SmoothedSegmenter, make_request
+from certframe.interfaces import (ABSTAIN, Certifier, CertifyRequest, Denoiser, NoiseKey, SegmentationDataset,
+                                  Segmenter, class_labels)
+from certframe.smoothing import SmoothedSegmenter
 from certframe.statistics import certified_radius, check_tau
 from certframe.validation import validate_sample
 
@@ -152,7 +153,7 @@ class _RecordingVotes:
 
 def _certify(smoothed: SmoothedSegmenter, certifier: Certifier, x: torch.Tensor, request, *, batch_size: int,
              seed: int, image_id: str):
-    votes = _RecordingVotes(smoothed.voter(x, batch_size=batch_size, seed=seed, image_id=image_id))
+    votes = _RecordingVotes(smoothed.voter(x, NoiseKey(seed, image_id), batch_size=batch_size))
     certs = certifier.certify(votes, request)
     if len(certs) != len(request.taus):
         raise ValueError(f"certifier {certifier.name!r} returned {len(certs)} certificates for "
@@ -183,7 +184,7 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
     eps_linf: Linf budgets in [0, 1] pixel units (default none).
     on_image: called after each image with (index, image id, its rows).
     """
-    request = make_request(sigma, n0, n, alpha, taus)
+    request = CertifyRequest(sigma, n0, n, alpha, taus)
     names = names or Names()
     device = resolve_device(device)
     attack_options = dict(attack_options or {})

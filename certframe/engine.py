@@ -17,8 +17,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from certframe import metrics
-from certframe.interfaces import Certifier, Denoiser, Sample, SegmentationDataset, Segmenter, class_labels
-from certframe.smoothing import SmoothedSegmenter, make_request
+from certframe.interfaces import (Certifier, CertifyRequest, Denoiser, NoiseKey, Sample, SegmentationDataset,
+                                  Segmenter, class_labels)
+from certframe.smoothing import SmoothedSegmenter
 from certframe.validation import validate_sample
 
 
@@ -74,7 +75,7 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
     batch_size: draws per forward pass, or ``"auto"`` (sized to the memory available,
         :func:`certframe.accelerate.auto_batch_size`, on the first image).
     """
-    request = make_request(sigma, n0, n, alpha, taus)
+    request = CertifyRequest(sigma, n0, n, alpha, taus)
     names = names or Names()
     device = resolve_device(device)
     segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
@@ -91,8 +92,8 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
         x = sample.image.to(device)
         if batch_size == "auto":
             batch_size = auto_batch_size(smoothed, x, max(request.n0, request.n))
-        certs = smoothed.certify(x, certifier, n0=request.n0, n=request.n, alpha=request.alpha,
-                                 taus=request.taus, batch_size=batch_size, seed=seed, image_id=sample.id)
+        certs = smoothed.certify(x, certifier, key=NoiseKey(seed, sample.id), n0=request.n0, n=request.n,
+                                 alpha=request.alpha, taus=request.taus, batch_size=batch_size)
         with torch.inference_mode():
             clean = class_labels(segmenter(x.unsqueeze(0)))[0].cpu()
         seconds = time.perf_counter() - start

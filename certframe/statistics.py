@@ -14,6 +14,7 @@ table of n+1 values plus a sort.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -23,22 +24,43 @@ from scipy.stats import beta, binom, norm
 CORRECTIONS = ("holm", "bonferroni", "none")
 
 
+def check_sigma(sigma: float) -> float:
+    """A noise level: a finite float > 0 (inf or nan would give an infinite or undefined radius)."""
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"sigma must be a finite noise level > 0, got {sigma!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"sigma must be a finite noise level > 0, got {sigma!r}")
+    return value
+
+
 def check_tau(tau: float) -> float:
-    tau = float(tau)
+    try:
+        tau = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"tau must lie in the open interval (0.5, 1), got {tau!r}") from None
     if not (0.5 < tau < 1.0) or math.isnan(tau):
         raise ValueError(f"tau must lie in the open interval (0.5, 1), got {tau}")
     return tau
 
 
 def check_alpha(alpha: float) -> float:
-    alpha = float(alpha)
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must lie in the open interval (0, 1), got {alpha!r}") from None
     if not (0.0 < alpha < 1.0) or math.isnan(alpha):
         raise ValueError(f"alpha must lie in the open interval (0, 1), got {alpha}")
     return alpha
 
 
 def check_count(name: str, n: int) -> int:
-    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+    try:
+        ok = not isinstance(n, (bool, str)) and int(n) == n and int(n) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be a positive integer number of samples, got {n!r}")
     return int(n)
 
@@ -58,8 +80,16 @@ def binomial_pvalues(k: torch.Tensor | np.ndarray, n: int, tau: float) -> np.nda
     n = check_count("n", n)
     if k.size and (k.min() < 0 or k.max() > n):
         raise ValueError(f"vote counts must lie in 0..n={n}, got range {k.min()}..{k.max()}")
-    table = binom.sf(np.arange(n + 1) - 1, n, tau)  # P(X >= j) for j = 0..n
-    return table[k.astype(np.int64)]
+    return upper_tail_table(n, float(tau))[k.astype(np.int64)]
+
+
+@functools.lru_cache(maxsize=64)
+def upper_tail_table(n: int, tau: float) -> np.ndarray:
+    """``P(Binomial(n, tau) >= j)`` for ``j = 0..n`` (float64 ``[n + 1]``, read-only, cached:
+    every image of a run, and every look of the adaptive certifier, asks for the same few)."""
+    table = binom.sf(np.arange(n + 1) - 1, n, tau)
+    table.setflags(write=False)
+    return table
 
 
 def holm_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
