@@ -29,9 +29,9 @@ def check_sigma(sigma: float) -> float:
     try:
         value = float(sigma)
     except (TypeError, ValueError):
-        raise ValueError(f"sigma must be a finite noise level > 0, got {sigma!r}") from None
+        raise ValueError(f"sigma must be a positive noise level (finite, > 0), got {sigma!r}") from None
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"sigma must be a finite noise level > 0, got {sigma!r}")
+        raise ValueError(f"sigma must be a positive noise level (finite, > 0), got {sigma!r}")
     return value
 
 
@@ -144,8 +144,14 @@ def clopper_pearson_lower(k: torch.Tensor | np.ndarray, n: int, alpha: float) ->
     ``_lower_confidence_bound``. Vectorised through a table over ``k = 0..n``.
     """
     k = k.detach().cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)
-    n = check_count("n", n)
+    return clopper_pearson_lower_table(check_count("n", n), float(alpha))[k.astype(np.int64)]
+
+
+@functools.lru_cache(maxsize=64)
+def clopper_pearson_lower_table(n: int, alpha: float) -> np.ndarray:
+    """:func:`clopper_pearson_lower` for ``k = 0..n`` (float64 ``[n + 1]``, read-only, cached)."""
     ks = np.arange(n + 1)
     with np.errstate(invalid="ignore"):
         table = np.where(ks == 0, 0.0, beta.ppf(alpha, np.maximum(ks, 1), n - ks + 1))
-    return table[k.astype(np.int64)]
+    table.setflags(write=False)
+    return table
