@@ -15,13 +15,14 @@ Design points:
   certifies the image (on the same device type), and no two draws of an image coincide.
 
   - CPU: numpy's Philox4x64-10 (Salmon et al., "Parallel random numbers: as easy as
-    1, 2, 3", SC 2011). The 128-bit key is :func:`philox_key` ``= blake2b(s, id, p)``
-    (16 bytes, the full key: numpy sets it directly, nothing is truncated); draw ``i``
+    1, 2, 3", SC 2011). The 128-bit key is :func:`philox_key`, ``blake2b``
+    of the JSON list ``[s, id, p]`` (16 bytes, the full key: numpy sets it directly,
+    nothing is truncated); draw ``i``
     starts at counter ``i * 2**64`` (counter words ``[0, i, 0, 0]``) and reads float32
     standard normals (numpy's ziggurat) from there. One draw uses far fewer than
     ``2**64`` counter blocks, so the draws of one (seed, image, phase) lie in disjoint
-    counter ranges of one key: two draws of an image never coincide, for any
-    ``n < 2**64``. Two different (seed, image, phase) share a key with probability
+    counter ranges of one key: two draws of an image never reuse a position of the
+    stream, for any ``n < 2**64``. Two different (seed, image, phase) share a key with probability
     ``2**-128``. float64 images get float64 normals; other dtypes get float32 ones, cast.
   - Why not ``torch.Generator.manual_seed`` per draw (the earlier scheme): torch's CPU
     generator is a Mersenne Twister whose ``manual_seed`` keeps only the low 32 bits
@@ -50,6 +51,7 @@ Design points:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -64,7 +66,8 @@ from certframe.validation import BatchChecks, ModelOutputError
 
 
 def _identity(*parts) -> bytes:
-    return "\x1f".join(str(p) for p in parts).encode()
+    """An injective encoding of the parts (a JSON list: no choice of image id can mimic another key)."""
+    return json.dumps(list(parts), ensure_ascii=False).encode()
 
 
 def philox_key(seed: int, image_id: str, phase: str) -> int:

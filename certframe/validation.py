@@ -65,10 +65,12 @@ class ModelOutputError(ValueError):
 class BatchChecks:
     """Checks of every batch of the Monte-Carlo loop that cost nothing measurable.
 
-    ``finite(tensor, source, what)``: every value is finite. Computed as ONE float64 sum
-    of the tensor: a sum of finite float32 / float16 / bfloat16 values cannot overflow
-    float64 (at most ``numel * 3.4e38``), so the sum is non-finite exactly when some value
-    is (NaN propagates, +inf and -inf give NaN), with no temporary the size of the tensor.
+    ``finite(tensor, source, what)``: every value is finite. Computed as ONE
+    :func:`torch.aminmax` pass: the minimum and maximum propagate NaN and are +-inf
+    exactly when an infinite value is present, so both are finite exactly when every
+    value is; no temporary the size of the tensor and, unlike a sum, no overflow of
+    large finite values (a float64 sum would be exact too, but costs about 100x more on
+    CPU: 120 ms for a 32 x 2 x 256 x 256 batch, half a UNet forward pass).
     ``flag(bad, source, what)``: record a failed check given as a bool tensor (0-dim).
     ``same_device(out, inp, source, what)``: the output lies on the input's device
     (tensor metadata only; raises at once).
@@ -105,7 +107,8 @@ class BatchChecks:
 
     @torch.compiler.disable
     def finite(self, tensor: torch.Tensor, source: str, what: str) -> None:
-        self.flag(~torch.isfinite(tensor.detach().sum(dtype=torch.float64)), source,
+        low, high = torch.aminmax(tensor.detach())
+        self.flag(~(torch.isfinite(low) & torch.isfinite(high)), source,
                   f"non-finite {what} (NaN or inf; expected finite values)")
 
     @staticmethod

@@ -63,7 +63,7 @@ def test_a_nan_in_one_late_batch_is_caught():
 
 
 def test_large_finite_logits_pass():
-    """The control of the float64-sum trick: 3e38 (near float32's max) everywhere is finite, no error."""
+    """The control of a sum-based check (which would overflow to inf): 3e38, near float32's max, passes."""
     smoothed = SmoothedSegmenter(BadValueSegmenter(3e38), None, 0.25)
     cert, = smoothed.certify(image(), SegCertify(), key=NoiseKey(0, "x"), **KW)
     assert cert.labels.shape == (6, 6)

@@ -80,7 +80,10 @@ def test_the_stream_keeps_the_full_key_and_draw_index():
     assert not torch.equal(noise(image_id="a"), noise(image_id="b"))
     # the Philox key is the full 128-bit blake2b digest: keys differing only in the top 64 bits differ
     key = philox_key(0, "a", "p")
-    assert key == int.from_bytes(hashlib.blake2b(b"0\x1fa\x1fp", digest_size=16).digest(), "little")
+    assert key == int.from_bytes(hashlib.blake2b(b'[0, "a", "p"]', digest_size=16).digest(), "little")
+    # the encoding is injective: an id holding a separator cannot mimic another (id, phase)
+    assert philox_key(0, "a\x1fb", "c") != philox_key(0, "a", "b\x1fc")
+    assert philox_key(0, 'a", "b', "c") != philox_key(0, "a", 'b", "c')
     low, high = key & ((1 << 64) - 1), key >> 64
 
     def first(k):
