@@ -28,12 +28,12 @@ COMMON = ["certify", "--dataset", "synthetic-lung", "--dataset-option", "size=64
 # image_id -> (certified Dice as a fraction, abstained pixels of 4096)
 F = Fraction
 GOLDEN = {
-    "synthetic-lung": {"lung-test-0000": (F(8, 43), 3001), "lung-test-0001": (F(75, 187), 2205),
-                       "lung-test-0002": (F(427, 646), 2492), "lung-test-0003": (F(9, 59), 3064)},
-    "synthetic-lung-noise0.25": {"lung-test-0000": (F(74, 79), 199), "lung-test-0001": (F(94, 99), 172),
-                                 "lung-test-0002": (F(1624, 1679), 189), "lung-test-0003": (F(93, 101), 224)},
+    "synthetic-lung": {"lung-test-0000": (F(86, 407), 2956), "lung-test-0001": (F(618, 1505), 2183),
+                       "lung-test-0002": (F(164, 255), 2527), "lung-test-0003": (F(192, 1295), 3077)},
+    "synthetic-lung-noise0.25": {"lung-test-0000": (F(79, 85), 207), "lung-test-0001": (F(94, 99), 175),
+                                 "lung-test-0002": (F(820, 843), 178), "lung-test-0003": (F(2032, 2215), 238)},
 }
-GOLDEN_DDPM = {"lung-test-0000": (F(682, 705), 131)}       # clean UNet behind the bundled DDPM, one-shot
+GOLDEN_DDPM = {"lung-test-0000": (F(253, 263), 134)}       # clean UNet behind the bundled DDPM, one-shot
 
 
 def certify(tmp_path, name, *extra):
