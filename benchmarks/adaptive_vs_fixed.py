@@ -41,7 +41,7 @@ KVASIR_NOISE_WEIGHTS = KVASIR_WEIGHTS.with_name("kvasir-unet-noise0.5.safetensor
 
 def compare(title, dataset, segmenter, *, sigma, n0, n, alpha, tau, certifiers):
     print(f"\n[{title}] {len(dataset)} images, sigma={sigma}, tau={tau}, alpha={alpha}, n0={n0}, n={n}")
-    print(f"  {"certifier":38s} {'draws/image':>12s} {'ratio':>7s} {'cert. Dice':>11s} {'abstain':>8s} {'s/image':>8s}")
+    print(f"  {'certifier':38s} {'draws/image':>12s} {'ratio':>7s} {'cert. Dice':>11s} {'abstain':>8s} {'s/image':>8s}")
     base = None
     for label, cert in certifiers:
         t0 = time.perf_counter()

@@ -64,6 +64,7 @@ def _timed(f) -> float:
 
 
 def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int = 32, repeats: int = 5):
+    from certframe.interfaces import NoiseKey
     from certframe.plugins.certifiers.segcertify import SegCertify
     from certframe.plugins.denoisers.none import NoDenoiser
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
@@ -82,7 +83,8 @@ def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int 
                 seg(den(b, 0.25))
 
     def certify():
-        smoothed.certify(x, SegCertify(), n0=n0, n=n, alpha=0.001, batch_size=batch_size, image_id="bench")
+        smoothed.certify(x, SegCertify(), key=NoiseKey(0, "bench"), n0=n0, n=n, alpha=0.001,
+                         batch_size=batch_size)
 
     logits = torch.randn(batch_size, 2, side, side)
     t_argmax = min(_timed(lambda: logits.argmax(dim=1)) for _ in range(3))
@@ -106,6 +108,7 @@ import json, sys, torch
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 from certframe.smoothing import SmoothedSegmenter
+from certframe.interfaces import NoiseKey
 def status(key):
     for line in open('/proc/self/status'):
         if line.startswith(key):
@@ -113,10 +116,10 @@ def status(key):
 n, side = int(sys.argv[1]), int(sys.argv[2])
 s = SmoothedSegmenter(MonaiSegmenter(weights='synthetic-lung'), None, 0.25)
 x = torch.rand(1, side, side)
-s.certify(x, SegCertify(), n0=10, n=10, alpha=0.001, batch_size=50)   # warm-up allocations
+s.certify(x, SegCertify(), key=NoiseKey(0, 'memory'), n0=10, n=10, alpha=0.001, batch_size=50)   # warm-up allocations
 before = status('VmRSS:')
 open('/proc/self/clear_refs', 'w').write('5')                          # reset the peak (VmHWM)
-s.certify(x, SegCertify(), n0=10, n=n, alpha=0.001, batch_size=50)
+s.certify(x, SegCertify(), key=NoiseKey(0, 'memory'), n0=10, n=n, alpha=0.001, batch_size=50)
 print(json.dumps({'added_kib': status('VmHWM:') - before}))
 """
 

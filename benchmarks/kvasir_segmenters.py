@@ -12,7 +12,7 @@ noise augmentation at sigma 0.5 (Cohen et al. 2019). Then, on the test split:
 * certified Dice of the smoothed model (SegCertify, Fischer et al. 2021; no
   denoiser) at sigma 0.25 and 0.5, n0 = 10, n = 100, alpha = 0.001 (Holm),
   tau = 0.75, on the first ``--certify-images`` test images (a subset, to fit a
-  CPU budget; the table says how many), through :func:`certframe.engine.certify_dataset`.
+  CPU budget; the table says how many), through :func:`certframe.run.certify_dataset`.
 
 Checkpoints go to ``benchmarks/out/kvasir/`` (git-ignored) so other work (diffusion
 denoisers in front of these segmenters) can reuse them; rerunning resumes or

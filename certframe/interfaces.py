@@ -144,9 +144,39 @@ class VoteSource(Protocol):
     def counts(self, phase: str, n: int, start: int = 0) -> torch.Tensor: ...
 
 
-@dataclass
+@dataclass(frozen=True)
+class NoiseKey:
+    """Which noise an image gets: every draw of :class:`~certframe.sampler.NoiseVoter` is
+    a function of ``(seed, image_id, phase, draw index)`` and nothing else.
+
+    seed: the run's seed, an int in ``[0, 2**64)``.
+    image_id: the image's stable id (:attr:`Sample.id`), a non-empty string. Two images
+        with the same key get the same noise, so there is no default: a caller who
+        forgets the id gets an error, not one noise for every image.
+    """
+
+    seed: int
+    image_id: str
+
+    def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 64:
+            raise ValueError(f"NoiseKey.seed must be an int in [0, 2**64), got {self.seed!r}")
+        if not isinstance(self.image_id, str) or not self.image_id:
+            raise ValueError(f"NoiseKey.image_id must be a non-empty string (the image's id), "
+                             f"got {self.image_id!r}")
+
+
+@dataclass(frozen=True)
 class CertifyRequest:
-    """What a certifier is asked: noise level, sample sizes, error level, thresholds."""
+    """What a certifier is asked: noise level, sample sizes, error level, thresholds.
+
+    Validated once, here (every certifier and the run layer can rely on it):
+    sigma: finite float > 0 (noise std in [0, 1] pixel units);
+    n0, n: positive ints (selection and estimation draws);
+    alpha: float in (0, 1) (family-wise error level per image and tau);
+    taus: a non-empty tuple of floats in (0.5, 1) (a single number is taken as one tau).
+    Bad values raise ValueError naming the parameter, what was expected and what came.
+    """
 
     sigma: float
     n0: int
@@ -154,6 +184,24 @@ class CertifyRequest:
     alpha: float
     taus: Sequence[float] = (0.75,)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from certframe.statistics import check_alpha, check_count, check_sigma, check_tau
+
+        taus = self.taus
+        if isinstance(taus, (int, float)) and not isinstance(taus, bool):
+            taus = (taus,)
+        try:
+            taus = () if isinstance(taus, (str, bytes)) else tuple(taus)
+        except TypeError:
+            taus = ()
+        if not taus:
+            raise ValueError(f"taus must be a non-empty sequence of thresholds in (0.5, 1), got {self.taus!r}")
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+        object.__setattr__(self, "n0", check_count("n0", self.n0))
+        object.__setattr__(self, "n", check_count("n", self.n))
+        object.__setattr__(self, "alpha", check_alpha(self.alpha))
+        object.__setattr__(self, "taus", tuple(check_tau(t) for t in taus))
 
 
 class Certifier(abc.ABC):
@@ -165,6 +213,11 @@ class Certifier(abc.ABC):
     """
 
     name: str = "certifier"
+    correction: str = "unstated"
+    """The multiple-testing correction over the pixels of an image (``"holm"``,
+    ``"bonferroni"``, ``"none"``, ...), recorded with every run. ``"none"`` means only
+    each pixel's error is bounded, not the image's; a certifier that does not say keeps
+    ``"unstated"``."""
 
     @abc.abstractmethod
     def certify(self, votes: VoteSource, request: CertifyRequest) -> list:

@@ -7,6 +7,13 @@ of them is empty, Dice is 0. MONAI returns NaN in the first case
 (``ignore_empty=True``); we prefer a number so that means over images stay
 defined, and report it in the docs.
 
+The rule is made visible where it applies: :func:`metric_row` adds ``empty_truth``
+(True when the ground truth has no foreground pixel at all, so an all-ABSTAIN
+certificate scores certified Dice 1.0 by this rule) and, for K > 2, one
+``empty_truth_<class>`` per foreground class (that class's Dice is 1.0 or 0.0 by the
+rule, not by overlap). Tables and summaries show it beside the metric, with the
+abstain rate.
+
 Certified Dice (Fischer et al. 2021; Laousy et al. 2023) counts an abstained
 pixel as an error: TP = certified c where y = c; FP = certified c where y != c;
 FN = y = c but certified as another class or ABSTAIN. Dice = 2TP / (2TP + FP + FN).
@@ -70,12 +77,29 @@ def certified_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float((pred == target).float().mean())
 
 
+def empty_truth(target: torch.Tensor, cls: int) -> bool:
+    """True when the ground truth has no pixel of class ``cls`` (Dice then follows the empty-mask rule)."""
+    return not bool((target == cls).any())
+
+
 def metric_row(pred: torch.Tensor, target: torch.Tensor, class_names: Sequence[str],
-               prefix: str = "certified_") -> dict[str, float]:
-    """Flat dict of the metrics of one prediction, for a results row."""
+               prefix: str = "certified_") -> dict[str, float | bool]:
+    """Flat dict of the metrics of one prediction, for a results row.
+
+    ``{prefix}dice``: mean Dice over the foreground classes; for K > 2 also
+    ``{prefix}dice_<class>``. ``empty_truth``: the truth has no foreground pixel (Dice
+    is then :data:`EMPTY_DICE` for a prediction with no foreground, e.g. all ABSTAIN);
+    for K > 2 also ``empty_truth_<class>`` per foreground class. (The ``empty_truth``
+    columns describe the truth, so they carry no prefix.)
+    """
     k = len(class_names)
-    row = {f"{prefix}dice": mean_dice(pred, target, k)}
+    row: dict[str, float | bool] = {f"{prefix}dice": mean_dice(pred, target, k)}
     if k > 2:
         for c, d in dice_per_class(pred, target, k).items():
             row[f"{prefix}dice_{class_names[c]}"] = d
+    empty = {c: empty_truth(target, c) for c in range(1, k)}
+    row["empty_truth"] = all(empty.values())
+    if k > 2:
+        for c, e in empty.items():
+            row[f"empty_truth_{class_names[c]}"] = e
     return row

@@ -14,11 +14,11 @@ from typing import Sequence
 
 import torch
 
-from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Segmenter, class_labels
+from certframe.interfaces import Certifier, CertifyRequest, Denoiser, NoiseKey, Segmenter, class_labels
 from certframe.results import Certificate
 from certframe.sampler import NoiseVoter
-from certframe.statistics import check_alpha, check_count, check_tau
-from certframe.validation import validate_image
+from certframe.statistics import check_sigma
+from certframe.validation import BatchChecks, ModelOutputError, validate_image
 
 
 class SmoothedSegmenter:
@@ -27,60 +27,68 @@ class SmoothedSegmenter:
     segmenter: :class:`Segmenter` ([B, C, H, W] in [0, 1] -> logits [B, K, H, W]).
     denoiser:  :class:`Denoiser` or ``None`` (the Gaussian-trained baseline: the
                segmenter sees ``x + eps`` directly).
-    sigma:     noise std in [0, 1] pixel units, > 0.
+    sigma:     noise std in [0, 1] pixel units, finite and > 0.
+
+    Every batch is checked (:class:`~certframe.validation.BatchChecks`, see
+    :mod:`certframe.sampler`): denoiser outputs and logits must be finite and on the
+    input's device, logits ``[B, K, H, W]``; the error names the plugin's class and,
+    through the voter, the image id.
     """
 
     def __init__(self, segmenter: Segmenter, denoiser: Denoiser | None, sigma: float):
-        sigma = float(sigma)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be a positive noise level, got {sigma}")
         self.segmenter = segmenter
         self.denoiser = denoiser
-        self.sigma = sigma
+        self.sigma = check_sigma(sigma)
         self.num_classes = int(segmenter.num_classes)
+        self.checks = BatchChecks()
+
+    def describe(self) -> str:
+        """How errors name the base pipeline: "the segmenter X behind the denoiser Y"."""
+        seg = f"the segmenter {type(self.segmenter).__name__}"
+        return seg if self.denoiser is None else f"{seg} behind the denoiser {type(self.denoiser).__name__}"
 
     def base_logits(self, noisy: torch.Tensor) -> torch.Tensor:
-        """``f(D(x + eps))``: ``[B, C, H, W]`` noisy images -> logits ``[B, K, H, W]``."""
-        x = noisy if self.denoiser is None else self.denoiser(noisy, self.sigma)
-        return self.segmenter(x)
+        """``f(D(x + eps))``: ``[B, C, H, W]`` noisy images -> logits ``[B, K, H, W]`` (checked)."""
+        x = noisy
+        if self.denoiser is not None:
+            x = self.denoiser(noisy, self.sigma)
+            source = f"the denoiser {type(self.denoiser).__name__}"
+            self.checks.same_device(x, noisy, source, "images")
+            self.checks.finite(x, source, "images")
+        logits = self.segmenter(x)
+        source = f"the segmenter {type(self.segmenter).__name__}"
+        self.checks.same_device(logits, noisy, source, "logits")
+        self.checks.finite(logits, source, "logits")
+        return logits
 
     def base_labels(self, noisy: torch.Tensor) -> torch.Tensor:
         """Hard labels ``[B, H, W]`` of the base pipeline on noisy images."""
         logits = self.base_logits(noisy)
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"the segmenter returned shape {tuple(logits.shape)}, expected "
-                             f"[B, {self.num_classes}, H, W] logits")
+            raise ModelOutputError(f"the segmenter {type(self.segmenter).__name__} returned shape "
+                                   f"{tuple(logits.shape)}, expected [B, {self.num_classes}, H, W] logits")
         return class_labels(logits)
 
-    def voter(self, x: torch.Tensor, *, batch_size: int = 32, seed: int = 0,
-              image_id: str = "0") -> NoiseVoter:
-        """A :class:`NoiseVoter` for image ``x`` ``[C, H, W]`` in [0, 1]."""
+    def voter(self, x: torch.Tensor, key: NoiseKey, *, batch_size: int = 32) -> NoiseVoter:
+        """A :class:`NoiseVoter` for image ``x`` ``[C, H, W]`` in [0, 1] under noise ``key``."""
         validate_image(x, in_channels=getattr(self.segmenter, "in_channels", None))
-        return NoiseVoter(self.base_labels, x, sigma=self.sigma, num_classes=self.num_classes,
-                          batch_size=batch_size, seed=seed, image_id=image_id)
+        return NoiseVoter(self.base_labels, x, key=key, sigma=self.sigma, num_classes=self.num_classes,
+                          batch_size=batch_size, checks=self.checks, model_name=self.describe())
 
-    def certify(self, x: torch.Tensor, certifier: Certifier, *, n0: int, n: int, alpha: float,
-                taus: Sequence[float] = (0.75,), batch_size: int = 32, seed: int = 0,
-                image_id: str = "0") -> list[Certificate]:
-        """Certify one image; one :class:`Certificate` per tau (same sampling pass)."""
-        request = make_request(self.sigma, n0, n, alpha, taus)
-        votes = self.voter(x, batch_size=batch_size, seed=seed, image_id=image_id)
+    def certify(self, x: torch.Tensor, certifier: Certifier, *, key: NoiseKey, n0: int, n: int,
+                alpha: float, taus: Sequence[float] = (0.75,), batch_size: int = 32) -> list[Certificate]:
+        """Certify one image ``x`` ``[C, H, W]``; one :class:`Certificate` per tau (same sampling pass).
+
+        key: the image's :class:`NoiseKey` ``(seed, image_id)`` (required).
+        """
+        request = CertifyRequest(sigma=self.sigma, n0=n0, n=n, alpha=alpha, taus=taus)
+        votes = self.voter(x, key, batch_size=batch_size)
         certs = certifier.certify(votes, request)
         for cert in certs:
             cert.info.setdefault("forward_passes", votes.forward_passes)
         return certs
 
-    def predict(self, x: torch.Tensor, n: int, *, batch_size: int = 32, seed: int = 0,
-                image_id: str = "0") -> torch.Tensor:
+    def predict(self, x: torch.Tensor, n: int, *, key: NoiseKey, batch_size: int = 32) -> torch.Tensor:
         """Monte-Carlo estimate of g(x) without a certificate: majority of n votes, [H, W]."""
-        votes = self.voter(x, batch_size=batch_size, seed=seed, image_id=image_id)
+        votes = self.voter(x, key, batch_size=batch_size)
         return votes.counts("prediction", n).argmax(dim=0)
-
-
-def make_request(sigma: float, n0: int, n: int, alpha: float, taus: Sequence[float]) -> CertifyRequest:
-    """Validate and bundle the certification parameters."""
-    taus = tuple(check_tau(t) for t in (taus if isinstance(taus, (list, tuple)) else [taus]))
-    if not taus:
-        raise ValueError("at least one tau is needed")
-    return CertifyRequest(sigma=float(sigma), n0=check_count("n0", n0), n=check_count("n", n),
-                          alpha=check_alpha(alpha), taus=taus)

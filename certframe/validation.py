@@ -53,3 +53,83 @@ def validate_sample(sample: Sample, class_names: Sequence[str], in_channels: int
         validate_mask(sample.mask, sample.image.shape[-2:], class_names)
     except (ValueError, TypeError) as err:
         raise type(err)(f"sample {sample.id!r}: {err}") from None
+
+
+# ------------------------------------------------------------ runtime checks of the models
+
+class ModelOutputError(ValueError):
+    """A model misbehaved while votes were counted (non-finite outputs, labels out of range,
+    outputs on another device). The message names the plugin, the image id and what was wrong."""
+
+
+class BatchChecks:
+    """Checks of every batch of the Monte-Carlo loop that cost nothing measurable.
+
+    ``finite(tensor, source, what)``: every value is finite. Computed as ONE
+    :func:`torch.aminmax` pass: the minimum and maximum propagate NaN and are +-inf
+    exactly when an infinite value is present, so both are finite exactly when every
+    value is; no temporary the size of the tensor and, unlike a sum, no overflow of
+    large finite values (a float64 sum would be exact too, but costs about 100x more on
+    CPU: 120 ms for a 32 x 2 x 256 x 256 batch, half a UNet forward pass).
+    ``flag(bad, source, what)``: record a failed check given as a bool tensor (0-dim).
+    ``same_device(out, inp, source, what)``: the output lies on the input's device
+    (tensor metadata only; raises at once).
+
+    The flags accumulate in one int64 bit mask on the tensors' device: no host
+    synchronisation per batch (on CUDA a ``bool()`` per batch would stall the pipeline).
+    :meth:`raise_pending` reads the mask once, at the end of each
+    :meth:`~certframe.sampler.NoiseVoter.counts` call, and raises one
+    :class:`ModelOutputError` naming every failed check. CPU and CUDA run the same code,
+    so the CPU tests exercise the CUDA logic. ``source`` names the plugin ("the segmenter
+    MonaiSegmenter"); the voter adds the image id and the draws.
+    """
+
+    def __init__(self):
+        self._names: list[tuple[str, str]] = []     # bit i of the mask -> (source, what)
+        self._details: dict[int, object] = {}
+        self._mask: torch.Tensor | None = None
+
+    def flag(self, bad: torch.Tensor, source: str, what: str, detail=None) -> None:
+        """Record ``bad`` (a 0-dim bool tensor, on any device) as a failure of check (source, what).
+
+        detail: optional callable returning a string for the error message (called only on failure).
+        """
+        key = (source, what)
+        if key not in self._names:
+            if len(self._names) == 63:
+                raise RuntimeError("BatchChecks holds at most 63 distinct checks")
+            self._names.append(key)
+        bit = self._names.index(key)
+        if detail is not None:
+            self._details[bit] = detail
+        value = bad.to(torch.int64) << bit
+        self._mask = value if self._mask is None else self._mask | value.to(self._mask.device)
+
+    @torch.compiler.disable
+    def finite(self, tensor: torch.Tensor, source: str, what: str) -> None:
+        low, high = torch.aminmax(tensor.detach())
+        self.flag(~(torch.isfinite(low) & torch.isfinite(high)), source,
+                  f"non-finite {what} (NaN or inf; expected finite values)")
+
+    @staticmethod
+    def same_device(out: torch.Tensor, inp: torch.Tensor, source: str, what: str) -> None:
+        if out.device != inp.device:
+            raise ModelOutputError(f"{source} returned {what} on {out.device}, its input was on {inp.device}: "
+                                   f"a model must return its output on its input's device")
+
+    def reset(self) -> None:
+        self._mask, self._details = None, {}
+
+    def raise_pending(self) -> None:
+        """Read the flags (one host read) and clear them; raise if any check failed since the last call."""
+        mask, details, self._mask, self._details = self._mask, self._details, None, {}
+        if mask is None:
+            return
+        value = int(mask)
+        if value:
+            failed = []
+            for bit, (source, what) in enumerate(self._names):
+                if value >> bit & 1:
+                    extra = f" ({details[bit]()})" if bit in details else ""
+                    failed.append(f"{source} returned {what}{extra}")
+            raise ModelOutputError("; ".join(failed))

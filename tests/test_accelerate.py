@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from certframe import accelerate as acc
+from certframe.interfaces import NoiseKey
 from certframe.accelerate import Acceleration, AcceleratedSmoothedSegmenter, auto_batch_size, prefetch
 from certframe.run import certify_dataset
 from certframe.plugins.certifiers.segcertify import SegCertify
@@ -79,10 +80,10 @@ def test_autocast_and_channels_last_reach_the_model():
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_votes():
     x = torch.rand(3, 10, 10)
-    ref = SmoothedSegmenter(ThresholdSegmenter(3), None, 0.5).voter(x, batch_size=4, seed=1).counts("e", 50)
+    ref = SmoothedSegmenter(ThresholdSegmenter(3), None, 0.5).voter(x, NoiseKey(1, "x"), batch_size=4).counts("e", 50)
     seg = SpySegmenter(fail_above=4)
     smoothed = AcceleratedSmoothedSegmenter(seg, None, 0.5, Acceleration().resolve("cpu"))
-    got = smoothed.voter(x, batch_size=16, seed=1).counts("e", 50)
+    got = smoothed.voter(x, NoiseKey(1, "x"), batch_size=16).counts("e", 50)
     assert torch.equal(ref, got)
     assert smoothed.max_batch == 4
     assert max(s["batch"] for s in seg.seen[3:]) <= 4          # after 16 -> 8 -> 4, never more
@@ -157,7 +158,7 @@ def test_votes_need_no_host_sync_per_batch(monkeypatch):
     syncs = []
     for batch in (50, 2):
         counter["n"] = 0
-        NoiseVoter(SmoothedSegmenter(ThresholdSegmenter(), None, 0.25).base_labels, x, sigma=0.25,
+        NoiseVoter(SmoothedSegmenter(ThresholdSegmenter(), None, 0.25).base_labels, x, key=NoiseKey(0, "x"), sigma=0.25,
                    num_classes=2, batch_size=batch).counts("estimation", 100)
         syncs.append(counter["n"])
     assert syncs[0] == syncs[1] <= 1       # one total check per call, none per batch

@@ -26,7 +26,7 @@ from certframe.attacks.suite import attack_jobs, budgets, robustness_table
 from certframe.run import attack_dataset
 from certframe.attacks.violations import check_certificates
 from certframe.cli import main
-from certframe.interfaces import ABSTAIN
+from certframe.interfaces import ABSTAIN, NoiseKey
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.plugins.denoisers.none import NoDenoiser
 from certframe.registry import get_registry
@@ -273,7 +273,7 @@ def test_violation_checker_catches_a_wrong_certificate_and_passes_a_correct_one(
     x_adv = x.clone()
     x_adv[0, 0, :2] = 0.1
     l2 = float((x_adv - x).norm())
-    kwargs = dict(n0=20, n=300, alpha=0.001, taus=(0.75,), seed=0, image_id="t")
+    kwargs = dict(n0=20, n=300, alpha=0.001, taus=(0.75,), key=NoiseKey(0, "t"))
     cert = smoothed.certify(x, SegCertify(), **kwargs)[0]
     cert_adv = smoothed.certify(x_adv, SegCertify(), **kwargs)[0]
     assert bool((cert.labels != ABSTAIN).all()) and bool((cert_adv.labels != ABSTAIN).all())

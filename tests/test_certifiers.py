@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom, norm
+from scipy.stats import beta, binom, norm
 
-from certframe.interfaces import ABSTAIN, CertifyRequest
+from certframe.interfaces import ABSTAIN, CertifyRequest, NoiseKey
 from certframe.plugins.certifiers.cohen_per_pixel import CohenPerPixel
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.smoothing import SmoothedSegmenter
@@ -78,55 +78,138 @@ def test_unknown_correction_is_an_error():
 
 # --- The guarantee, checked statistically --------------------------------------------------
 #
-# ThresholdSegmenter + no denoiser: P(class 1 at pixel i) = Phi((x_i - 0.5) / sigma) exactly.
-# An image has every pixel's top-class probability exactly at tau (the worst case for a
-# test of H0: p <= tau) plus a block of clearly certifiable pixels. A pixel certified as c
-# with p(c) <= tau is wrongly certified. SegCertify promises P(any wrong pixel) <= alpha.
+# What SegCertify promises, per image and tau: P(some certified pixel i has p_i(c_i) <= tau)
+# <= alpha. The checks simulate the votes in closed form (BinomialVotes: K = 2, pixel i votes
+# class 1 with known probability p1_i, counts are exact binomial draws), so 1,000 trials take
+# a second. The image is the worst case for the test of H0: p <= tau: NULLS pixels with
+# p1 exactly tau (true nulls: any certification of class 1 there is wrong) and a block of
+# unanimous pixels (p1 = 1), which Holm certifies first, so that the nulls face Holm's
+# largest thresholds (alpha / m0): the true family-wise error of Holm is then close to alpha.
+#
+# Pass criterion: with W wrong images in T trials, the one-sided 1 - DELTA Clopper-Pearson
+# LOWER bound on the family-wise error must not exceed the stated alpha (a sound certifier
+# fails with probability <= DELTA; the seeds are fixed, so the tests are deterministic).
+# Each check is shown to fail on a broken certifier: no correction, and Holm at 2 alpha.
 
-SIGMA, TAU, ALPHA, TRIALS = 0.25, 0.75, 0.1, 200
+SIGMA, TAU, ALPHA, TRIALS, DELTA = 0.25, 0.75, 0.05, 1000, 1e-3
 
 
-def boundary_image(side=16):
-    x = torch.full((1, side, side), 0.5 + SIGMA * norm.ppf(TAU))   # p(class 1) = tau exactly
-    x[:, : side // 4] = 1.0                                         # p(class 1) = Phi(2) = 0.977
-    true_p1 = torch.from_numpy(norm.cdf((x[0].double().numpy() - 0.5) / SIGMA))
-    return x, true_p1
+class BinomialVotes:
+    """A VoteSource with K = 2 and known ``P(class 1)`` per pixel (``p1`` float64 ``[H, W]``).
+
+    Each call draws fresh independent votes (exact binomials), as the sampler's disjoint draws are.
+    """
+
+    def __init__(self, p1, seed):
+        self.num_classes = 2
+        self.p1 = np.asarray(p1, dtype=np.float64)
+        self.rng = np.random.Generator(np.random.Philox(key=seed))
+        self.asked = []
+
+    def counts(self, phase, n, start=0):
+        self.asked.append((phase, n, start))
+        k1 = self.rng.binomial(n, self.p1)
+        return torch.from_numpy(np.stack([n - k1, k1])).long()
 
 
-def count_wrong_images(certifier, trials=TRIALS, n0=10, n=100):
-    x, p1 = boundary_image()
-    smoothed = SmoothedSegmenter(ThresholdSegmenter(), None, SIGMA)
-    wrong = 0
+def worst_case_image(side=8, unanimous_rows=2, taus=(TAU,)):
+    """``p1 [side, side]``: the first rows unanimous (1.0), the rest split evenly between the taus."""
+    p1 = np.empty((side, side))
+    p1[:unanimous_rows] = 1.0
+    rest = np.arange((side - unanimous_rows) * side) % len(taus)
+    p1[unanimous_rows:] = np.asarray(taus)[rest].reshape(side - unanimous_rows, side)
+    return p1
+
+
+def wrong_images(certifier, *, taus=(TAU,), n0=100, n=1000, trials=TRIALS, alpha=ALPHA, p1=None):
+    """Per tau: the number of trials whose certificate has a wrongly certified pixel; and the draws used."""
+    p1 = worst_case_image(taus=taus) if p1 is None else p1
+    request = CertifyRequest(sigma=SIGMA, n0=n0, n=n, alpha=alpha, taus=taus)
+    wrong = dict.fromkeys(taus, 0)
+    used = []
     for trial in range(trials):
-        cert = smoothed.certify(x, certifier, n0=n0, n=n, alpha=ALPHA, taus=(TAU,), batch_size=110,
-                                seed=trial, image_id="boundary")[0]
-        p_of_label = torch.where(cert.labels == 1, p1, 1 - p1)
-        bad = (cert.labels != ABSTAIN) & (p_of_label <= TAU + 1e-12)
-        wrong += int(bad.any())
-    return wrong
+        certs = certifier.certify(BinomialVotes(p1, seed=trial), request)
+        for cert in certs:
+            p_of_label = np.where(cert.labels.numpy() == 1, p1, 1 - p1)
+            wrong[cert.tau] += bool(((cert.labels.numpy() != ABSTAIN) & (p_of_label <= cert.tau)).any())
+        used.append(certs[0].num_samples)
+    return wrong, used
 
 
-def soundness_bound(trials=TRIALS, alpha=ALPHA):
-    """Largest count of failing images a sound certifier (FWER <= alpha) reaches with prob. 1 - 1e-4."""
-    return int(binom.ppf(1 - 1e-4, trials, alpha))
+def error_lower_bound(wrong, trials=TRIALS, delta=DELTA):
+    """One-sided 1 - delta Clopper-Pearson lower bound on a proportion: Beta(delta; W, T - W + 1)."""
+    return 0.0 if wrong == 0 else float(beta.ppf(delta, wrong, trials - wrong + 1))
 
 
-@pytest.mark.parametrize("certifier", [SegCertify("holm"), SegCertify("bonferroni"), CohenPerPixel()],
-                         ids=["holm", "bonferroni", "cohen-per-pixel"])
+def within_alpha(wrong, trials=TRIALS, alpha=ALPHA):
+    return error_lower_bound(wrong, trials) <= alpha
+
+
+def test_pass_criterion_golden():
+    # Beta(0.001; 65, 936) = 0.04337: 65 / 1000 wrong is consistent with alpha 0.05; the criterion
+    # passes up to 73 / 1000 (lower bound 0.04999) and fails from 74 (0.05082)
+    assert error_lower_bound(65) == pytest.approx(0.0433654, abs=1e-6)
+    assert within_alpha(73) and not within_alpha(74) and within_alpha(0)
+    # a certifier with true error 2 alpha = 0.1 passes with probability P(Bin(1000, 0.1) <= 73) < 0.003
+    assert binom.cdf(73, 1000, 0.1) < 0.003
+
+
+class HolmAtTwiceAlpha(SegCertify):
+    """Broken on purpose: Holm at level 2 alpha (a modest overclaim, true error ~ 2 alpha)."""
+
+    def certify(self, votes, request):
+        certs = super().certify(votes, CertifyRequest(request.sigma, request.n0, request.n,
+                                                      min(2 * request.alpha, 0.999), request.taus))
+        return certs
+
+
+SOUND = [SegCertify("holm"), SegCertify("bonferroni"), CohenPerPixel()]
+BROKEN = [SegCertify("none"), CohenPerPixel(bonferroni=False), HolmAtTwiceAlpha()]
+
+
+@pytest.mark.parametrize("certifier", SOUND, ids=["holm", "bonferroni", "cohen-per-pixel"])
 def test_family_wise_error_stays_within_alpha(certifier):
-    assert count_wrong_images(certifier) <= soundness_bound()
+    wrong, _ = wrong_images(certifier)
+    assert within_alpha(wrong[TAU]), f"{wrong[TAU]} / {TRIALS} images wrong at alpha {ALPHA}"
+    assert wrong[TAU] > 0 or certifier.correction == "bonferroni"    # the image does reach the nulls
 
 
-@pytest.mark.parametrize("certifier", [SegCertify("none"), CohenPerPixel(bonferroni=False)],
-                         ids=["segcertify-uncorrected", "cohen-uncorrected"])
-def test_same_check_fails_without_multiple_testing_correction(certifier):
-    """The soundness test has power: dropping the correction breaks it."""
-    assert count_wrong_images(certifier) > soundness_bound()
+@pytest.mark.parametrize("certifier", BROKEN, ids=["segcertify-uncorrected", "cohen-uncorrected", "holm-2alpha"])
+def test_same_check_fails_on_a_broken_certifier(certifier):
+    """The check has power: no correction, or Holm at twice alpha, fails it."""
+    wrong, _ = wrong_images(certifier)
+    assert not within_alpha(wrong[TAU]), f"{wrong[TAU]} / {TRIALS}"
+
+
+def test_holm_error_is_close_to_alpha_on_this_image():
+    """The image is a sharp test: Holm's exact family-wise error here (closed form) is near alpha,
+    so a certifier overclaiming by 2x cannot hide in the slack."""
+    m0, n, n0 = 48, 1000, 100
+    select_1 = binom.sf(n0 // 2, n0, TAU)                  # class 1 selected (ties go to class 0)
+    needed = np.nonzero(binomial_pvalues(np.arange(n + 1), n, TAU) <= ALPHA / m0)[0][0]
+    q = binom.sf(needed - 1, n, TAU)                       # attained level of one null
+    exact = 1 - (1 - select_1 * q) ** m0
+    assert 0.8 * ALPHA < exact <= ALPHA
 
 
 def test_certifiable_pixels_are_certified():
-    """Not vacuous: the sound certifier does certify the clearly-above-tau block."""
-    x, _ = boundary_image()
+    """Not vacuous: through the real sampler, a sound certifier certifies the clearly-above-tau block."""
+    x = torch.full((1, 16, 16), 0.5 + SIGMA * norm.ppf(TAU))        # p(class 1) = tau exactly
+    x[:, :4] = 1.0                                                  # p(class 1) = Phi(2) = 0.977
     cert = SmoothedSegmenter(ThresholdSegmenter(), None, SIGMA).certify(
-        x, SegCertify(), n0=10, n=100, alpha=ALPHA, taus=(TAU,), seed=0, image_id="boundary")[0]
+        x, SegCertify(), key=NoiseKey(0, "boundary"), n0=10, n=100, alpha=0.1, taus=(TAU,))[0]
     assert (cert.labels[:4] == 1).float().mean() > 0.5
+
+
+def test_method_names_state_the_correction():
+    assert (SegCertify().name, SegCertify().correction) == ("segcertify", "holm")
+    assert (SegCertify("bonferroni").name, SegCertify("bonferroni").correction) == ("segcertify-bonferroni",
+                                                                                   "bonferroni")
+    assert (SegCertify("none").name, SegCertify("none").correction) == ("segcertify-none", "none")
+    assert (CohenPerPixel().name, CohenPerPixel().correction) == ("cohen-per-pixel", "bonferroni")
+    naive = CohenPerPixel(bonferroni=False)
+    assert (naive.name, naive.correction) == ("cohen-per-pixel-uncorrected", "none")
+    cert, = naive.certify(BinomialVotes(np.ones((2, 2)), 0), CertifyRequest(0.25, 10, 20, 0.05, (0.75,)))
+    assert cert.method == "cohen-per-pixel-uncorrected" and cert.info["correction"] == "none"
+    with pytest.raises(ValueError, match="bonferroni must be true or false, got 'no'"):
+        CohenPerPixel(bonferroni="no")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from certframe.interfaces import NoiseKey
 from certframe.diffusion_training import (build_scheduler, build_unet, max_timestep, resume_dir,
                                           save_diffusion_folder, train_diffusion)
 from certframe.plugins.datasets.synthetic import SyntheticLung
@@ -316,7 +317,7 @@ def test_denoisers_compose_with_the_certifier(name, options):
     sample = SyntheticLung(count=1, size=64, seed=0, split="test")[0]
     smoothed = SmoothedSegmenter(segmenter, denoiser, sigma=0.5)
     certs = smoothed.certify(sample.image, registry.create("certifier", "segcertify"), n0=10, n=100,
-                             alpha=0.001, taus=(0.75,), batch_size=55, image_id=sample.id)
+                             alpha=0.001, taus=(0.75,), batch_size=55, key=NoiseKey(0, sample.id))
     assert len(certs) == 1 and certs[0].sigma == 0.5
     assert certs[0].radius == pytest.approx(0.5 * 0.6744897501960817)
     assert certs[0].abstain_rate < 0.5

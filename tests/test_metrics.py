@@ -55,3 +55,20 @@ def test_multiclass_per_class_and_mean():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differs from target"):
         certified_dice(torch.zeros(2, 2, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_metric_row_says_when_the_truth_is_empty():
+    """An all-ABSTAIN certificate on an image without foreground scores 1.0 by the empty-mask rule;
+    the row says so (empty_truth), so tables can show it beside the metric."""
+    empty = torch.zeros(3, 3, dtype=torch.long)
+    abstain = t([[A] * 3] * 3)
+    assert metric_row(abstain, empty, ("background", "lesion")) == {"certified_dice": 1.0, "empty_truth": True}
+    one = empty.clone(); one[1, 1] = 1
+    assert metric_row(abstain, one, ("background", "lesion")) == {"certified_dice": 0.0, "empty_truth": False}
+    # K = 3: per class; the heart is absent from the truth, the lungs are not
+    gt = t([[0, 1, 1], [0, 1, 0]])
+    row = metric_row(t([[0, 1, 1], [A, A, 0]]), gt, ("background", "lungs", "heart"), prefix="clean_")
+    assert row == {"clean_dice": pytest.approx((0.8 + 1.0) / 2), "clean_dice_lungs": pytest.approx(0.8),
+                   "clean_dice_heart": 1.0, "empty_truth": False, "empty_truth_lungs": False,
+                   "empty_truth_heart": True}
+    assert metric_row(empty, empty, ("background", "lungs", "heart"))["empty_truth"] is True

@@ -1,8 +1,11 @@
+import hashlib
+
+import numpy as np
 import pytest
 import torch
 
-from certframe.interfaces import class_labels
-from certframe.sampler import NoiseVoter, accumulate_votes, check_totals, draw_seed, gaussian_noise
+from certframe.interfaces import NoiseKey, class_labels
+from certframe.sampler import NoiseVoter, accumulate_votes, check_totals, gaussian_noise, philox_key
 from conftest import ThresholdSegmenter
 
 
@@ -11,8 +14,8 @@ def labels_of(model):
 
 
 def make_voter(x, batch_size, seed=0, image_id="img"):
-    return NoiseVoter(labels_of(ThresholdSegmenter()), x, sigma=0.5, num_classes=2,
-                      batch_size=batch_size, seed=seed, image_id=image_id)
+    return NoiseVoter(labels_of(ThresholdSegmenter()), x, key=NoiseKey(seed, image_id), sigma=0.5,
+                      num_classes=2, batch_size=batch_size)
 
 
 @pytest.fixture
@@ -43,13 +46,98 @@ def test_draws_depend_on_seed_id_phase_and_offset(image):
     assert torch.equal(v.counts("estimation", 20) + v.counts("estimation", 30, start=20), base)
 
 
+def noise(seed=0, image_id="a", phase="p", start=0, count=1, shape=(1, 8, 8), dtype=torch.float32):
+    return gaussian_noise(shape, 1.0, key=NoiseKey(seed, image_id), phase=phase, start=start, count=count,
+                          device="cpu", dtype=dtype)
+
+
 def test_noise_is_gaussian_with_sigma():
-    noise = gaussian_noise((1, 64, 64), 0.5, seed=0, image_id="a", phase="p", start=0, count=20,
-                           device="cpu")
-    assert noise.shape == (20, 1, 64, 64)
-    assert noise.std().item() == pytest.approx(0.5, rel=0.02)
-    assert noise.mean().item() == pytest.approx(0.0, abs=0.01)
-    assert draw_seed(0, "a", "p", 1) != draw_seed(0, "a", "p", 2)
+    drawn = gaussian_noise((1, 64, 64), 0.5, key=NoiseKey(0, "a"), phase="p", start=0, count=20, device="cpu")
+    assert drawn.shape == (20, 1, 64, 64) and drawn.dtype == torch.float32
+    assert drawn.std().item() == pytest.approx(0.5, rel=0.02)
+    assert drawn.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert noise(dtype=torch.float64).dtype == torch.float64
+
+
+def test_torch_cpu_generator_keeps_only_32_bits_of_a_seed():
+    """Why the noise is not drawn by seeding torch's CPU generator per draw: seeds that differ only
+    above bit 32 give the same numbers, so 63-bit draw seeds collided with probability ~ n^2 / 2^33."""
+    gen = torch.Generator()
+    a = torch.randn(16, generator=gen.manual_seed(12345))
+    for high in (1 << 32, 1 << 40, 1 << 62):
+        assert torch.equal(torch.randn(16, generator=gen.manual_seed(12345 + high)), a)
+
+
+def test_the_stream_keeps_the_full_key_and_draw_index():
+    """Counter-based stream: keys that differ only in high bits, and draw indices that differ only
+    above bit 32, give different noise (the 32-bit truncation above would make them equal)."""
+    base = noise(seed=7)
+    for seed in (7 + (1 << 32), 7 + (1 << 40), 7 + (1 << 63)):
+        assert not torch.equal(noise(seed=seed), base)
+    assert not torch.equal(noise(start=3), noise(start=3 + (1 << 32)))
+    assert not torch.equal(noise(start=(1 << 63)), noise(start=(1 << 63) + 1))
+    assert not torch.equal(noise(phase="selection"), noise(phase="estimation"))
+    assert not torch.equal(noise(image_id="a"), noise(image_id="b"))
+    # the Philox key is the full 128-bit blake2b digest: keys differing only in the top 64 bits differ
+    key = philox_key(0, "a", "p")
+    assert key == int.from_bytes(hashlib.blake2b(b'[0, "a", "p"]', digest_size=16).digest(), "little")
+    # the encoding is injective: an id holding a separator cannot mimic another (id, phase)
+    assert philox_key(0, "a\x1fb", "c") != philox_key(0, "a", "b\x1fc")
+    assert philox_key(0, 'a", "b', "c") != philox_key(0, "a", 'b", "c')
+    low, high = key & ((1 << 64) - 1), key >> 64
+
+    def first(k):
+        return np.random.Generator(np.random.Philox(key=k)).standard_normal(4)
+    assert not np.array_equal(first(low), first(low | ((high ^ 1) << 64)))
+
+
+def test_no_two_draws_of_an_image_coincide():
+    """10^4 draws of one image (8 values each): all distinct. Under the old per-draw 32-bit seeding
+    a collision among 10^4 draws had probability ~0.012; here draws are disjoint counter blocks."""
+    drawn = noise(count=10_000, shape=(8,)).numpy()
+    assert len({row.tobytes() for row in drawn}) == 10_000
+
+
+def old_per_draw_seeding(seed, image_id, phase, index, shape=(1, 8, 8)):
+    """The earlier stream (kept as the broken control): a 63-bit blake2b seed per draw, given to
+    torch's CPU generator, which keeps its low 32 bits."""
+    digest = hashlib.blake2b(f"{seed}\x1f{image_id}\x1f{phase}\x1f{index}".encode(), digest_size=8).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return torch.randn(shape, generator=gen)
+
+
+def test_two_draws_that_collided_under_the_old_seeding_now_differ():
+    """Draws 7288 and 7882 of image "img" (seed 0, estimation): their old 63-bit seeds agree in the
+    low 32 bits, so the old scheme gave them identical noise (an n = 10^4 run drew both). The
+    counter-based stream gives them different noise."""
+    assert torch.equal(old_per_draw_seeding(0, "img", "estimation", 7288),
+                       old_per_draw_seeding(0, "img", "estimation", 7882))
+    a = noise(image_id="img", phase="estimation", start=7288)
+    b = noise(image_id="img", phase="estimation", start=7882)
+    assert not torch.equal(a, b)
+
+
+def test_noise_draw_i_is_the_same_in_any_batch():
+    whole = noise(start=5, count=12)
+    parts = torch.cat([noise(start=5, count=7), noise(start=12, count=5)])
+    assert torch.equal(whole, parts)
+    assert torch.equal(noise(start=9), whole[4:5])
+
+
+def test_noise_key_is_required_and_validated():
+    with pytest.raises(TypeError, match="key"):
+        NoiseVoter(labels_of(ThresholdSegmenter()), torch.rand(1, 4, 4), sigma=0.5, num_classes=2)
+    with pytest.raises(TypeError, match="NoiseKey"):
+        NoiseVoter(labels_of(ThresholdSegmenter()), torch.rand(1, 4, 4), key=(0, "a"), sigma=0.5,
+                   num_classes=2)
+    with pytest.raises(ValueError, match=r"image_id must be a non-empty string \(the image's id\), got ''"):
+        NoiseKey(0, "")
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64\), got -1"):
+        NoiseKey(-1, "a")
+    with pytest.raises(ValueError, match="seed must be an int"):
+        NoiseKey(True, "a")
+    with pytest.raises(ValueError, match="image_id must be a non-empty string"):
+        NoiseKey(0, 3)
 
 
 def test_vote_frequencies_match_closed_form():
@@ -73,8 +161,8 @@ def test_accumulate_votes_exact():
 def test_voter_checks_shapes(image):
     with pytest.raises(ValueError, match=r"one image \[C, H, W\]"):
         make_voter(image[None], 4)
-    bad = NoiseVoter(lambda z: torch.zeros(z.shape[0], 3, 3, dtype=torch.long), image, sigma=0.5,
-                     num_classes=2)
+    bad = NoiseVoter(lambda z: torch.zeros(z.shape[0], 3, 3, dtype=torch.long), image, key=NoiseKey(0, "i"),
+                     sigma=0.5, num_classes=2)
     with pytest.raises(ValueError, match="labels of shape"):
         bad.counts("estimation", 3)
     with pytest.raises(ValueError, match="number of samples must be a positive integer"):
@@ -89,7 +177,8 @@ def test_memory_does_not_hold_label_maps(image):
         seen.append(noisy.shape[0])
         return (noisy[:, 0] > 0.5).long()
 
-    NoiseVoter(model, image, sigma=0.5, num_classes=2, batch_size=16).counts("estimation", 1000)
+    NoiseVoter(model, image, key=NoiseKey(0, "i"), sigma=0.5, num_classes=2, batch_size=16).counts(
+        "estimation", 1000)
     assert max(seen) == 16 and sum(seen) == 1000
 
 
@@ -128,7 +217,7 @@ def test_noise_drawn_ahead_gives_the_same_votes_and_survives_a_failing_model(ima
             raise RuntimeError("model failed on batch 2")
         return labels_of(ThresholdSegmenter())(noisy)
 
-    voter = NoiseVoter(flaky, image, sigma=0.5, num_classes=2, batch_size=8, seed=0, image_id="img")
+    voter = NoiseVoter(flaky, image, key=NoiseKey(0, "img"), sigma=0.5, num_classes=2, batch_size=8)
     with pytest.raises(RuntimeError, match="batch 2"):
         voter.counts("estimation", 50, start=7)
     # the voter (and its generator) is usable again and gives the same votes as before

@@ -113,3 +113,48 @@ def test_alpha_outside_open_interval(alpha):
 def test_counts_must_be_positive_integers(n):
     with pytest.raises(ValueError, match="n0 must be a positive integer"):
         check_count("n0", n)
+
+
+# --- CertifyRequest validates itself once ------------------------------------------------
+
+def test_certify_request_normalises_valid_parameters():
+    from certframe.interfaces import CertifyRequest
+
+    req = CertifyRequest(sigma=np.float32(0.25), n0=np.int64(10), n=100.0, alpha="0.001", taus=[0.75, 0.9])
+    assert (req.sigma, req.n0, req.n, req.alpha, req.taus) == (0.25, 10, 100, 0.001, (0.75, 0.9))
+    assert type(req.n0) is int and type(req.sigma) is float
+    assert CertifyRequest(0.5, 1, 1, 0.05, 0.6).taus == (0.6,)          # one number is one tau
+    with pytest.raises(AttributeError):                                  # frozen: validated once, for good
+        req.sigma = float("inf")
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"sigma": float("inf")}, r"sigma must be a positive noise level \(finite, > 0\), got inf"),
+    ({"sigma": float("nan")}, r"sigma must be a positive noise level \(finite, > 0\), got nan"),
+    ({"sigma": -0.25}, r"got -0.25"), ({"sigma": "abc"}, r"sigma must be .* got 'abc'"),
+    ({"n0": 2.5}, r"n0 must be a positive integer number of samples, got 2.5"),
+    ({"n": True}, r"n must be a positive integer number of samples, got True"),
+    ({"n": "100"}, r"n must be a positive integer"),
+    ({"alpha": float("nan")}, r"alpha must lie in the open interval \(0, 1\), got nan"),
+    ({"alpha": 1.0}, r"alpha must lie in the open interval \(0, 1\), got 1.0"),
+    ({"taus": ()}, r"taus must be a non-empty sequence of thresholds in \(0.5, 1\), got \(\)"),
+    ({"taus": "0.75"}, r"taus must be a non-empty sequence"),
+    ({"taus": (0.75, 0.5)}, r"tau must lie in the open interval \(0.5, 1\), got 0.5"),
+    ({"taus": (float("nan"),)}, r"tau must lie in the open interval \(0.5, 1\), got nan"),
+])
+def test_certify_request_refuses_bad_parameters(kw, match):
+    from certframe.interfaces import CertifyRequest
+
+    args = dict(sigma=0.25, n0=10, n=100, alpha=0.001, taus=(0.75,))
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        CertifyRequest(**args)
+
+
+def test_smoothed_segmenter_refuses_infinite_sigma():
+    from certframe.smoothing import SmoothedSegmenter
+    from conftest import ThresholdSegmenter
+
+    for sigma in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="sigma must be a positive noise level"):
+            SmoothedSegmenter(ThresholdSegmenter(), None, sigma)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from certframe.run import certify_dataset
+from certframe.interfaces import NoiseKey
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.smoothing import SmoothedSegmenter
 from conftest import ListDataset, ThresholdSegmenter
@@ -81,4 +82,4 @@ def test_class_count_mismatch():
 def test_smoothed_segmenter_checks_the_image():
     with pytest.raises(ValueError, match=r"shape \[C, H, W\]"):
         SmoothedSegmenter(ThresholdSegmenter(), None, 0.5).certify(
-            torch.rand(1, 1, 8, 8), SegCertify(), n0=5, n=10, alpha=0.01)
+            torch.rand(1, 1, 8, 8), SegCertify(), key=NoiseKey(0, "x"), n0=5, n=10, alpha=0.01)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from certframe.interfaces import Certifier, Denoiser, SegmentationDataset, Segmenter
+from certframe.interfaces import CertifyRequest, Certifier, Denoiser, SegmentationDataset, Segmenter
 from certframe.run.build import Names, build_plugins, check_plugins, prepare_models, resolve_device
 from certframe.run.certify import image_results, progress_bar, smoothed_segmenter
 from certframe.run.manifest import attack_manifest
@@ -26,7 +26,6 @@ from certframe.run.selection import run_size, select_indices
 from certframe.run.spec import AttackSpec
 from certframe.run.step import AttackStep
 from certframe.runs import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
-from certframe.smoothing import make_request
 
 ATTACK_SUMMARY, ROBUSTNESS = "summary.json", "robustness.json"
 # columns every attack results table has (checked when a run folder is read back)
@@ -57,7 +56,7 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
     """
     from certframe.attacks.suite import attack_jobs
 
-    request = make_request(sigma, n0, n, alpha, taus)
+    request = CertifyRequest(sigma, n0, n, alpha, taus)
     attack_options = dict(attack_options or {})
     unknown = sorted(set(attack_options) - set(attacks))
     if unknown:

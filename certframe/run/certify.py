@@ -26,7 +26,7 @@ from certframe.run.selection import run_size, samples, select_indices
 from certframe.run.spec import RunSpec
 from certframe.run.step import CertifyStep, ImageResult
 from certframe.runs import RunFolder, summarize
-from certframe.smoothing import SmoothedSegmenter, make_request
+from certframe.smoothing import SmoothedSegmenter
 
 log = logging.getLogger("certframe.certify")
 
@@ -85,7 +85,7 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
     called after each image. accelerate: an :class:`~certframe.accelerate.Acceleration`
     or None (plain fp32, no prefetch). batch_size: draws per pass or ``"auto"``.
     """
-    request = make_request(sigma, n0, n, alpha, taus)
+    request = CertifyRequest(sigma, n0, n, alpha, taus)
     device = resolve_device(device)
     segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
     smoothed = smoothed_segmenter(segmenter, denoiser, request, device, accelerate)

@@ -20,7 +20,6 @@ from typing import Any, Sequence
 
 from certframe.interfaces import CertifyRequest
 from certframe.run.provenance import absolute_paths
-from certframe.statistics import check_alpha, check_tau
 
 PLUGIN_KINDS = ("dataset", "segmenter", "denoiser", "certifier")
 
@@ -51,15 +50,6 @@ def _int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
         raise SpecError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _wrap(check, *args):
-    try:
-        return check(*args)
-    except SpecError:
-        raise
-    except ValueError as err:
-        raise SpecError(str(err)) from None
 
 
 def check_batch_size(value: Any) -> int | str:
@@ -117,14 +107,15 @@ class RunSpec:
             if not isinstance(options, dict):
                 raise SpecError(f"{kind}_options must be a dict of KEY=VALUE options, got {options!r}")
             set_(f"{kind}_options", absolute_paths(options))
-        set_("sigma", check_sigma(self.sigma))
-        set_("n0", _int("n0", self.n0, 1))
-        set_("n", _int("n", self.n, 1))
-        set_("alpha", _wrap(check_alpha, _number("alpha", self.alpha)))
-        taus = self.taus if isinstance(self.taus, (list, tuple)) else (self.taus,)
-        if not taus:
-            raise SpecError("at least one tau is needed (a threshold in (0.5, 1))")
-        set_("taus", tuple(_wrap(check_tau, _number("tau", t)) for t in taus))
+        # the request's own validation (certframe.interfaces.CertifyRequest), once
+        sigma = check_sigma(self.sigma)
+        try:
+            request = CertifyRequest(sigma, self.n0, self.n, self.alpha, self.taus)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+        for key in ("sigma", "n0", "n", "alpha", "taus"):
+            set_(key, getattr(request, key))
+        set_("_request", request)
         set_("batch_size", check_batch_size(self.batch_size))
         set_("seed", _int("seed", self.seed, 0))
         if not isinstance(self.device, str) or not self.device:
@@ -139,8 +130,8 @@ class RunSpec:
 
     @property
     def request(self) -> CertifyRequest:
-        """The certification request every image of the run is asked."""
-        return CertifyRequest(sigma=self.sigma, n0=self.n0, n=self.n, alpha=self.alpha, taus=self.taus)
+        """The certification request every image of the run is asked (validated with the spec)."""
+        return self._request
 
     def options(self, kind: str) -> dict:
         return getattr(self, f"{kind}_options")

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from certframe import metrics
-from certframe.interfaces import Certifier, CertifyRequest, Sample, SegmentationDataset, class_labels
+from certframe.interfaces import Certifier, CertifyRequest, NoiseKey, Sample, SegmentationDataset, class_labels
 from certframe.results import Certificate
 from certframe.run.build import Names
 from certframe.smoothing import SmoothedSegmenter
@@ -101,7 +101,7 @@ class CertifyStep:
         """
         if self.batch_size == "auto":
             self.batch_size = resolve_batch_size("auto", self.smoothed, x, self.request)
-        votes = self.smoothed.voter(x, batch_size=self.batch_size, seed=self.seed, image_id=image_id)
+        votes = self.smoothed.voter(x, NoiseKey(self.seed, image_id), batch_size=self.batch_size)
         if record:
             votes = RecordingVotes(votes)
         certs = self.certifier.certify(votes, self.request)

@@ -96,7 +96,10 @@ Options:
 
 Votes: int64 ``[K, H, W]`` counts from a :class:`~certframe.interfaces.VoteSource`;
 returns one :class:`~certframe.results.Certificate` per tau with labels int64
-``[H, W]`` (class or ABSTAIN), ``num_samples = n0 + estimation draws used``, and in
+``[H, W]`` (class or ABSTAIN), ``num_samples = n0 + estimation draws used``,
+``pvalues`` float64 ``[H, W]``: for a certified pixel the raw p-value at the DECIDING
+look (the look that certified it, ``P(Binomial(n_j, tau) >= k_i)``), for any other pixel
+the p-value at the last look made; ``correction`` ``"holm+<spending>-spending"``; and in
 ``info``: ``looks`` (the looks made), ``schedule`` (all looks), ``alpha_per_look``,
 ``stopped_at`` (estimation draws used), ``certified_per_look``, ``futile`` (pixel
 count) and ``expected_dice_shortfall`` (at the look where sampling stopped; 0 after
@@ -104,17 +107,18 @@ the last look, where nothing is left to draw).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import numpy as np
 import torch
 from scipy.stats import beta as beta_dist
-from scipy.stats import binom
+from scipy.special import bdtrc
 
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource
 from certframe.results import Certificate
-from certframe.statistics import binomial_pvalues, certified_radius, check_alpha, holm_reject
+from certframe.statistics import binomial_pvalues, certified_radius, check_alpha, holm_reject, upper_tail_table
 
 SPENDINGS = ("bonferroni", "weighted", "none")
 
@@ -171,16 +175,22 @@ def alpha_spending(alpha: float, num_looks: int, spending: str = "bonferroni",
     raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
 
 
+@functools.lru_cache(maxsize=256)
 def clopper_pearson_upper(n: int, beta: float) -> np.ndarray:
-    """Table ``U[k]``, k = 0..n: one-sided ``1 - beta`` Clopper-Pearson upper bound (1 at k = n)."""
+    """Table ``U[k]``, k = 0..n: one-sided ``1 - beta`` Clopper-Pearson upper bound (1 at k = n).
+
+    Read-only and cached: every image of a run asks for the same looks.
+    """
     ks = np.arange(n + 1)
     with np.errstate(invalid="ignore"):
-        return np.where(ks == n, 1.0, beta_dist.ppf(1 - beta, ks + 1, np.maximum(n - ks, 1)))
+        table = np.where(ks == n, 1.0, beta_dist.ppf(1 - beta, ks + 1, np.maximum(n - ks, 1)))
+    table.setflags(write=False)
+    return table
 
 
 def min_certifiable_count(n: int, tau: float, level: float) -> int:
     """Smallest k in 0..n with ``P(Binomial(n, tau) >= k) <= level`` (n + 1 if none)."""
-    table = binom.sf(np.arange(n + 1) - 1, n, tau)
+    table = upper_tail_table(int(n), float(tau))        # decreasing in k
     ok = np.nonzero(table <= level)[0]
     return int(ok[0]) if ok.size else n + 1
 
@@ -203,7 +213,9 @@ def certification_chance(k: np.ndarray, n_j: int, n_last: int, needed: int) -> n
     to come, at the pixel's observed rate. A stopping heuristic (it never enters a test).
     """
     k = np.asarray(k, dtype=np.int64)
-    return binom.sf(needed - k - 1, n_last - n_j, k / n_j)
+    x, rest = needed - k - 1, n_last - n_j
+    # bdtrc(x, N, p) = P(X > x) = scipy.stats.binom.sf without its argument checks (3x faster); nan for x > N
+    return np.where(x >= rest, 0.0, bdtrc(np.minimum(x, rest), rest, k / n_j))
 
 
 def expected_dice_shortfall(chance: np.ndarray, certified: np.ndarray, labels: np.ndarray,
@@ -254,6 +266,8 @@ class AdaptiveSegCertify(Certifier):
         if self.min_look < 1 or self.max_looks < 1:
             raise ValueError(f"min_look and max_looks must be >= 1, got {min_look}, {max_looks}")
         self.name = "adaptive" if spending != "none" else "adaptive-unspent"
+        # Holm over the pixels at each look, alpha spent over the looks (none: NOT sound)
+        self.correction = f"holm+{spending}-spending" if spending != "none" else "holm+no-spending"
 
     def schedule(self, request: CertifyRequest, m: int) -> list[int]:
         """The looks for ``request`` on an image of ``m`` pixels (fixed before any draw)."""
@@ -276,6 +290,7 @@ class AdaptiveSegCertify(Certifier):
         futile = {t: np.zeros(m, dtype=bool) for t in taus}
         per_look = {t: [] for t in taus}
         last_p = {t: np.ones(m) for t in taus}
+        deciding_p = {t: np.ones(m) for t in taus}     # p of each pixel at the look that certified it
         shortfall = {t: 0.0 for t in taus}
         k = None
         used = 0
@@ -295,6 +310,7 @@ class AdaptiveSegCertify(Certifier):
                 rejected = holm_reject(np.where(certified[tau], 0.0, p), alpha_j)
                 fresh = rejected & ~certified[tau] & ~futile[tau]
                 certified[tau] |= fresh
+                deciding_p[tau][fresh] = p[fresh]
                 per_look[tau].append(int(fresh.sum()))
                 if upper is None:           # the last look: nothing left to draw
                     shortfall[tau] = 0.0
@@ -322,8 +338,8 @@ class AdaptiveSegCertify(Certifier):
             certs.append(Certificate(
                 labels=out, radius=certified_radius(request.sigma, tau), tau=tau, sigma=request.sigma,
                 alpha=request.alpha, method=self.name, num_samples=request.n0 + used,
-                pvalues=torch.from_numpy(last_p[tau].reshape(shape)),
-                info={"correction": "holm", "spending": self.spending, "looks": looks[: len(per_look[tau])],
+                pvalues=torch.from_numpy(np.where(certified[tau], deciding_p[tau], last_p[tau]).reshape(shape)),
+                info={"correction": self.correction, "spending": self.spending, "looks": looks[: len(per_look[tau])],
                       "schedule": looks, "alpha_per_look": alphas, "stopped_at": used,
                       "certified_per_look": per_look[tau], "futile": int(futile[tau].sum()),
                       "expected_dice_shortfall": shortfall[tau]}))

@@ -22,13 +22,21 @@ class CohenPerPixel(Certifier):
 
     Compared with ``segcertify`` (Holm), this needs no threshold to produce radii
     but spends the whole alpha / m on every pixel, so it abstains more at a given
-    tau. ``bonferroni=False`` is the truly naive, uncorrected version.
+    tau. ``bonferroni=False`` is the truly naive, uncorrected version: only each
+    pixel's error is bounded, not the image's (its family-wise error on an image with
+    many pixels at tau is far above alpha, see tests/test_certifiers.py). It is named
+    ``cohen-per-pixel-uncorrected`` with ``correction = "none"`` so that its results are
+    never written under the corrected method's name.
     """
 
     name = "cohen-per-pixel"
 
     def __init__(self, bonferroni: bool = True):
-        self.bonferroni = bool(bonferroni)
+        if not isinstance(bonferroni, bool):
+            raise ValueError(f"bonferroni must be true or false, got {bonferroni!r}")
+        self.bonferroni = bonferroni
+        self.correction = "bonferroni" if bonferroni else "none"
+        self.name = "cohen-per-pixel" if bonferroni else "cohen-per-pixel-uncorrected"
 
     def certify(self, votes: VoteSource, request: CertifyRequest) -> list[Certificate]:
         c_hat = votes.counts("selection", request.n0).argmax(dim=0)
@@ -46,5 +54,5 @@ class CohenPerPixel(Certifier):
             certs.append(Certificate(labels=labels, radius=certified_radius(request.sigma, tau), tau=tau,
                                      sigma=request.sigma, alpha=request.alpha, method=self.name,
                                      num_samples=request.n0 + request.n, pixel_radius=radius_t,
-                                     info={"correction": "bonferroni" if self.bonferroni else "none"}))
+                                     info={"correction": self.correction}))
         return certs

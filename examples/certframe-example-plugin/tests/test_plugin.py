@@ -10,6 +10,7 @@ import torch
 import certframe_example_plugin
 from certframe import SmoothedSegmenter
 from certframe.contract import check_dataset, check_plugin, check_segmenter
+from certframe.interfaces import NoiseKey
 from certframe.registry import PluginError, get_registry
 from certframe_example_plugin.dataset import CSVDataset
 from certframe_example_plugin.segmenter import TinyCNN
@@ -68,7 +69,7 @@ def test_certified_segmentation_is_useful_and_random_weights_are_not(example_roo
         g = SmoothedSegmenter(seg, None, sigma=0.25)
         dice = []
         for s in test:
-            cert, = g.certify(s.image, certifier, n0=10, n=100, alpha=0.01, taus=[0.75], image_id=s.id)
+            cert, = g.certify(s.image, certifier, key=NoiseKey(0, s.id), n0=10, n=100, alpha=0.01, taus=[0.75])
             dice.append(mean_dice(cert.labels, s.mask, 2))
         return sum(dice) / len(dice)
 
