@@ -10,7 +10,7 @@ noise-trained segmenter fails, at sigma 0.5 and 1.0. This script measures it.
 1. A DDPM (diffusers UNet2DModel, block_out_channels ``--ddpm-channels``) trained
    here on the train split at ``--ddpm-size`` (64x64: CPU-feasible), timesteps
    concentrated on ``0 .. t*(1.25 s)`` with s = 1.0 x the noise shrink of the
-   128 -> 64 resize (0.315) (:mod:`certframe.diffusion_training`), EMA
+   128 -> 64 resize (0.315) (:mod:`certframe.plugins.denoisers.ddpm_training`), EMA
    weights; resumable, saved to ``benchmarks/out/kvasir/ddpm-kvasir-<size>``. At
    certification the 128x128 noisy images are resized to the DDPM's resolution
    (with ``t*`` for the noise std after resizing) and the result resized back.
@@ -105,7 +105,7 @@ def main(argv=None):
     p.add_argument("--results", type=Path, default=HERE / "results" / "kvasir_diffusion.txt")
     args = p.parse_args(argv)
 
-    from certframe.diffusion_training import resume_dir, train_diffusion
+    from certframe.plugins.denoisers.ddpm_training import resume_dir, train_diffusion
     from certframe.engine import Names, certify_dataset
     from certframe.plugins.denoisers.ddim import DDIMDenoiser
     from certframe.plugins.denoisers.ddpm import DDPMDenoiser
