@@ -20,6 +20,7 @@ COMMANDS = {
     "certframe.cli.report_cmd": "report",
     "certframe.cli.attack_cmd": "attack",
     "certframe.cli.evaluate_cmd": "evaluate",
+    "certframe.cli.convert_cmd": "convert",
 }
 
 

@@ -20,6 +20,14 @@ def train_ddpm(dataset, output, **options):
     return train_diffusion(dataset, output, **options)
 
 
+def convert_guided_diffusion(checkpoint, output, **flags):
+    """Convert an OpenAI guided-diffusion checkpoint: :func:`certframe.plugins.denoisers.guided_diffusion.convert_guided_diffusion`."""
+    from .guided_diffusion import convert_guided_diffusion as convert
+
+    overwrite = flags.pop("overwrite", False)
+    return convert(checkpoint, output, flags, overwrite=overwrite)
+
+
 class DDPMDenoiser(Denoiser):
     """One-shot denoising with a DDPM: one network call at the timestep that matches sigma.
 
@@ -49,6 +57,7 @@ class DDPMDenoiser(Denoiser):
 
     steps = 1
     trainer = staticmethod(train_ddpm)  # found by `certframe train denoiser` through the registry
+    converters = {"guided-diffusion": convert_guided_diffusion}  # found by `certframe convert`
 
     def __init__(self, model: str | Path = "ddpm-synthetic-lung", device: str = "cpu", clip: bool = True,
                  allow_untrained_sigma: bool = False):
