@@ -378,6 +378,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         f"{steps} steps, batch {batch_size}, lr {lr}, checkpoint every {checkpoint_every}, device {device}")
     acp = scheduler.alphas_cumprod.to(device)
     running, seen, done, at_boundary = 0.0, 0, start, True
+    loop_started = time.perf_counter()  # the time left is estimated from the steps alone, not the data loading
     bar = training_progress(console, enabled=progress)
     try:
         with bar, _DeferredInterrupt() as interrupt:
@@ -406,7 +407,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
                     history.append({"step": done, "loss": running / seen})
                     running, seen = 0.0, 0
                     wall, _ = elapsed()
-                    rate = (time.perf_counter() - started) / (done - start)
+                    rate = (time.perf_counter() - loop_started) / (done - start)
                     log(f"step {done}/{steps} loss {history[-1]['loss']:.5f} "
                         f"ema_decay {ema.get_decay(ema.optimization_step):.4f} elapsed {wall:.0f}s "
                         f"left {rate * (steps - done):.0f}s")
