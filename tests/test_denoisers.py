@@ -380,6 +380,42 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_is_exact(tmp_path):
     assert log.index("interrupted at step 2/4") < log.index("resume at step 2")
 
 
+def test_a_real_sigint_is_deferred_to_the_end_of_the_step(tmp_path):
+    """os.kill(SIGINT) mid-run (what Ctrl-C sends): the step finishes, state + EMA model are saved, resume is exact."""
+    import os
+    import signal
+
+    data = SyntheticLung(count=8, size=16, split="train")
+    opts = dict(block_out_channels=(8, 16), steps=3, batch_size=4, lr=1e-3, checkpoint_every=10, log_every=1)
+    train_diffusion(data, tmp_path / "a", **opts)
+
+    def ctrl_c(record):
+        if record["step"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only records it; the step completes
+
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(data, tmp_path / "b", **opts, on_log=ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert json.loads((resume_dir(tmp_path / "b") / "state.json").read_text())["step"] == 1
+    train_diffusion(data, tmp_path / "b", **opts, resume=True)
+    a = diffusion.load_diffusion_model(tmp_path / "a").unet.state_dict()
+    b = diffusion.load_diffusion_model(tmp_path / "b").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_denoiser_command_on_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    from certframe.cli import main
+    from certframe.plugins.denoisers.ddpm import DDPMDenoiser as Plugin
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Plugin, "trainer", staticmethod(interrupted))
+    result = CliRunner().invoke(main, ["train", "denoiser", "--dataset", "synthetic-lung", "--dataset-option",
+                                       "count=2", "--output", str(tmp_path / "d"), "-q"])
+    assert result.exit_code != 0 and "--resume" in result.output and "train.log" in result.output
+
+
 def test_train_denoiser_command(tmp_path):
     from certframe.cli import main
 

@@ -60,6 +60,11 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
         raise ValueError("--resume and --overwrite exclude each other")
     train = registry.create("dataset", dataset, **dataset_options, split="train")
     dev = resolve_device(device)
+    h, w = (int(v) for v in train[0].image.shape[-2:])
+    if size is not None and (size, size) != (h, w):
+        console.print(f"[yellow]note: the data set's images (what the segmenter sees) are {h}x{w}; a {size}x{size} "
+                      f"denoiser resizes them before and after denoising (--max-sigma is on the {h}x{w} images)"
+                      f"[/yellow]")
     console.print(f"training a {denoiser} denoiser on {dataset}: {len(train)} images, {train.in_channels} "
                   f"channel(s), UNet {list(channels)}, {steps} steps, device {dev}; log: {output / 'train.log'}")
     result = trainer(train, output, size=size, block_out_channels=channels, layers_per_block=layers_per_block,
