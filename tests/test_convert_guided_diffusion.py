@@ -296,6 +296,12 @@ def test_file_conversion_and_refusals(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(den.diffusion.unet(x, t).sample, adm(x, t)[:, :3], rtol=1e-4, atol=1e-4)
         assert den(torch.rand(2, 3, 16, 16), 0.5).shape == (2, 3, 16, 16)
+    import hashlib
+    import json
+
+    record = json.loads((out / "certframe.json").read_text())["converted_from"]
+    assert record["sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest() and record["file"] == str(pt.resolve())
+    assert record["flags"]["attention_resolutions"] == [8] and "training" not in record
     with pytest.raises(FileExistsError):
         convert_guided_diffusion(pt, tmp_path / "converted", cfg)
     # refused inputs
