@@ -147,6 +147,18 @@ def denoiser_quality(denoiser, dataset, sigmas: Sequence[float], *, segmenter=No
     return pd.DataFrame(out, columns=[c for c in SUMMARY_COLUMNS if c in out[0]])
 
 
+def quality_records(table: pd.DataFrame) -> list[dict]:
+    """The table as JSON-able rows (NaN -> None, inf -> "inf", numpy scalars -> Python): for manifests and reports."""
+    def plain(value):
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None if math.isnan(value) else str(value)
+        return value
+
+    return [{k: plain(v) for k, v in row.items()} for row in table.to_dict("records")]
+
+
 def _dice(segmenter, images: torch.Tensor, masks: list[torch.Tensor]) -> list[float]:
     dev = _device(segmenter)
     labels = class_labels(segmenter(images.to(dev))).cpu()

@@ -153,6 +153,11 @@ def test_shipped_ddpm_rows_say_t_star_and_the_trained_range():
     assert (beyond["t_star"], beyond["in_range"]) == (475, False)
     assert math.isnan(beyond["psnr_denoised"]) and "largest sigma it supports on 64x64 images is 1.254" in beyond["note"]
     assert beyond["max_sigma"] == pytest.approx(1.2544, abs=1e-4)
+    from certframe.denoiser_quality import quality_records
+
+    records = quality_records(table)
+    assert records[1]["psnr_denoised"] is None and records[1]["in_range"] is False and records[0]["t_star"] == 258
+    assert json.loads(json.dumps(records)) == records  # what a manifest can hold
 
 
 # ------------------------------------------------------------------------ CLI

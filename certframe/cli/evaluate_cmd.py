@@ -35,20 +35,12 @@ def _cell(value, fmt: str = "{:.3f}") -> str:
     return str(value)
 
 
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    if hasattr(value, "item"):
-        return _jsonable(value.item())
-    return value
-
-
 def run_evaluate_denoiser(*, dataset: str, dataset_options: dict, denoiser: str, denoiser_options: dict,
                           sigmas, segmenter: str | None = None, segmenter_options: dict | None = None,
                           limit: int | None = None, seed: int = 0, batch_size: int = 8, output: Path | None = None,
                           registry=None, console=None):
     """Build the plugins, measure (:func:`denoiser_quality`), print a table, optionally write JSON; returns it."""
-    from certframe.denoiser_quality import denoiser_quality
+    from certframe.denoiser_quality import denoiser_quality, quality_records
 
     registry = registry or get_registry()
     console = console or Console()
@@ -81,7 +73,7 @@ def run_evaluate_denoiser(*, dataset: str, dataset_options: dict, denoiser: str,
         record = {"dataset": dataset, "dataset_options": dataset_options, "denoiser": denoiser,
                   "denoiser_options": denoiser_options, "segmenter": segmenter,
                   "segmenter_options": segmenter_options or {}, "seed": seed, "limit": limit,
-                  "rows": [{k: _jsonable(v) for k, v in r.items()} for r in table.to_dict("records")]}
+                  "rows": quality_records(table)}
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"wrote {output}")
