@@ -274,9 +274,11 @@ def test_shipped_model_refuses_sigma_beyond_its_trained_timesteps(shipped):
     assert shipped.check_sigma(2.0, (128, 128)) == 303
     with pytest.raises(ValueError, match="on 128x128 images is 3.984"):
         shipped.check_sigma(4.0, (128, 128))
-    # forward refuses too, before any network call
+    # forward refuses too, before any network call, and so does ddim (same model, same check)
     with pytest.raises(ValueError, match="trained on t in 0..440"):
         shipped(torch.rand(1, 1, 64, 64), 1.5)
+    with pytest.raises(ValueError, match="largest sigma it supports on 64x64 images is 1.254"):
+        DDIMDenoiser(steps=2)(torch.rand(1, 1, 64, 64), 1.3)
 
 
 def test_allow_untrained_sigma_warns_and_denoises():
@@ -332,6 +334,12 @@ def test_training_range_accounts_for_the_resize_and_the_schedule(tmp_path):
     acp = build_scheduler().alphas_cumprod
     with pytest.raises(ValueError, match="beyond the schedule's last timestep"):
         max_timestep(acp, 100.0)
+    kept = tmp_path / "kept"
+    tiny_model(kept)
+    with pytest.raises(ValueError, match="beyond the schedule"):  # refused before --overwrite deletes anything
+        train_diffusion(SyntheticLung(count=2, size=16, split="train"), kept, block_out_channels=(8, 16), steps=1,
+                        max_sigma=100.0, overwrite=True)
+    assert (kept / "certframe.json").is_file()
     # 32x32 images trained at 16x16: max_sigma is on the 32x32 images, t_max after the shrink
     data = SyntheticLung(count=4, size=32, split="train")
     res = train_diffusion(data, tmp_path / "m", size=16, block_out_channels=(8, 16), steps=1, batch_size=2)

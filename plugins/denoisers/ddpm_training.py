@@ -303,10 +303,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         raise ValueError("resume and overwrite exclude each other")
     output = Path(output)
     folder = resume_dir(output)
-    if overwrite:
-        shutil.rmtree(output, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-    elif not resume and (output.exists() or folder.exists()):
+    if not (resume or overwrite) and (output.exists() or folder.exists()):
         raise FileExistsError(f"{str(output)!r} or its training state {str(folder)!r} exists; resume it or "
                               f"remove it first (--resume / --overwrite)")
     device = torch.device(device)
@@ -325,6 +322,9 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
     unet = build_unet(size, channels, block_out_channels, layers_per_block, attention).to(device)
     scheduler = build_scheduler(num_train_timesteps, beta_schedule, prediction_type)
     t_max = max_timestep(scheduler.alphas_cumprod, max_sigma, margin, shrink)
+    if overwrite:  # only now, once every setting has been accepted
+        shutil.rmtree(output, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
     optim = torch.optim.Adam(unet.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
