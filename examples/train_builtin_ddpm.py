@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from certframe.diffusion_training import resume_dir, train_diffusion
+from certframe.plugins.denoisers.ddpm_training import resume_dir, train_diffusion
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.denoisers.diffusion import WEIGHTS_DIR
 

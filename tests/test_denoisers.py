@@ -11,8 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from certframe.interfaces import NoiseKey
-from certframe.diffusion_training import (build_scheduler, build_unet, max_timestep, resume_dir,
-                                          save_diffusion_folder, train_diffusion)
+from certframe.plugins.denoisers.ddpm_training import (build_scheduler, build_unet, default_checkpoint_every,
+                                                       max_timestep, resume_dir, save_diffusion_folder,
+                                                       train_diffusion)
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.denoisers import diffusion
 from certframe.plugins.denoisers.ddim import DDIMDenoiser
@@ -249,6 +250,66 @@ def test_missing_folder_fails_fast_without_network(tmp_path, monkeypatch):
         DDPMDenoiser(model=str(pickled))
 
 
+# ------------------------------------------------------------ trained range
+def test_shipped_model_refuses_sigma_beyond_its_trained_timesteps(shipped):
+    """ddpm-synthetic-lung was trained on t in 0..440 (max_sigma 1.0, margin 0.25, 64x64)."""
+    assert shipped.trained_t_max == 440
+    passes = {0.25: 144, 0.5: 258, 1.0: 396, 1.25: 440}
+    for sigma, t in passes.items():
+        assert shipped.check_sigma(sigma) == t and shipped.sigma_in_range(sigma) is True
+    for sigma, t in {1.26: 441, 1.3: 447, 1.5: 475}.items():
+        assert shipped.timestep(sigma) == t and shipped.sigma_in_range(sigma) is False
+        with pytest.raises(ValueError, match=rf"sigma {sigma:g} needs timestep t\*={t}.*ddpm-synthetic-lung.*"
+                                             rf"t in 0\.\.440.*largest sigma it supports on 64x64 images is 1\.254"):
+            shipped.check_sigma(sigma)
+    # the boundary: midpoint of the noise-to-signal ratios of t = 440 and 441, halved
+    ratio = diffusion.noise_to_signal(shipped.diffusion.alphas_cumprod)
+    assert shipped.max_sigma == pytest.approx(float(ratio[440] + ratio[441]) / 4, rel=1e-12)
+    assert shipped.max_sigma == pytest.approx(1.25441, abs=1e-5)
+    assert shipped.check_sigma(shipped.max_sigma * 0.9999) == 440
+    with pytest.raises(ValueError, match="largest sigma"):
+        shipped.check_sigma(shipped.max_sigma * 1.0001)
+    # 128x128 images are shrunk to the model's 64x64 first: much larger sigma stay in range
+    shrink = resized_noise_std(1.0, (128, 128), (64, 64))
+    assert shipped.max_sigma_at((128, 128)) == pytest.approx(shipped.max_sigma / shrink)
+    assert shipped.check_sigma(2.0, (128, 128)) == 303
+    with pytest.raises(ValueError, match="on 128x128 images is 3.984"):
+        shipped.check_sigma(4.0, (128, 128))
+    # forward refuses too, before any network call, and so does ddim (same model, same check)
+    with pytest.raises(ValueError, match="trained on t in 0..440"):
+        shipped(torch.rand(1, 1, 64, 64), 1.5)
+    with pytest.raises(ValueError, match="largest sigma it supports on 64x64 images is 1.254"):
+        DDIMDenoiser(steps=2)(torch.rand(1, 1, 64, 64), 1.3)
+
+
+def test_allow_untrained_sigma_warns_and_denoises():
+    den = DDPMDenoiser(allow_untrained_sigma=True)
+    with pytest.warns(UserWarning, match="allow_untrained_sigma.*t\\*=475"):
+        out = den(torch.rand(1, 1, 64, 64), 1.5)
+    assert out.shape == (1, 1, 64, 64)
+    with pytest.raises(ValueError, match="sigma"):  # a bad sigma is never allowed
+        den.check_sigma(float("nan"))
+
+
+def test_folder_without_a_training_record_is_assumed_fully_trained(tiny):
+    den = DDPMDenoiser(model=str(tiny))  # certframe.json holds {"test": true}: no training.t_max
+    assert den.trained_t_max is None and den.max_sigma == math.inf and den.sigma_in_range(5.0) is None
+    assert den.check_sigma(5.0) == den.timestep(5.0)
+    assert DDIMDenoiser(model=str(tiny), steps=2).max_sigma == math.inf
+
+
+def test_corrupt_or_interrupted_training_record(tmp_path):
+    tiny_model(tmp_path / "m")
+    record = tmp_path / "m" / "certframe.json"
+    record.write_text(json.dumps({"training": {"t_max": 5000}}))
+    with pytest.raises(ValueError, match=r"certframe.json.*t_max must be an integer timestep in 0..999, got 5000"):
+        DDPMDenoiser(model=str(tmp_path / "m"))
+    record.write_text(json.dumps({"training": {"t_max": 100}, "interrupted": {"step": 3, "steps": 10}}))
+    with pytest.warns(UserWarning, match="interrupted at step 3 of 10"):
+        den = DDIMDenoiser(model=str(tmp_path / "m"))
+    assert den.trained_t_max == 100 and den.check_sigma(0.1) <= 100
+
+
 # ------------------------------------------------------------------ training
 def test_training_resumes_to_the_same_weights(tmp_path):
     data = SyntheticLung(count=8, size=16, split="train")
@@ -270,6 +331,100 @@ def test_training_resumes_to_the_same_weights(tmp_path):
         train_diffusion(data, tmp_path / "a", **opts)
 
 
+def test_training_range_accounts_for_the_resize_and_the_schedule(tmp_path):
+    acp = build_scheduler().alphas_cumprod
+    with pytest.raises(ValueError, match="beyond the schedule's last timestep"):
+        max_timestep(acp, 100.0)
+    kept = tmp_path / "kept"
+    tiny_model(kept)
+    with pytest.raises(ValueError, match="beyond the schedule"):  # refused before --overwrite deletes anything
+        train_diffusion(SyntheticLung(count=2, size=16, split="train"), kept, block_out_channels=(8, 16), steps=1,
+                        max_sigma=100.0, overwrite=True)
+    assert (kept / "certframe.json").is_file()
+    # 32x32 images trained at 16x16: max_sigma is on the 32x32 images, t_max after the shrink
+    data = SyntheticLung(count=4, size=32, split="train")
+    res = train_diffusion(data, tmp_path / "m", size=16, block_out_channels=(8, 16), steps=1, batch_size=2)
+    shrink = resized_noise_std(1.0, (32, 32), (16, 16))
+    assert res.t_max == timestep_for_sigma(acp, 1.25 * shrink) < timestep_for_sigma(acp, 1.25)
+    den = DDPMDenoiser(model=str(tmp_path / "m"))
+    assert den.sigma_in_range(1.0, (32, 32)) and den.check_sigma(1.25, (32, 32)) == res.t_max
+    assert den.sigma_in_range(1.0, (16, 16)) is False  # the same sigma on the model's own size is beyond it
+    meta = json.loads((tmp_path / "m" / "certframe.json").read_text())
+    assert meta["training"]["data_size"] == [32, 32] and meta["training"]["cpu_seconds"] >= 0
+
+
+def test_default_checkpoint_cadence():
+    assert [default_checkpoint_every(n) for n in (1, 4, 95, 500, 2000, 10000)] == [1, 1, 10, 50, 200, 200]
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_resume_is_exact(tmp_path):
+    data = SyntheticLung(count=8, size=16, split="train")
+    opts = dict(block_out_channels=(8, 16), steps=4, batch_size=4, lr=1e-3, checkpoint_every=10, log_every=1)
+    train_diffusion(data, tmp_path / "a", **opts)
+
+    def ctrl_c_at_step_2(record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(data, tmp_path / "b", **opts, on_log=ctrl_c_at_step_2)
+    state = json.loads((resume_dir(tmp_path / "b") / "state.json").read_text())
+    assert state["step"] == 2  # no regular checkpoint before step 10: this one is the interrupt's
+    meta = json.loads((tmp_path / "b" / "certframe.json").read_text())
+    assert meta["interrupted"]["step"] == 2 and meta["interrupted"]["steps"] == 4
+    with pytest.warns(UserWarning, match="interrupted at step 2 of 4"):
+        DDPMDenoiser(model=str(tmp_path / "b"))  # the EMA model at step 2 is usable, and says what it is
+    with pytest.raises(FileExistsError, match="resume"):
+        train_diffusion(data, tmp_path / "b", **opts)
+    resumed = train_diffusion(data, tmp_path / "b", **opts, resume=True)
+    assert [h["step"] for h in resumed.history] == [1, 2, 3, 4]
+    a = diffusion.load_diffusion_model(tmp_path / "a").unet.state_dict()
+    b = diffusion.load_diffusion_model(tmp_path / "b").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "interrupted" not in json.loads((tmp_path / "b" / "certframe.json").read_text())
+    log = (tmp_path / "b" / "train.log").read_text()
+    for line in ("start:", "step 2/4 loss", "interrupted at step 2/4", "resume at step 2", "step 4/4 loss",
+                 "done: 4 steps"):
+        assert line in log, line
+    assert log.index("interrupted at step 2/4") < log.index("resume at step 2")
+
+
+def test_a_real_sigint_is_deferred_to_the_end_of_the_step(tmp_path):
+    """os.kill(SIGINT) mid-run (what Ctrl-C sends): the step finishes, state + EMA model are saved, resume is exact."""
+    import os
+    import signal
+
+    data = SyntheticLung(count=8, size=16, split="train")
+    opts = dict(block_out_channels=(8, 16), steps=3, batch_size=4, lr=1e-3, checkpoint_every=10, log_every=1)
+    train_diffusion(data, tmp_path / "a", **opts)
+
+    def ctrl_c(record):
+        if record["step"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only records it; the step completes
+
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(data, tmp_path / "b", **opts, on_log=ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert json.loads((resume_dir(tmp_path / "b") / "state.json").read_text())["step"] == 1
+    train_diffusion(data, tmp_path / "b", **opts, resume=True)
+    a = diffusion.load_diffusion_model(tmp_path / "a").unet.state_dict()
+    b = diffusion.load_diffusion_model(tmp_path / "b").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_denoiser_command_on_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    from certframe.cli import main
+    from certframe.plugins.denoisers.ddpm import DDPMDenoiser as Plugin
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Plugin, "trainer", staticmethod(interrupted))
+    result = CliRunner().invoke(main, ["train", "denoiser", "--dataset", "synthetic-lung", "--dataset-option",
+                                       "count=2", "--output", str(tmp_path / "d"), "-q"])
+    assert result.exit_code != 0 and "--resume" in result.output and "train.log" in result.output
+
+
 def test_train_denoiser_command(tmp_path):
     from certframe.cli import main
 
@@ -287,6 +442,12 @@ def test_train_denoiser_command(tmp_path):
     assert again.exit_code != 0 and "exists" in again.output
     bad = CliRunner().invoke(main, args[:-3] + ["--channels", "8,x", "--output", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "comma-separated" in bad.output
+    none = CliRunner().invoke(main, args[:-3] + ["--denoiser", "none", "--output", str(tmp_path / "y")])
+    assert none.exit_code != 0 and "denoiser 'none' has no trainer" in none.output
+    assert "trainable denoisers: ddim, ddpm" in none.output
+    assert "step 2/2 loss" in (out / "train.log").read_text()
+    replaced = CliRunner().invoke(main, args + ["--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
 
 
 # ------------------------------------------------------------ shipped model

@@ -200,3 +200,13 @@ def test_attack_accepts_batch_size_auto(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     r = CliRunner().invoke(main, ["--debug", "certify", *TINY, "--sigma", "inf", "--output", str(tmp_path / "x")])
     assert r.exit_code != 0 and r.exception is not None and "finite noise level" in str(r.exception)
+
+
+def test_a_denoiser_beyond_its_trained_range_is_refused_before_writing(tmp_path):
+    """The bundled DDPM was trained on t <= 440: at 32 px (the resize to 64 px lowers the noise) sigma 3.0
+    lies beyond it; the run stops before the folder exists, naming the largest sigma it supports."""
+    out = tmp_path / "run"
+    r = run("certify", *TINY, "--segmenter-option", "weights=synthetic-lung", "--denoiser", "ddpm",
+            "--sigma", "3.0", "--output", out, ok=False)
+    one_line_error(r, "ddpm-synthetic-lung", "largest sigma")
+    assert not out.exists()

@@ -22,6 +22,8 @@ COMMANDS = {
     "certframe.cli.train_cmd": "train",
     "certframe.cli.report_cmd": "report",
     "certframe.cli.attack_cmd": "attack",
+    "certframe.cli.evaluate_cmd": "evaluate",
+    "certframe.cli.convert_cmd": "convert",
 }
 
 

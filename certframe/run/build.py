@@ -128,8 +128,8 @@ def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
     """Checks that need the built plugins, made before anything is written.
 
     The segmenter's classes match the data set's; the denoiser accepts the run's sigma
-    (a denoiser that exposes ``check_sigma(sigma)`` refuses a noise level beyond what it
-    was trained for, naming the largest it supports).
+    (a denoiser that exposes ``check_sigma(sigma, image_size)`` refuses a noise level beyond
+    what it was trained for at the data set's image size, naming the largest it supports).
     """
     if plugins.segmenter.num_classes != plugins.dataset.num_classes:
         raise ValueError(f"the segmenter {spec.segmenter!r} predicts {plugins.segmenter.num_classes} classes, the "
@@ -137,7 +137,7 @@ def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
                          f"({', '.join(plugins.dataset.class_names)})")
     check = getattr(plugins.denoiser, "check_sigma", None)
     if callable(check):
-        check(spec.sigma)
+        check(spec.sigma, tuple(plugins.dataset[0].image.shape[-2:]))
 
 
 def resolved_options(entry, given: dict, built: Any = None) -> dict:

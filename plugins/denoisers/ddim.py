@@ -16,13 +16,16 @@ class DDIMDenoiser(DDPMDenoiser):
     Input ``[B, C, H, W]`` = ``x + eps`` in ``[0, 1]`` space (unclipped) and
     ``sigma``; output ``[B, C, H, W]`` in ``[0, 1]``; cost ``steps`` network calls.
 
+    Trained range: as ``ddpm`` (every DDIM timestep is ``<= t*``, so the check of
+    ``t*`` covers them all; :meth:`check_sigma`, ``max_sigma``).
+
     Options: model (bundled name ``"ddpm-synthetic-lung"`` or a local diffusers
-    folder), steps (k, default 4), device (cpu), clip (True).
+    folder), steps (k, default 4), device (cpu), clip (True), allow_untrained_sigma (False).
     """
 
     def __init__(self, model: str | Path = "ddpm-synthetic-lung", steps: int = 4, device: str = "cpu",
-                 clip: bool = True):
+                 clip: bool = True, allow_untrained_sigma: bool = False):
         if isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        super().__init__(model=model, device=device, clip=clip)
+        super().__init__(model=model, device=device, clip=clip, allow_untrained_sigma=allow_untrained_sigma)
         self.steps = int(steps)

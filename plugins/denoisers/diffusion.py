@@ -32,6 +32,15 @@ back. Resizing is a linear filter that averages pixels and so lowers the noise
 std; :func:`resized_noise_std` computes the exact (root-mean-square over pixels)
 std after resizing, and ``t*`` is chosen for that std.
 
+Trained range: a model trained by certframe records the timesteps it was trained
+on (``training.t_max`` in the folder's ``certframe.json``, see
+:mod:`certframe.plugins.denoisers.ddpm_training`). A network queried beyond them
+returns garbage, so :func:`check_trained_range` refuses a sigma whose ``t*`` (for
+the image size given, after :func:`resized_noise_std`) exceeds ``t_max``, naming
+the largest sigma supported (:func:`largest_sigma`). Folders without that record
+(third-party diffusers folders, converted checkpoints) are assumed trained on all
+timesteps of their schedule.
+
 Everything here is differentiable (no ``no_grad``/``inference_mode``): attacks
 back-propagate through the denoiser; the smoothing sampler already runs it under
 inference mode.
@@ -44,7 +53,10 @@ safetensors only: either the ``DDPMPipeline`` layout (``model_index.json``,
 """
 from __future__ import annotations
 
+import json
 import math
+import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -135,9 +147,14 @@ def resized_noise_std(sigma: float, in_size: tuple[int, int], out_size: tuple[in
     """
     if tuple(in_size) == tuple(out_size):
         return float(sigma)
+    return float(sigma) * _noise_shrink(tuple(int(v) for v in in_size), tuple(int(v) for v in out_size))
+
+
+@lru_cache(maxsize=64)
+def _noise_shrink(in_size: tuple[int, int], out_size: tuple[int, int]) -> float:
     h = _axis_row_sq_norms(in_size[0], out_size[0])
     w = _axis_row_sq_norms(in_size[1], out_size[1])
-    return float(sigma) * math.sqrt(float(h.mean() * w.mean()))
+    return math.sqrt(float(h.mean() * w.mean()))
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -155,10 +172,14 @@ class DiffusionModel(torch.nn.Module):
     alphas_cumprod: float32 buffer ``[T]`` (``abar_t``), moved with the module.
     prediction_type: what the unet predicts (epsilon, sample, v_prediction).
     path: the folder it came from.
+    trained_t_max: the largest timestep the model was trained on (``training.t_max``
+        of the folder's ``certframe.json``), or None when the folder does not record
+        it (third-party diffusers folders): such a model is ASSUMED to be trained on
+        every timestep of its schedule, as DDPMs usually are.
     """
 
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str,
-                 path: Path):
+                 path: Path, trained_t_max: int | None = None):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"{path}: scheduler prediction_type {prediction_type!r} is not one of "
@@ -167,6 +188,7 @@ class DiffusionModel(torch.nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float32), persistent=False)
         self.prediction_type = prediction_type
         self.path = Path(path)
+        self.trained_t_max = None if trained_t_max is None else int(trained_t_max)
 
     @property
     def in_channels(self) -> int:
@@ -176,6 +198,71 @@ class DiffusionModel(torch.nn.Module):
     def sample_size(self) -> tuple[int, int]:
         s = self.unet.config.sample_size
         return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+
+# ------------------------------------------------------------- trained range
+TRAINING_RECORD = "certframe.json"
+
+
+def read_trained_t_max(folder: Path, num_timesteps: int) -> int | None:
+    """``training.t_max`` from ``folder/certframe.json``; None when the file or the entry is absent.
+
+    A record that is not an integer in ``0 .. num_timesteps - 1`` is a ValueError
+    naming the file (a corrupt record must not silently widen the range).
+    """
+    record = Path(folder) / TRAINING_RECORD
+    if not record.is_file():
+        return None
+    try:
+        info = json.loads(record.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(record)!r} is not valid JSON: {err}") from err
+    if isinstance(info, dict) and info.get("interrupted"):
+        stop = info["interrupted"]
+        warnings.warn(f"{str(folder)!r} holds the EMA model of a training run interrupted at step "
+                      f"{stop.get('step')} of {stop.get('steps')}; resume it to finish", stacklevel=3)
+    t_max = (info.get("training") or {}).get("t_max") if isinstance(info, dict) else None
+    if t_max is None:
+        return None
+    if isinstance(t_max, bool) or not isinstance(t_max, int) or not 0 <= t_max < num_timesteps:
+        raise ValueError(f"{str(record)!r}: training.t_max must be an integer timestep in 0..{num_timesteps - 1}, "
+                         f"got {t_max!r}")
+    return t_max
+
+
+def largest_sigma(alphas_cumprod: torch.Tensor, t_max: int | None, image_size: tuple[int, int],
+                  model_size: tuple[int, int]) -> float:
+    """The largest sigma (on images of ``image_size``) whose ``t*`` is ``<= t_max``.
+
+    ``t* <= t_max`` exactly when the model-range noise ``2 s'`` (``s'`` = sigma
+    after resizing) lies at or below the midpoint of the noise-to-signal ratios
+    of ``t_max`` and ``t_max + 1`` (:func:`timestep_for_sigma` breaks ties towards
+    the smaller t); resizing scales sigma linearly (:func:`resized_noise_std`).
+    ``inf`` when ``t_max`` is None or the last timestep.
+    """
+    if t_max is None or t_max >= len(alphas_cumprod) - 1:
+        return math.inf
+    ratio = noise_to_signal(alphas_cumprod)
+    boundary = float(ratio[t_max] + ratio[t_max + 1]) / 4
+    return boundary / resized_noise_std(1.0, tuple(image_size), tuple(model_size))
+
+
+def check_trained_range(model: "DiffusionModel", sigma: float, image_size: tuple[int, int]) -> int:
+    """``t*`` for ``sigma`` on images of ``image_size``; ValueError when it lies beyond ``trained_t_max``.
+
+    The message names the folder, the timestep range trained on and the largest
+    sigma supported at this image size.
+    """
+    t_star = timestep_for_sigma(model.alphas_cumprod, resized_noise_std(sigma, tuple(image_size), model.sample_size))
+    if model.trained_t_max is not None and t_star > model.trained_t_max:
+        top = largest_sigma(model.alphas_cumprod, model.trained_t_max, image_size, model.sample_size)
+        h, w = image_size
+        raise ValueError(
+            f"sigma {sigma:g} needs timestep t*={t_star}, but the diffusion model {str(model.path)!r} was trained "
+            f"on t in 0..{model.trained_t_max} only ({TRAINING_RECORD}): the largest sigma it supports on "
+            f"{h}x{w} images is {top:.4g}. Train one for this sigma (certframe train denoiser --max-sigma "
+            f"{sigma:g}) or pass the denoiser option allow_untrained_sigma=true to use it anyway")
+    return t_star
 
 
 def bundled_models() -> list[str]:
@@ -234,7 +321,9 @@ def load_diffusion_model(model: str | Path, device: str | torch.device = "cpu") 
     unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=True,
                                        low_cpu_mem_usage=False)
     scheduler = DDPMScheduler.from_pretrained(str(sched_dir), local_files_only=True)
-    return DiffusionModel(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, folder).to(device)
+    t_max = read_trained_t_max(folder, len(scheduler.alphas_cumprod))
+    return DiffusionModel(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, folder,
+                          trained_t_max=t_max).to(device)
 
 
 # ------------------------------------------------------------------- denoise

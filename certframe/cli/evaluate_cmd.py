@@ -1,0 +1,112 @@
+"""``certframe evaluate denoiser``: PSNR / SSIM of a denoiser per sigma, its t*, trained range, Dice behind it.
+
+A thin command over :func:`certframe.denoiser_quality.denoiser_quality`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from certframe.cli.options import parse_options, plugin_option, seed_option
+from certframe.registry import PluginError, get_registry
+
+
+def _sigma(ctx, param, values):
+    for v in values:
+        if not (math.isfinite(v) and v > 0):
+            raise click.BadParameter(f"sigma must be a positive finite noise level, got {v}")
+    if not values:
+        raise click.BadParameter("give at least one --sigma")
+    return values
+
+
+def _cell(value, fmt: str = "{:.3f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else fmt.format(value)
+    return str(value)
+
+
+def run_evaluate_denoiser(*, dataset: str, dataset_options: dict, denoiser: str, denoiser_options: dict,
+                          sigmas, segmenter: str | None = None, segmenter_options: dict | None = None,
+                          limit: int | None = None, seed: int = 0, batch_size: int = 8, output: Path | None = None,
+                          registry=None, console=None):
+    """Build the plugins, measure (:func:`denoiser_quality`), print a table, optionally write JSON; returns it."""
+    from certframe.denoiser_quality import denoiser_quality, quality_records
+
+    registry = registry or get_registry()
+    console = console or Console()
+    if output is not None and Path(output).suffix != ".json":
+        raise ValueError(f"--output must be a .json file, got {str(output)!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    data = registry.create("dataset", dataset, **dataset_options)
+    den = registry.create("denoiser", denoiser, **denoiser_options)
+    seg = registry.create("segmenter", segmenter, **(segmenter_options or {})) if segmenter else None
+    table = denoiser_quality(den, data, sigmas, segmenter=seg, limit=limit, seed=seed, batch_size=batch_size)
+    view = Table(title=f"denoiser {denoiser} on {dataset} ({int(table['images'].iloc[0])} images, seed {seed})")
+    columns = [("sigma", "sigma", "{:g}"), ("t*", "t_star", "{}"), ("trained", "in_range", "{}"),
+               ("max sigma", "max_sigma", "{:.3f}"), ("PSNR noisy", "psnr_noisy", "{:.2f}"),
+               ("PSNR denoised", "psnr_denoised", "{:.2f}"), ("SSIM noisy", "ssim_noisy", "{:.3f}"),
+               ("SSIM denoised", "ssim_denoised", "{:.3f}")]
+    if seg is not None:
+        columns += [("Dice clean", "dice_clean", "{:.3f}"), ("Dice denoised", "dice_denoised", "{:.3f}")]
+    for title, _, _ in columns:
+        view.add_column(title, justify="right")
+    for row in table.to_dict("records"):
+        view.add_row(*[_cell(row[key], fmt) for _, key, fmt in columns])
+    console.print(view)
+    console.print("PSNR in dB against the clean image; the noisy input is clipped to [0, 1]; trained: whether t* "
+                  "lies in the timesteps the model was trained on (- : not recorded)")
+    for row in table.to_dict("records"):
+        if row["note"]:
+            console.print(f"[yellow]sigma {row['sigma']:g}: refused: {row['note']}[/yellow]")
+    if output is not None:
+        record = {"dataset": dataset, "dataset_options": dataset_options, "denoiser": denoiser,
+                  "denoiser_options": denoiser_options, "segmenter": segmenter,
+                  "segmenter_options": segmenter_options or {}, "seed": seed, "limit": limit,
+                  "rows": quality_records(table)}
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(record, indent=2) + "\n")
+        console.print(f"wrote {output}")
+    return table
+
+
+@click.group("evaluate")
+def evaluate():
+    """Measure a component on its own (denoiser quality)."""
+
+
+@evaluate.command("denoiser")
+@plugin_option("dataset", None, "Data set plugin (its test split by default).")
+@plugin_option("denoiser", "ddpm", "Denoiser plugin to measure.")
+@click.option("--segmenter", "segmenter_name", default=None,
+              help="Optional segmenter plugin: adds its Dice on clean and on denoised images.")
+@click.option("--segmenter-option", "segmenter_options", multiple=True, metavar="KEY=VALUE",
+              help="Option passed to the segmenter plugin (repeatable).")
+@click.option("--sigma", "sigmas", type=float, multiple=True, callback=_sigma, required=True,
+              help="Noise std in [0, 1] pixel units (repeatable).")
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Also write the table as JSON.")
+@seed_option
+def denoiser(dataset_name, dataset_options, denoiser_name, denoiser_options, segmenter_name, segmenter_options,
+             sigmas, limit, batch_size, output, seed):
+    """PSNR and SSIM of D(x + eps) and of x + eps against x per sigma, t*, trained range, Dice."""
+    try:
+        run_evaluate_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
+                              denoiser=denoiser_name,
+                              denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
+                              sigmas=sigmas, segmenter=segmenter_name,
+                              segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
+                              limit=limit, seed=seed, batch_size=batch_size, output=output)
+    except (PluginError, ValueError, FileNotFoundError, TypeError) as err:
+        raise click.ClickException(str(err)) from err
