@@ -4,7 +4,8 @@ Keys: ``format``, ``kind`` (``certify`` / ``attack``), ``label``, ``config`` (th
 resumed run must match: :meth:`RunSpec.config`), ``execution`` (batch size, device asked
 for, certificates, acceleration), ``device`` (the device used), ``plugins`` (each with its
 resolved options, distribution and version), ``correction``, ``dataset`` (identity and
-hash), ``classes``, ``versions``, ``command``, ``created``; the run folder adds ``status``,
+hash), ``classes``, ``denoiser_quality`` (PSNR / SSIM / t* / trained range of the denoiser at
+the run's sigma, :func:`denoiser_record`), ``versions``, ``command``, ``created``; the run folder adds ``status``,
 ``rows_per_image`` and the time stamps.
 """
 from __future__ import annotations
@@ -28,6 +29,26 @@ def correction(certifier, options: dict) -> str | None:
     return value if isinstance(value, str) else options.get("correction")
 
 
+QUALITY_IMAGES = 4
+"""Images on which a run measures its denoiser (PSNR / SSIM, t*, trained range) for the manifest."""
+
+
+def denoiser_record(spec: RunSpec, plugins: Plugins) -> list[dict] | None:
+    """The denoiser's quality at the run's sigma on the first images (None without a denoiser).
+
+    :func:`certframe.denoiser_quality.denoiser_quality` on ``QUALITY_IMAGES`` images, with the
+    segmenter's Dice on the denoised images: a poor denoiser shows here before its
+    certificates are read.
+    """
+    if spec.denoiser == "none" or plugins.denoiser is None:
+        return None
+    from certframe.denoiser_quality import denoiser_quality, quality_records
+
+    table = denoiser_quality(plugins.denoiser, plugins.dataset, [spec.sigma], segmenter=plugins.segmenter,
+                             limit=min(QUALITY_IMAGES, len(plugins.dataset)), seed=spec.seed)
+    return quality_records(table)
+
+
 def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
     """The manifest of a ``certframe certify`` run."""
     from certframe.accelerate import Acceleration
@@ -42,6 +63,7 @@ def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
             "device": str(device), "plugins": records, "provenance": provenance(spec, plugins),
             "correction": correction(plugins.certifier, records["certifier"]["options"]),
             "dataset": dataset_identity(plugins.dataset), "classes": list(plugins.dataset.class_names),
+            "denoiser_quality": denoiser_record(spec, plugins),
             "versions": package_versions(), "command": command_line(), "created": now()}
 
 
