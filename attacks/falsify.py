@@ -136,7 +136,7 @@ def covered_pixels(certificate) -> tuple[torch.Tensor, torch.Tensor]:
 def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.Tensor | None = None,
             radius_multiple: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS, steps: int = 20,
             restarts: int = 2, num_draws: int = 8, n_test: int | None = None, level: float = DEFAULT_LEVEL,
-            empirical: bool = True, empirical_upper: float = 4.0, empirical_iterations: int = 4,
+            empirical: bool = True, empirical_upper: float = 4.0, empirical_iterations: int = 5,
             seed: int = 0, image_id: str = "0", batch_size: int = 64) -> FalsificationResult:
     """Attack ``certificate``'s claim on ``x`` and test the attacked images; see the module docstring.
 
@@ -150,7 +150,7 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
         attack. n_test: fresh draws per tested pixel (default: :func:`default_n_test` of
         the number tested at ``level``). level: family-wise level of the test (default 0.001).
     empirical: run the minimal-norm search up to ``empirical_upper * R_i`` with
-        ``empirical_iterations`` bisection steps (default on, 4x, 4).
+        ``empirical_iterations`` bisection steps (default on, 4x, 5).
     seed, image_id: fix every draw (attack and test). batch_size: draws per forward pass of the test.
     """
     t0 = time.perf_counter()

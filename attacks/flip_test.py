@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
-from certframe.statistics import check_alpha, holm_reject
+from certframe.statistics import check_alpha
 
 DEFAULT_LEVEL = 0.001
 DEFAULT_P_ALT = 0.44
@@ -68,27 +68,47 @@ def clopper_pearson_upper(k, n: int, level: float) -> np.ndarray:
         return np.where(k >= n, 1.0, beta_dist.ppf(1 - level, k + 1, np.maximum(n - k, 1)))
 
 
+def holm_last_axis(pvalues: np.ndarray, level: float) -> np.ndarray:
+    """Holm's step-down procedure (Holm 1979) along the last axis of ``pvalues [..., m]``.
+
+    Sort each family's m p-values ascending; reject p_(1..j) for the largest j with
+    ``p_(i) <= level / (m - i + 1)`` for every i <= j. Equals
+    :func:`certframe.statistics.holm_reject` on each family; vectorised over families.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = p.shape[-1]
+    order = np.argsort(p, axis=-1, kind="stable")
+    thresholds = level / (m - np.arange(m))
+    passed = np.logical_and.accumulate(np.take_along_axis(p, order, axis=-1) <= thresholds, axis=-1)
+    rejected = np.zeros(p.shape, dtype=bool)
+    np.put_along_axis(rejected, order, passed, axis=-1)
+    return rejected
+
+
 def flip_test(k, n: int, level: float = DEFAULT_LEVEL, correction: str = "holm") -> tuple[np.ndarray, np.ndarray]:
     """Test H0_i: p_i >= 1/2 for m pixels with k_i of n fresh votes for their certified class.
 
-    Returns ``(rejected bool [m], upper float64 [m])``: Holm (``correction="holm"``,
-    the default) at family-wise level ``level`` over the m pixels, and the one-sided
-    Clopper-Pearson upper bounds at confidence ``1 - level / m``. m = 0 gives two
-    empty arrays. ``correction="none"`` (each pixel at ``level``) exists only to
+    k: int ``[m]`` (or ``[..., m]``: independent families, e.g. simulated trials).
+    Returns ``(rejected bool, upper float64)`` of k's shape: Holm (``correction="holm"``,
+    the default) at family-wise level ``level`` over the m pixels of each family, and
+    the one-sided Clopper-Pearson upper bounds at confidence ``1 - level / m``. m = 0
+    gives empty arrays. ``correction="none"`` (each pixel at ``level``) exists only to
     show, in the tests, that the correction is needed.
     """
     level = check_alpha(level)
-    k = np.asarray(k).reshape(-1)
+    k = np.asarray(k)
+    if k.ndim == 0:
+        k = k.reshape(1)
     if k.size == 0:
-        return np.zeros(0, dtype=bool), np.zeros(0)
+        return np.zeros(k.shape, dtype=bool), np.zeros(k.shape)
     p = flip_pvalues(k, n)
     if correction == "holm":
-        rejected = holm_reject(p, level)
+        rejected = holm_last_axis(p, level)
     elif correction == "none":
         rejected = p <= level
     else:
         raise ValueError(f"correction must be 'holm' or 'none', got {correction!r}")
-    return rejected, clopper_pearson_upper(k, n, level / k.size)
+    return rejected, clopper_pearson_upper(k, n, level / k.shape[-1])
 
 
 def critical_count(n: int, level: float) -> int:

@@ -39,14 +39,14 @@ class EmpiricalRadii:
     estimate: np.ndarray
 
 
-def minimal_flip_radius(model, sigma: float, x: torch.Tensor, pixels, classes, upper, *, iterations: int = 4,
-                        steps: int = 10, restarts: int = 1, num_draws: int = 8, flip_draws: int = 128,
+def minimal_flip_radius(model, sigma: float, x: torch.Tensor, pixels, classes, upper, *, iterations: int = 5,
+                        steps: int = 10, restarts: int = 1, num_draws: int = 8, flip_draws: int = 256,
                         seed: int = 0, generator: torch.Generator | None = None) -> EmpiricalRadii:
     """Bisection over the L2 budget with the pixel attack; see the module docstring.
 
     model, sigma, x, pixels ``[P, 2]``, classes ``[P]``: as
     :func:`~certframe.attacks.pixel_attack.attack_pixels`. upper: float ``[P]`` (or a
-    scalar) > 0, the largest budget per pixel. iterations: bisection steps (default 4);
+    scalar) > 0, the largest budget per pixel. iterations: bisection steps (default 5);
     steps / restarts / num_draws: of each attack; flip_draws: draws of the flip check.
     """
     if generator is None:

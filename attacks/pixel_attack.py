@@ -62,7 +62,7 @@ def apgd_checkpoints(steps: int) -> list[int]:
         if nxt > 1:
             break
         p.append(nxt)
-    return sorted({math.ceil(q * steps) for q in p[1:] if math.ceil(q * steps) >= 1})
+    return sorted({c for c in (math.ceil(round(q * steps, 9)) for q in p[1:]) if c >= 1})
 
 
 def project_l2_box(x: torch.Tensor, z: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
