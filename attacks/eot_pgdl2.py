@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torchattacks.attack import Attack
 
-from .base import SegmentationAttack, check_positive, default_alpha
+from .base import SegmentationAttack, check_positive, default_alpha, quiet_device_message
 from .pipeline import OBJECTIVES, DenoisedSegmenter, eot_gradient
 
 
@@ -46,7 +46,8 @@ class EOTPGDL2(SegmentationAttack):
                  alpha: float | None = None, steps: int = 10, num_draws: int = 8, draw_batch: int = 8,
                  objective: str = "expected-loss", random_start: bool = False, seed: int | None = 0):
         pipeline = _pipeline(model, sigma, denoiser)
-        Attack.__init__(self, type(self).__name__, pipeline)
+        with quiet_device_message():
+            Attack.__init__(self, type(self).__name__, pipeline)
         self._setup(eps=eps, norm=self.fixed_norm, seed=seed)
         self.sigma = pipeline.sigma
         self.steps = check_positive("steps", steps, integer=True)

@@ -575,3 +575,43 @@ def test_cli_attack_resume_guards(tmp_path, attack_reference):
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"
     with pytest.raises(RunError, match="truncated"):
         RunFolder(run).results(require_complete=False)
+
+
+# ------------------------------------------------------------------ issue 13: stronger base attacks
+def test_target_margin_golden():
+    from certframe.attacks.targeted import target_margin
+    # one image, 3 classes, 2 pixels: pixel 0 logits (1, 3, 0) target 0 -> margin 2; pixel 1 (5, 0, 1) target 0 -> -4
+    logits = torch.tensor([[[[1.0, 5.0]], [[3.0, 0.0]], [[0.0, 1.0]]]])
+    target = torch.zeros(1, 1, 2, dtype=torch.long)
+    assert target_margin(logits, target).tolist() == pytest.approx([(2 + 0) / 2])          # kappa 0
+    assert target_margin(logits, target, kappa=1.0).tolist() == pytest.approx([(2 - 1) / 2])
+    assert target_margin(logits, target, cap=1.5).tolist() == pytest.approx([(1.5 + 0) / 2])
+
+
+def test_pgd_default_step_scales_with_eps_and_best_iterate_is_kept():
+    seg = ThresholdSegmenter()
+    assert PGD(seg, eps=0.5, steps=10).alpha == pytest.approx(0.125)
+    assert PGD(seg, eps=1 / 255, steps=10).alpha == pytest.approx(2.5 / 2550)
+    # a too-large step oscillates between 0.4 and 0.6 around the optimum 0.55: the best iterate is kept
+    attack = PGD(seg, eps=0.2)
+    x = torch.full((1, 1, 2, 2), 0.6)
+
+    def objective(adv, t):
+        return -(adv - 0.55).pow(2).flatten(1).sum(dim=1)
+
+    best = attack.ascend(x, objective=objective, alpha=0.2, steps=3, start_random=False)
+    last = attack.ascend(x, lambda adv, t: -2 * (adv - 0.55), alpha=0.2, steps=3, start_random=False)
+    assert torch.allclose(best, x) and torch.allclose(last, torch.full_like(x, 0.4))
+    # restarts: more runs never end with a lower objective
+    one = objective(attack.ascend(x, objective=objective, alpha=0.07, steps=2, start_random=True,
+                                generator=torch.Generator().manual_seed(0)), 0)
+    three = objective(attack.ascend(x, objective=objective, alpha=0.07, steps=2, start_random=True, restarts=3,
+                                  generator=torch.Generator().manual_seed(0)), 0)
+    assert float(three) >= float(one)
+
+
+def test_no_device_message_for_a_parameter_free_model(capsys):
+    for factory in (PGD, PGDL2, SegPGD, TargetedPGD):
+        factory(ThresholdSegmenter())
+    EOTPGDL2(ThresholdSegmenter(), sigma=0.25)
+    assert "Failed to set device" not in capsys.readouterr().out

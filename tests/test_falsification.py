@@ -333,3 +333,24 @@ def test_falsify_input_errors(block_image):
             falsify(sm, block_image, cert)
     cov, rad = covered_pixels(replace(cert, pixel_radius=torch.zeros(16, 16)))
     assert int(cov.sum()) == 0 and float(rad.max()) == 0.0
+
+
+# ------------------------------------------------------------------ figure
+def test_empirical_vs_certified_radius_figure_writes_a_png(tmp_path):
+    from matplotlib.image import imread
+
+    from certframe.report.figures import empirical_vs_certified_radius, save_png
+
+    rows = pd.DataFrame({"method": ["segcertify"] * 3 + ["segcertify-x2"] * 2,
+                         "certified_radius": [0.17, 0.17, 0.17, 0.34, 0.34],
+                         "empirical_radius": [0.25, np.nan, 0.3, 0.25, 0.26],
+                         "empirical_upper": [0.67] * 3 + [1.35] * 2,
+                         "rejected": [False, False, False, True, True]})
+    path = save_png(empirical_vs_certified_radius(rows), tmp_path / "radii.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = imread(path)
+    assert image.shape[0] > 100 and float(image[..., :3].std()) > 0.01  # not blank
+    with pytest.raises(ValueError, match=r"lack the column\(s\) \['empirical_upper'\]"):
+        empirical_vs_certified_radius(rows.drop(columns="empirical_upper"))
+    with pytest.raises(ValueError, match="no attacked pixel"):
+        empirical_vs_certified_radius(rows.iloc[:0])
