@@ -27,7 +27,6 @@ All functions are pure numpy / scipy and vectorised over pixels.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from scipy.stats import beta as beta_dist

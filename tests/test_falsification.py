@@ -17,7 +17,7 @@ import torch
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom, binomtest, norm
 
-from certframe.attacks.falsify import FalsificationResult, covered_pixels, falsify
+from certframe.attacks.falsify import covered_pixels, falsify
 from certframe.attacks.flip_test import (clopper_pearson_upper, critical_count, default_n_test, flip_pvalues,
                                          flip_test, flip_test_power)
 from certframe.attacks.min_norm import minimal_flip_radius
