@@ -212,22 +212,27 @@ class SegmentationAttack(Attack):
     def ascend(self, images: torch.Tensor, gradient: Callable[[torch.Tensor, int], torch.Tensor] | None = None, *,
                alpha: float, steps: int, start_random: bool, generator: torch.Generator | None = None,
                objective: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-               score: Callable[[torch.Tensor], torch.Tensor] | None = None, restarts: int = 1) -> torch.Tensor:
+               score: Callable[[torch.Tensor], torch.Tensor] | None = None, restarts: int = 1,
+               value_gradient: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+               ) -> torch.Tensor:
         """Projected gradient ascent inside the ``norm`` ball of radius ``eps`` around ``images``.
 
         Give either ``objective(adv, t)``: the per-sample loss ``[B]`` to maximise at step
         ``t`` in ``1..steps`` (its gradient comes from autograd; the BEST iterate per sample,
         by ``score(adv) -> [B]`` or else by the objective, is returned, over ``restarts``
         runs: the first from ``images`` or a random start, the others from random starts),
-        or ``gradient(adv, t)``: the gradient ``[B, C, H, W]`` alone (then the last iterate
-        of one run is returned). Linf steps are ``alpha * sign(grad)``; L2 steps are
+        or ``value_gradient(adv, t) -> (loss [B], gradient [B, C, H, W])`` computed by the
+        caller (e.g. a Monte-Carlo estimate in draw batches; best iterate and restarts as
+        with ``objective``, except that the starting point itself is not a candidate), or
+        ``gradient(adv, t)``: the gradient alone (then the last
+        iterate of one run is returned). Linf steps are ``alpha * sign(grad)``; L2 steps are
         ``alpha * grad / ||grad||_2`` per sample. After each step the perturbation is
         projected onto the ball and ``x'`` clipped to ``[0, 1]``.
         """
-        if (gradient is None) == (objective is None):
-            raise ValueError("ascend needs exactly one of gradient= and objective=")
+        if sum(f is not None for f in (gradient, objective, value_gradient)) != 1:
+            raise ValueError("ascend needs exactly one of gradient=, objective= and value_gradient=")
         restarts = check_positive("restarts", restarts, integer=True)
-        if objective is None:
+        if gradient is not None:
             restarts = 1
         best = images.clone()
         best_value = torch.full((images.shape[0],), -math.inf, device=images.device, dtype=torch.float64)
@@ -247,6 +252,10 @@ class SegmentationAttack(Attack):
                     value = objective(x, t)
                     grad = torch.autograd.grad(value.sum(), x)[0]
                     keep(adv, value if score is None else _no_grad(score, adv))
+                elif value_gradient is not None:
+                    value, grad = value_gradient(adv.detach(), t)
+                    if t > 1:  # a noisy estimate may rank the unmoved start first by chance: not a candidate
+                        keep(adv, value if score is None else _no_grad(score, adv))
                 else:
                     grad = gradient(adv.detach(), t)
                 if self.norm == "linf":
@@ -256,9 +265,14 @@ class SegmentationAttack(Attack):
                     step = alpha * grad / gnorm.view(-1, 1, 1, 1)
                 delta = project(adv.detach() + step - images, self.eps, self.norm)
                 adv = (images + delta).clamp(0, 1).detach()
-            if objective is None:
+            if gradient is not None:
                 return adv
-            keep(adv, _no_grad(score, adv) if score is not None else _no_grad(lambda a: objective(a, steps), adv))
+            if score is not None:
+                keep(adv, _no_grad(score, adv))
+            elif objective is not None:
+                keep(adv, _no_grad(lambda a: objective(a, steps), adv))
+            else:
+                keep(adv, value_gradient(adv.detach(), steps)[0])
         return best
 
     def loss_gradient(self, loss_fn: Callable[[torch.Tensor, int], torch.Tensor]):

@@ -615,3 +615,26 @@ def test_no_device_message_for_a_parameter_free_model(capsys):
         factory(ThresholdSegmenter())
     EOTPGDL2(ThresholdSegmenter(), sigma=0.25)
     assert "Failed to set device" not in capsys.readouterr().out
+
+
+def test_eot_value_and_gradient_matches_eot_gradient():
+    """Per-image objective: its gradient is B times eot_gradient's on the same draws (same direction)."""
+    from certframe.attacks.eot_pgdl2 import eot_value_and_gradient
+
+    pipeline = DenoisedSegmenter(ThresholdSegmenter(), NoDenoiser(), sigma=0.3)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = (torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(2)) > 0.5).long()
+    for objective in ("expected-loss", "smoothed-softmax"):
+        want = eot_gradient(pipeline, x, y, num_draws=5, draw_batch=2, generator=torch.Generator().manual_seed(3),
+                            objective=objective)
+        value, got = eot_value_and_gradient(pipeline, x, y, num_draws=5, draw_batch=2,
+                                            generator=torch.Generator().manual_seed(3), objective=objective)
+        assert torch.allclose(got, 2 * want, atol=1e-6) and value.shape == (2,)
+    # the value is the mean over draws and pixels of the per-pixel CE, per image
+    g = torch.Generator().manual_seed(3)
+    noise = torch.cat([torch.randn((2, 2, 1, 4, 4), generator=g), torch.randn((2, 2, 1, 4, 4), generator=g),
+                       torch.randn((1, 2, 1, 4, 4), generator=g)]) * 0.3
+    ce = torch.stack([F.cross_entropy(pipeline(x + noise[j]), y, reduction="none").mean(dim=(1, 2)) for j in range(5)])
+    value, _ = eot_value_and_gradient(pipeline, x, y, num_draws=5, draw_batch=2,
+                                      generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(value, ce.mean(dim=0), atol=1e-6)
