@@ -18,7 +18,7 @@ eot-pgd        linf    smoothed   the same in the Linf ball
 
 "base" attacks see the segmenter alone; "smoothed" attacks differentiate through
 the noise draws, the denoiser and the segmenter of the smoothed pipeline.
-:func:`certframe.attacks.falsify.falsify` is the falsification test of one
+:func:`certframe.attacks.falsification.falsify` is the falsification test of one
 certificate (issue 13): it attacks the weakest certified pixels of the SMOOTHED
 model inside the certificate's own radius (:mod:`~certframe.attacks.pixel_attack`,
 SmoothAdv objective with APGD's schedule), searches the minimal flipping norm
@@ -36,7 +36,7 @@ from .pgdl2 import PGDL2
 from .pipeline import DenoisedSegmenter
 from .segpgd import SegPGD
 from .targeted import TargetedPGD
-from .falsify import FalsificationResult, falsify
+from .falsification import FalsificationResult, falsify
 from .flip_test import default_n_test, flip_test
 from .min_norm import minimal_flip_radius
 from .pixel_attack import attack_pixels

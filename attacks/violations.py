@@ -4,7 +4,7 @@ It can only count a pixel that x' certifies to ANOTHER class, so a pixel whose t
 probability at x' lies between 1/2 and tau (the claim is false, yet x' is certified
 as nothing) is invisible to it at any attack strength, and it reads x' with a
 certificate of its own rather than a test of the claim. The sound check is
-:func:`certframe.attacks.falsify.falsify` (fresh draws at x', an exact one-sided test
+:func:`certframe.attacks.falsification.falsify` (fresh draws at x', an exact one-sided test
 of ``p(c_i | x') < 1/2``, Holm); use this module only to compare two label maps.
 
 A certificate on ``x`` (SegCertify, Fischer et al. ICML 2021) says: with

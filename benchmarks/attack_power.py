@@ -11,7 +11,7 @@ Synthetic lungs (64x64 grey) with the bundled Gaussian-trained UNet
 * overclaiming certifiers: SegCertify's certificate with its radius multiplied by
   1.5, 2, 4, 10 (exactly what a plugin wrapping SegCertify and scaling its radius
   would return);
-* each certificate is checked with :func:`certframe.attacks.falsify.falsify` with
+* each certificate is checked with :func:`certframe.attacks.falsification.falsify` with
   its default options (8 weakest pixels, 20 APGD steps x 2 restarts, 8 EOT draws,
   n_test = 1696, Holm at level 0.001), minimal-norm search off unless ``--empirical``.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from certframe.attacks.falsify import falsify
+from certframe.attacks.falsification import falsify
 from certframe.registry import get_registry
 from certframe.smoothing import SmoothedSegmenter
 

@@ -17,7 +17,7 @@ import torch
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom, binomtest, norm
 
-from certframe.attacks.falsify import covered_pixels, falsify
+from certframe.attacks.falsification import covered_pixels, falsify
 from certframe.attacks.flip_test import (clopper_pearson_upper, critical_count, default_n_test, flip_pvalues,
                                          flip_test, flip_test_power)
 from certframe.attacks.min_norm import minimal_flip_radius
@@ -354,3 +354,28 @@ def test_empirical_vs_certified_radius_figure_writes_a_png(tmp_path):
         empirical_vs_certified_radius(rows.drop(columns="empirical_upper"))
     with pytest.raises(ValueError, match="no attacked pixel"):
         empirical_vs_certified_radius(rows.iloc[:0])
+
+
+def test_closed_form_control_needs_the_pixel_focused_attack(monkeypatch):
+    """Broken version of the check: the budget spread over the whole image (EOT-PGD-L2 on the
+    certified label map, as the suite's attacks did) leaves every pixel near 0.70, and the same
+    sound test then finds nothing. The control above fires because the attack is pixel-focused."""
+    import certframe.attacks.falsification as fz
+    from certframe.attacks.eot_pgdl2 import EOTPGDL2
+    from certframe.attacks.pixel_attack import PixelAttackResult
+
+    def spread(model, sigma, x, pixels, classes, budget, **kw):
+        seg = ShiftedThreshold(level)
+        labels = torch.ones(1, *x.shape[1:], dtype=torch.long)
+        adv = EOTPGDL2(seg, sigma=sigma, eps=float(budget.min()) * (1 - 1e-6))(x.unsqueeze(0), labels)
+        adv = adv.expand(len(pixels), *x.shape).contiguous()
+        l2 = (adv.double() - x.double()).flatten(1).norm(dim=1)
+        return PixelAttackResult(adv, torch.full((len(pixels),), float("nan")), l2, budget)
+
+    level = 0.5 - SIGMA * norm.ppf(0.70)
+    radius = SIGMA * (norm.ppf(0.70) - norm.ppf(0.44))
+    x = torch.full((1, 16, 16), 0.5)
+    sm, (cert,) = _certify(x, AllClass(radius), segmenter=ShiftedThreshold(level))
+    monkeypatch.setattr(fz, "attack_pixels", spread)
+    r = falsify(sm, x, cert, image_id="img", empirical=False)
+    assert r.tested == 8 and r.violations == 0 and r.min_upper_bound > 0.6, r.as_row()

@@ -6,7 +6,7 @@
   al. 2023), with each method's runs at several sigmas joined into one curve.
 * :func:`abstain_vs_radius` the mean abstain rate against the radius, per method.
 * :func:`empirical_vs_certified_radius` per attacked pixel of a falsification test
-  (:mod:`certframe.attacks.falsify`): the smallest flipping L2 norm an attack found
+  (:mod:`certframe.attacks.falsification`): the smallest flipping L2 norm an attack found
   against the certified radius, with the line y = x (points below it are claims an
   attack contradicts).
 * :func:`overlays`          per image: the image, its ground truth, the base
@@ -91,7 +91,7 @@ def abstain_vs_radius(table: pd.DataFrame) -> Figure:
 def empirical_vs_certified_radius(pixels: pd.DataFrame) -> Figure:
     """Scatter of ``empirical_radius`` (y) against ``certified_radius`` (x), one colour per ``method``.
 
-    pixels: rows of :meth:`certframe.attacks.falsify.FalsificationResult.pixel_rows`
+    pixels: rows of :meth:`certframe.attacks.falsification.FalsificationResult.pixel_rows`
     (columns ``certified_radius``, ``empirical_radius``, ``empirical_upper``, ``method``,
     optional ``rejected``). A pixel no attack flipped within its search budget
     (``empirical_radius`` NaN) is drawn as an open triangle at ``empirical_upper``: its
