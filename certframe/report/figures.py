@@ -110,6 +110,7 @@ def empirical_vs_certified_radius(pixels: pd.DataFrame) -> Figure:
                                           pixels["empirical_upper"].to_numpy(float)])))
     top = top * 1.05 if np.isfinite(top) and top > 0 else 1.0
     ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="y = x")
+    ringed = False
     for i, (method, g) in enumerate(pixels.groupby("method", sort=True)):
         color = _CLASS_COLORS[i % len(_CLASS_COLORS)]
         found = g["empirical_radius"].notna()
@@ -121,7 +122,9 @@ def empirical_vs_certified_radius(pixels: pd.DataFrame) -> Figure:
         if "rejected" in g.columns and g["rejected"].astype(bool).any():
             r = g[g["rejected"].astype(bool) & found]
             ax.scatter(r["certified_radius"], r["empirical_radius"], s=70, facecolors="none",
-                       edgecolors=ABSTAIN_COLOR, linewidths=1.2)
+                       edgecolors=ABSTAIN_COLOR, linewidths=1.2,
+                       label=None if ringed else "rejected by the test at x' (p < 1/2)")
+            ringed = True
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.set_xlabel("certified radius (L2, [0,1] pixel units)")
