@@ -76,7 +76,8 @@ class FalsificationResult:
     flips_beyond_claim: rejected pixels at ``radius_multiple > 1`` (None otherwise);
     min_upper_bound: the smallest Clopper-Pearson upper bound on p(c | x') seen (None when
     nothing was tested); perturbation_l2_max: largest ``||x' - x||_2`` used;
-    empirical_radius_min / certified_radius_min: over the tested pixels (nan if none found).
+    empirical_radius_min / certified_radius_min: over the tested pixels (nan if none found);
+    test_level: the family-wise level of the test; falsify_seconds: wall time of the call.
     pixels: one dict per tested pixel (see :meth:`pixel_rows`).
     """
 
@@ -91,12 +92,12 @@ class FalsificationResult:
     violations: int | None
     flips_beyond_claim: int | None
     min_upper_bound: float | None
-    level: float
+    test_level: float
     n_test: int | None
     perturbation_l2_max: float | None
     empirical_radius_min: float | None
     certified_radius_min: float | None
-    seconds: float
+    falsify_seconds: float
     pixels: list = field(default_factory=list)
 
     @property
@@ -169,12 +170,12 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
     n_covered = int(covered.sum())
     info = dict(image_id=str(image_id), method=str(certificate.method), sigma=float(certificate.sigma),
                 tau=float(certificate.tau), radius=float(certificate.radius), radius_multiple=k,
-                covered=n_covered, level=float(level))
+                covered=n_covered, test_level=float(level))
     if n_covered == 0:
         return FalsificationResult(**info, tested=0, violations=None, flips_beyond_claim=None,
                                    min_upper_bound=None, n_test=None, perturbation_l2_max=None,
                                    empirical_radius_min=None, certified_radius_min=None,
-                                   seconds=time.perf_counter() - t0)
+                                   falsify_seconds=time.perf_counter() - t0)
     targets = weakest_pixels(certificate.labels, covered, max_pixels, estimation_counts=estimation_counts,
                              pvalues=certificate.pvalues, pixel_radius=certificate.pixel_radius)
     m = len(targets)
@@ -219,4 +220,4 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
         **info, tested=m, violations=found if k <= 1 else None, flips_beyond_claim=found if k > 1 else None,
         min_upper_bound=float(upper.min()), n_test=n, perturbation_l2_max=float(l2.max()),
         empirical_radius_min=float(finite.min()) if finite.size else (float("nan") if empirical else None),
-        certified_radius_min=float(claimed.min()), seconds=time.perf_counter() - t0, pixels=pixels)
+        certified_radius_min=float(claimed.min()), falsify_seconds=time.perf_counter() - t0, pixels=pixels)

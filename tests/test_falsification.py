@@ -316,7 +316,7 @@ def test_beyond_the_claim_is_reported_apart(block_image):
     assert r.violations is None and r.flips_beyond_claim >= 1 and r.radius_multiple == 2.0
     row = r.as_row()
     assert {"covered", "tested", "violations", "flips_beyond_claim", "min_upper_bound", "not_tested",
-            "n_test", "level", "radius_multiple"} <= set(row)
+            "n_test", "test_level", "radius_multiple", "falsify_seconds"} <= set(row)
     assert len(r.pixel_rows()) == 8 and r.pixel_rows()[0]["radius_multiple"] == 2.0
 
 
