@@ -36,7 +36,7 @@ from .pgdl2 import PGDL2
 from .pipeline import DenoisedSegmenter
 from .segpgd import SegPGD
 from .targeted import TargetedPGD
-from .falsification import FalsificationResult, falsify
+from .falsification import FalsificationResult, falsify, falsify_all
 from .flip_test import default_n_test, flip_test
 from .min_norm import minimal_flip_radius
 from .pixel_attack import attack_pixels
@@ -55,5 +55,5 @@ BUILTIN_ATTACKS = {
 
 __all__ = ["SegmentationAttack", "FGSM", "PGD", "PGDL2", "TargetedPGD", "SegPGD", "EOTPGDL2", "EOTPGD",
            "DenoisedSegmenter", "Violations", "count_violations", "check_certificates", "check_eps",
-           "check_norm", "BUILTIN_ATTACKS", "falsify", "FalsificationResult", "attack_pixels",
+           "check_norm", "BUILTIN_ATTACKS", "falsify", "falsify_all", "FalsificationResult", "attack_pixels",
            "minimal_flip_radius", "flip_test", "default_n_test", "weakest_pixels"]

@@ -221,3 +221,21 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
         min_upper_bound=float(upper.min()), n_test=n, perturbation_l2_max=float(l2.max()),
         empirical_radius_min=float(finite.min()) if finite.size else (float("nan") if empirical else None),
         certified_radius_min=float(claimed.min()), falsify_seconds=time.perf_counter() - t0, pixels=pixels)
+
+
+def falsify_all(smoothed, x: torch.Tensor, certificates, *, radius_multiples=(1.0,),
+                estimation_counts: torch.Tensor | None = None, empirical: bool = True, **options
+                ) -> list[FalsificationResult]:
+    """:func:`falsify` for every certificate of one image (one per tau) at every radius multiple.
+
+    Results in order: certificates, then multiples within each. The minimal-norm search
+    (``empirical``) runs only at multiple 1 (it does not depend on the multiple).
+    ``options`` go to :func:`falsify` (max_pixels, steps, restarts, num_draws, n_test,
+    level, seed, image_id, batch_size, ...).
+    """
+    multiples = [float(k) for k in radius_multiples]
+    if not multiples:
+        raise ValueError("radius_multiples is empty: give at least one multiple of the certified radius (e.g. 1)")
+    return [falsify(smoothed, x, cert, estimation_counts=estimation_counts, radius_multiple=k,
+                    empirical=empirical and k == 1.0, **options)
+            for cert in certificates for k in multiples]

@@ -379,3 +379,15 @@ def test_closed_form_control_needs_the_pixel_focused_attack(monkeypatch):
     monkeypatch.setattr(fz, "attack_pixels", spread)
     r = falsify(sm, x, cert, image_id="img", empirical=False)
     assert r.tested == 8 and r.violations == 0 and r.min_upper_bound > 0.6, r.as_row()
+
+
+def test_falsify_all_orders_certificates_then_multiples(block_image):
+    from certframe.attacks.falsification import falsify_all
+
+    sm, certs = _certify(block_image, SegCertify(), taus=(0.6, 0.75))
+    results = falsify_all(sm, block_image, certs, radius_multiples=(1, 2), image_id="img", max_pixels=2,
+                          n_test=200, steps=3, restarts=1, empirical=False)
+    assert [(r.tau, r.radius_multiple) for r in results] == [(0.6, 1.0), (0.6, 2.0), (0.75, 1.0), (0.75, 2.0)]
+    assert [r.violations is None for r in results] == [False, True, False, True]
+    with pytest.raises(ValueError, match="radius_multiples is empty"):
+        falsify_all(sm, block_image, certs, radius_multiples=())
