@@ -18,7 +18,13 @@ eot-pgd        linf    smoothed   the same in the Linf ball
 
 "base" attacks see the segmenter alone; "smoothed" attacks differentiate through
 the noise draws, the denoiser and the segmenter of the smoothed pipeline.
-:mod:`certframe.attacks.violations` checks certificates against attacked images;
+:func:`certframe.attacks.falsification.falsify` is the falsification test of one
+certificate (issue 13): it attacks the weakest certified pixels of the SMOOTHED
+model inside the certificate's own radius (:mod:`~certframe.attacks.pixel_attack`,
+SmoothAdv objective with APGD's schedule), searches the minimal flipping norm
+(:mod:`~certframe.attacks.min_norm`) and tests each attacked image with fresh draws
+(:mod:`~certframe.attacks.flip_test`: exact binomial test, Holm, Clopper-Pearson).
+:mod:`certframe.attacks.violations` holds the older, weak label-map comparison;
 :func:`certframe.attacks.suite.attack_dataset` runs the whole comparison.
 """
 from .base import SegmentationAttack, check_eps, check_norm
@@ -30,6 +36,11 @@ from .pgdl2 import PGDL2
 from .pipeline import DenoisedSegmenter
 from .segpgd import SegPGD
 from .targeted import TargetedPGD
+from .falsification import FalsificationResult, falsify, falsify_all
+from .flip_test import default_n_test, flip_test
+from .min_norm import minimal_flip_radius
+from .pixel_attack import attack_pixels
+from .targets import weakest_pixels
 from .violations import Violations, check_certificates, count_violations
 
 BUILTIN_ATTACKS = {
@@ -44,4 +55,5 @@ BUILTIN_ATTACKS = {
 
 __all__ = ["SegmentationAttack", "FGSM", "PGD", "PGDL2", "TargetedPGD", "SegPGD", "EOTPGDL2", "EOTPGD",
            "DenoisedSegmenter", "Violations", "count_violations", "check_certificates", "check_eps",
-           "check_norm", "BUILTIN_ATTACKS"]
+           "check_norm", "BUILTIN_ATTACKS", "falsify", "falsify_all", "FalsificationResult", "attack_pixels",
+           "minimal_flip_radius", "flip_test", "default_n_test", "weakest_pixels"]

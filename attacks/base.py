@@ -25,10 +25,13 @@ attacks share.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import sys
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torchattacks.attack import Attack
 
 NORMS = ("l2", "linf")
@@ -206,27 +209,71 @@ class SegmentationAttack(Attack):
         g.manual_seed(self.seed)
         return g
 
-    def ascend(self, images: torch.Tensor, gradient: Callable[[torch.Tensor, int], torch.Tensor], *,
-               alpha: float, steps: int, start_random: bool,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def ascend(self, images: torch.Tensor, gradient: Callable[[torch.Tensor, int], torch.Tensor] | None = None, *,
+               alpha: float, steps: int, start_random: bool, generator: torch.Generator | None = None,
+               objective: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+               score: Callable[[torch.Tensor], torch.Tensor] | None = None, restarts: int = 1,
+               value_gradient: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+               ) -> torch.Tensor:
         """Projected gradient ascent inside the ``norm`` ball of radius ``eps`` around ``images``.
 
-        ``gradient(adv, t)`` returns the gradient ``[B, C, H, W]`` of the objective to
-        maximise at step ``t`` in ``1..steps``. Linf steps are ``alpha * sign(grad)``;
-        L2 steps are ``alpha * grad / ||grad||_2`` per sample. After each step the
-        perturbation is projected onto the ball and ``x'`` clipped to ``[0, 1]``.
+        Give either ``objective(adv, t)``: the per-sample loss ``[B]`` to maximise at step
+        ``t`` in ``1..steps`` (its gradient comes from autograd; the BEST iterate per sample,
+        by ``score(adv) -> [B]`` or else by the objective, is returned, over ``restarts``
+        runs: the first from ``images`` or a random start, the others from random starts),
+        or ``value_gradient(adv, t) -> (loss [B], gradient [B, C, H, W])`` computed by the
+        caller (e.g. a Monte-Carlo estimate in draw batches; best iterate and restarts as
+        with ``objective``, except that the starting point itself is not a candidate), or
+        ``gradient(adv, t)``: the gradient alone (then the last
+        iterate of one run is returned). Linf steps are ``alpha * sign(grad)``; L2 steps are
+        ``alpha * grad / ||grad||_2`` per sample. After each step the perturbation is
+        projected onto the ball and ``x'`` clipped to ``[0, 1]``.
         """
-        adv = random_start(images, self.eps, self.norm, generator) if start_random else images.clone()
-        for t in range(1, steps + 1):
-            grad = gradient(adv.detach(), t)
-            if self.norm == "linf":
-                step = alpha * grad.sign()
+        if sum(f is not None for f in (gradient, objective, value_gradient)) != 1:
+            raise ValueError("ascend needs exactly one of gradient=, objective= and value_gradient=")
+        restarts = check_positive("restarts", restarts, integer=True)
+        if gradient is not None:
+            restarts = 1
+        best = images.clone()
+        best_value = torch.full((images.shape[0],), -math.inf, device=images.device, dtype=torch.float64)
+
+        def keep(adv, value):
+            nonlocal best
+            better = value.detach().double() > best_value
+            best = torch.where(better.view(-1, 1, 1, 1), adv.detach(), best)
+            best_value[better] = value.detach().double()[better]
+
+        for r in range(restarts):
+            use_random = start_random or r > 0
+            adv = random_start(images, self.eps, self.norm, generator) if use_random else images.clone()
+            for t in range(1, steps + 1):
+                if objective is not None:
+                    x = adv.detach().clone().requires_grad_(True)
+                    value = objective(x, t)
+                    grad = torch.autograd.grad(value.sum(), x)[0]
+                    keep(adv, value if score is None else _no_grad(score, adv))
+                elif value_gradient is not None:
+                    value, grad = value_gradient(adv.detach(), t)
+                    if t > 1:  # a noisy estimate may rank the unmoved start first by chance: not a candidate
+                        keep(adv, value if score is None else _no_grad(score, adv))
+                else:
+                    grad = gradient(adv.detach(), t)
+                if self.norm == "linf":
+                    step = alpha * grad.sign()
+                else:
+                    gnorm = grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+                    step = alpha * grad / gnorm.view(-1, 1, 1, 1)
+                delta = project(adv.detach() + step - images, self.eps, self.norm)
+                adv = (images + delta).clamp(0, 1).detach()
+            if gradient is not None:
+                return adv
+            if score is not None:
+                keep(adv, _no_grad(score, adv))
+            elif objective is not None:
+                keep(adv, _no_grad(lambda a: objective(a, steps), adv))
             else:
-                gnorm = grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-                step = alpha * grad / gnorm.view(-1, 1, 1, 1)
-            delta = project(adv.detach() + step - images, self.eps, self.norm)
-            adv = (images + delta).clamp(0, 1).detach()
-        return adv
+                keep(adv, value_gradient(adv.detach(), steps)[0])
+        return best
 
     def loss_gradient(self, loss_fn: Callable[[torch.Tensor, int], torch.Tensor]):
         """Turn ``loss_fn(adv, t) -> scalar`` into the ``gradient`` callable of :meth:`ascend`."""
@@ -242,6 +289,32 @@ class SegmentationAttack(Attack):
             raise ValueError(f"the model returned shape {tuple(logits.shape)}, expected logits "
                              f"[B, K, H, W] with B, H, W = {expected}")
         return logits
+
+
+def _no_grad(fn, adv):
+    with torch.no_grad():
+        return fn(adv)
+
+
+@contextlib.contextmanager
+def quiet_device_message():
+    """Silence torchattacks' "Failed to set device automatically" print (a model without parameters).
+
+    :meth:`SegmentationAttack._setup` then sets the device to the CPU; anything else
+    printed inside the block is passed on unchanged.
+    """
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield
+    rest = "".join(line for line in buffer.getvalue().splitlines(keepends=True)
+                   if not line.startswith("Failed to set device automatically"))
+    if rest:
+        sys.stdout.write(rest)
+
+
+def per_sample_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel cross-entropy of each image: logits ``[B, K, H, W]``, labels ``[B, H, W]`` -> ``[B]``."""
+    return F.cross_entropy(logits, labels, reduction="none").flatten(1).mean(dim=1)
 
 
 def default_alpha(eps: float, steps: int) -> float:

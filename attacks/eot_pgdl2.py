@@ -14,10 +14,11 @@ weak spots directly rather than for the base model's.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchattacks.attack import Attack
 
-from .base import SegmentationAttack, check_positive, default_alpha
-from .pipeline import OBJECTIVES, DenoisedSegmenter, eot_gradient
+from .base import SegmentationAttack, check_positive, default_alpha, quiet_device_message
+from .pipeline import OBJECTIVES, DenoisedSegmenter
 
 
 class EOTPGDL2(SegmentationAttack):
@@ -32,7 +33,10 @@ class EOTPGDL2(SegmentationAttack):
     num_draws: noise draws per step (default 8); draw_batch: draws per forward (default 8).
     objective: "expected-loss" (default: mean over draws of the per-pixel CE) or
                "smoothed-softmax" (CE of the mean softmax, Salman et al. 2019).
-    random_start: default False.  seed: fixes the noise draws and the start (default 0).
+    random_start: default False.  restarts: default 1 (runs after the first start at random
+               points of the ball).  seed: fixes the noise draws and the starts (default 0).
+    The best iterate per image, by the Monte-Carlo estimate of the objective at it (the
+    same draws that give its gradient), over all runs is returned.
 
     ``attack(images [B, C, H, W] in [0, 1], labels [B, H, W] int64) -> [B, C, H, W]``
     with ``||x' - x||_2 <= eps`` per image and ``x'`` in ``[0, 1]`` (the noise is
@@ -44,9 +48,11 @@ class EOTPGDL2(SegmentationAttack):
 
     def __init__(self, model, sigma: float | None = None, denoiser=None, eps: float = 0.5,
                  alpha: float | None = None, steps: int = 10, num_draws: int = 8, draw_batch: int = 8,
-                 objective: str = "expected-loss", random_start: bool = False, seed: int | None = 0):
+                 objective: str = "expected-loss", random_start: bool = False, restarts: int = 1,
+                 seed: int | None = 0):
         pipeline = _pipeline(model, sigma, denoiser)
-        Attack.__init__(self, type(self).__name__, pipeline)
+        with quiet_device_message():
+            Attack.__init__(self, type(self).__name__, pipeline)
         self._setup(eps=eps, norm=self.fixed_norm, seed=seed)
         self.sigma = pipeline.sigma
         self.steps = check_positive("steps", steps, integer=True)
@@ -57,6 +63,7 @@ class EOTPGDL2(SegmentationAttack):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.objective = objective
         self.random_start = bool(random_start)
+        self.restarts = check_positive("restarts", restarts, integer=True)
         self.supported_mode = ["default", "targeted"]
 
     def perturb(self, images, labels):
@@ -67,12 +74,49 @@ class EOTPGDL2(SegmentationAttack):
         sign = -1.0 if self.targeted else 1.0
         generator = self.generator()
 
-        def gradient(adv, t):
-            return eot_gradient(self.model, adv, target, num_draws=self.num_draws, draw_batch=self.draw_batch,
-                                generator=generator, objective=self.objective, sign=sign)
+        def value_gradient(adv, t):
+            return eot_value_and_gradient(self.model, adv, target, num_draws=self.num_draws,
+                                          draw_batch=self.draw_batch, generator=generator,
+                                          objective=self.objective, sign=sign)
 
-        return self.ascend(images, gradient, alpha=self.alpha, steps=self.steps,
-                           start_random=self.random_start, generator=generator)
+        return self.ascend(images, value_gradient=value_gradient, alpha=self.alpha, steps=self.steps,
+                           start_random=self.random_start, generator=generator, restarts=self.restarts)
+
+
+def eot_value_and_gradient(pipeline: DenoisedSegmenter, adv: torch.Tensor, labels: torch.Tensor, *,
+                           num_draws: int, draw_batch: int, generator: torch.Generator | None,
+                           objective: str = "expected-loss", sign: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image Monte-Carlo objective ``[B]`` and its gradient ``[B, C, H, W]`` (fresh draws at every call).
+
+    The objectives of :func:`~certframe.attacks.pipeline.eot_gradient`, per image (mean over
+    its pixels) instead of over the batch: the gradient is B times eot_gradient's on the
+    same draws (the same direction, so the same normalised L2 and sign steps), the draws
+    are taken from ``generator`` in the same order.
+    """
+    B, C, H, W = adv.shape
+    x = adv.detach().clone().requires_grad_(True)
+    if objective == "expected-loss":
+        value = torch.zeros(B, dtype=adv.dtype, device=adv.device)
+        grad = torch.zeros_like(x)
+        done = 0
+        while done < num_draws:
+            m = min(draw_batch, num_draws - done)
+            noise = torch.randn((m, B, C, H, W), generator=generator, device=x.device, dtype=x.dtype) * pipeline.sigma
+            logits = pipeline((x.unsqueeze(0) + noise).reshape(m * B, C, H, W))
+            target = labels.unsqueeze(0).expand(m, B, H, W).reshape(m * B, H, W)
+            ce = F.cross_entropy(logits, target, reduction="none").reshape(m, B, H * W).mean(dim=2)
+            part = sign * ce.sum(dim=0) / num_draws
+            grad += torch.autograd.grad(part.sum(), x)[0]
+            value += part.detach()
+            done += m
+        return value, grad
+    if objective == "smoothed-softmax":
+        noise = torch.randn((num_draws, B, C, H, W), generator=generator, device=x.device, dtype=x.dtype) * pipeline.sigma
+        probs = torch.softmax(pipeline((x.unsqueeze(0) + noise).reshape(num_draws * B, C, H, W)), dim=1)
+        mean = probs.reshape(num_draws, B, *probs.shape[1:]).mean(dim=0)
+        value = sign * F.nll_loss(torch.log(mean.clamp_min(1e-12)), labels, reduction="none").flatten(1).mean(dim=1)
+        return value.detach(), torch.autograd.grad(value.sum(), x)[0]
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
 def _pipeline(model, sigma, denoiser) -> DenoisedSegmenter:

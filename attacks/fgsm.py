@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torchattacks
 
-from .base import SegmentationAttack
+from .base import SegmentationAttack, quiet_device_message
 
 
 class FGSM(SegmentationAttack, torchattacks.FGSM):
@@ -17,7 +17,8 @@ class FGSM(SegmentationAttack, torchattacks.FGSM):
 
     model: segmenter ``[B, C, H, W] in [0, 1] -> logits [B, K, H, W]``.
     eps:   Linf budget in [0, 1] pixel units (default 8/255).
-    seed:  unused by FGSM (deterministic); accepted for a uniform interface.
+    seed:  unused by FGSM (deterministic: one step, so no restarts and no best iterate);
+           accepted for a uniform interface.
 
     ``attack(images [B, C, H, W] in [0, 1], labels [B, H, W] int64) -> [B, C, H, W]``
     with ``max |x' - x| <= eps`` and ``x'`` in ``[0, 1]``. torchattacks' targeted
@@ -28,7 +29,8 @@ class FGSM(SegmentationAttack, torchattacks.FGSM):
     fixed_norm = "linf"
 
     def __init__(self, model, eps: float = 8 / 255, seed: int | None = 0):
-        torchattacks.FGSM.__init__(self, model, eps=eps)
+        with quiet_device_message():
+            torchattacks.FGSM.__init__(self, model, eps=eps)
         self._setup(eps=eps, norm="linf", seed=seed)
 
     def perturb(self, images, labels):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchattacks.attack import Attack
 
-from .base import SegmentationAttack, check_norm, check_positive, default_alpha
+from .base import SegmentationAttack, check_norm, check_positive, default_alpha, per_sample_ce, quiet_device_message
 
 
 def segpgd_lambda(t: int, steps: int) -> float:
@@ -28,11 +28,15 @@ def segpgd_lambda(t: int, steps: int) -> float:
     return (t - 1) / (2 * steps)
 
 
-def segpgd_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float) -> torch.Tensor:
-    """SegPGD loss of logits ``[B, K, H, W]`` against labels ``[B, H, W]`` (a scalar, mean over B, H, W)."""
+def segpgd_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float, reduction: str = "mean") -> torch.Tensor:
+    """SegPGD loss of logits ``[B, K, H, W]`` against labels ``[B, H, W]``.
+
+    ``reduction="mean"``: a scalar, the mean over B, H, W; ``"none"``: ``[B]``, the mean over H, W per image.
+    """
     ce = F.cross_entropy(logits, labels, reduction="none")  # [B, H, W]
     correct = (logits.argmax(dim=1) == labels).to(ce.dtype)
-    return ((1 - lam) * ce * correct + lam * ce * (1 - correct)).mean()
+    weighted = (1 - lam) * ce * correct + lam * ce * (1 - correct)
+    return weighted.mean() if reduction == "mean" else weighted.flatten(1).mean(dim=1)
 
 
 class SegPGD(SegmentationAttack):
@@ -42,7 +46,8 @@ class SegPGD(SegmentationAttack):
     norm:  "linf" (default, as in the paper) or "l2".
     eps:   budget (default 8/255 for linf as in the paper, 0.5 for l2).
     alpha: step size (default ``2.5 * eps / steps``).  steps: T (default 20).
-    random_start: default True.  seed: fixes the random start (default 0).
+    random_start: default True.  restarts: default 1 (the best iterate per image, by
+    the plain mean cross-entropy, over all runs is returned).  seed: fixes the random starts (default 0).
 
     ``attack(images [B, C, H, W] in [0, 1], labels [B, H, W] int64 ground truth)
     -> [B, C, H, W]`` in the ball and in ``[0, 1]``.
@@ -52,13 +57,15 @@ class SegPGD(SegmentationAttack):
     norms = ("l2", "linf")
 
     def __init__(self, model, norm: str = "linf", eps: float | None = None, alpha: float | None = None,
-                 steps: int = 20, random_start: bool = True, seed: int | None = 0):
-        Attack.__init__(self, "SegPGD", model)
+                 steps: int = 20, random_start: bool = True, restarts: int = 1, seed: int | None = 0):
+        with quiet_device_message():
+            Attack.__init__(self, "SegPGD", model)
         norm = check_norm(norm)
         self._setup(eps=(8 / 255 if norm == "linf" else 0.5) if eps is None else eps, norm=norm, seed=seed)
         self.steps = check_positive("steps", steps, integer=True)
         self.alpha = default_alpha(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
         self.random_start = bool(random_start)
+        self.restarts = check_positive("restarts", restarts, integer=True)
 
     def perturb(self, images, labels):
         if labels is None:
@@ -66,7 +73,10 @@ class SegPGD(SegmentationAttack):
 
         def loss(adv, t):
             logits = self.check_logits(self.get_logits(adv), adv)
-            return segpgd_loss(logits, labels, segpgd_lambda(t, self.steps))
+            return segpgd_loss(logits, labels, segpgd_lambda(t, self.steps), reduction="none")
 
-        return self.ascend(images, self.loss_gradient(loss), alpha=self.alpha, steps=self.steps,
-                           start_random=self.random_start, generator=self.generator())
+        def score(adv):  # the weights change with t: iterates are compared by the plain mean CE
+            return per_sample_ce(self.check_logits(self.get_logits(adv), adv), labels)
+
+        return self.ascend(images, objective=loss, score=score, alpha=self.alpha, steps=self.steps,
+                           start_random=self.random_start, generator=self.generator(), restarts=self.restarts)

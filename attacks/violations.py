@@ -1,4 +1,11 @@
-"""The certificate violation checker: does a certificate survive a real attack?
+"""The label-map violation checker: the WEAK check, kept for existing callers.
+
+It can only count a pixel that x' certifies to ANOTHER class, so a pixel whose true
+probability at x' lies between 1/2 and tau (the claim is false, yet x' is certified
+as nothing) is invisible to it at any attack strength, and it reads x' with a
+certificate of its own rather than a test of the claim. The sound check is
+:func:`certframe.attacks.falsification.falsify` (fresh draws at x', an exact one-sided test
+of ``p(c_i | x') < 1/2``, Holm); use this module only to compare two label maps.
 
 A certificate on ``x`` (SegCertify, Fischer et al. ICML 2021) says: with
 probability at least ``1 - alpha`` over its Monte-Carlo draws, every

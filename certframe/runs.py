@@ -212,7 +212,7 @@ class RunFolder:
         elif resume and has_results:
             raise RunError(f"cannot resume {self.path}: results.csv exists but manifest.json is missing")
         if overwrite:
-            for name in (RESULTS, RESULTS_PARQUET, SUMMARY):
+            for name in (RESULTS, RESULTS_PARQUET, SUMMARY, "pixels.csv", "robustness.json"):
                 (self.path / name).unlink(missing_ok=True)
             cert_dir = self.path / CERTIFICATES
             if cert_dir.is_dir():

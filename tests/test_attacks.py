@@ -326,13 +326,15 @@ def test_bad_norm_target_and_inputs(lung):
         EOTPGDL2(seg, sigma=0.25, objective="max")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         PGD(seg, steps=0)
-    with pytest.raises(ValueError, match="no attack budget"):
-        budgets([], [])
+    with pytest.raises(ValueError, match="'pgd' supports linf budgets and none was given"):
+        attack_jobs({"pgd": PGD}, taus=(0.75,))
+    with pytest.raises(ValueError, match="radius multiple must be a finite number > 0"):
+        attack_jobs({"pgdl2": PGDL2}, taus=(0.75,), radius_multiples=(0,))
 
 
 # ------------------------------------------------------------------ suite and CLI
 def test_suite_rows_and_no_violations_on_threshold_model():
-    """The full loop on a model whose smoothed behaviour is known: rows, budgets, no violations."""
+    """The full loop on a model whose smoothed behaviour is known: rows, own-radius budgets, no violations."""
     from certframe.statistics import certified_radius
 
     torch.manual_seed(0)
@@ -343,28 +345,31 @@ def test_suite_rows_and_no_violations_on_threshold_model():
     attacks = {"pgdl2": PGDL2, "eot-pgdl2": EOTPGDL2, "pgd": PGD}
     rows = list(attack_dataset(data, ThresholdSegmenter(), None, SegCertify(), attacks, sigma=0.25, n0=10, n=200,
                                alpha=0.01, taus=(0.6, 0.75), eps_linf=(2 / 255,),
-                               attack_options={"eot-pgdl2": {"num_draws": 4, "steps": 3}}, seed=0, device="cpu"))
+                               attack_options={"eot-pgdl2": {"num_draws": 4, "steps": 3}},
+                               falsify_options={"max_pixels": 2, "steps": 4, "restarts": 1, "empirical": False},
+                               seed=0, device="cpu"))
     df = pd.DataFrame(rows)
     r6, r75 = certified_radius(0.25, 0.6), certified_radius(0.25, 0.75)
-    # default L2 budgets: the certified radii, just inside the open ball
-    l2 = sorted(df[df.norm == "l2"].eps.unique())
-    assert l2 == pytest.approx([r6 * (1 - 1e-6), r75 * (1 - 1e-6)], rel=1e-12)
-    # 2 L2 attacks x 2 budgets + 1 Linf attack x 1 budget, each for 2 taus
-    assert len(df) == (2 * 2 + 1) * 2
-    assert set(zip(df.attack, df.norm)) == {("pgdl2", "l2"), ("eot-pgdl2", "l2"), ("pgd", "linf")}
+    # falsify + 2 L2 attacks at each certificate's own radius + 1 Linf attack, each for 2 taus
+    assert len(df) == (1 + 2 + 1) * 2
+    assert set(zip(df.attack, df.norm)) == {("falsify", "l2"), ("pgdl2", "l2"), ("eot-pgdl2", "l2"),
+                                            ("pgd", "linf")}
+    # default L2 budgets: the certificate's own radius, just inside the open ball (falsify: R itself,
+    # it shrinks the ball internally)
+    own = df[df.attack.isin(["pgdl2", "eot-pgdl2"])]
+    expected = own.tau.map({0.6: r6, 0.75: r75}) * (1 - 1e-6)
+    assert own.eps.values == pytest.approx(expected.values, rel=1e-12)
+    assert (own.radius_multiple == 1).all() and df[df.norm == "linf"].radius_multiple.isna().all()
     assert (df.perturbation_l2 <= df.eps_l2_bound + TOL).all()
-    assert (df.violations == 0).all()
-    # matched budget: every attack is checked against the certificate for real
-    matched = df[(df.norm == "l2") & (df.tau == 0.75) & (df.eps == l2[1])]
-    assert len(matched) == 2 and matched.covers.all() and (matched.covered > 0).all()
-    assert (matched.certified_dice_at_eps == matched.certified_dice).all()
-    # a budget beyond the radius: nothing certified at that eps, nothing covered
-    beyond = df[(df.tau == 0.6) & (df.eps == l2[1])]
-    assert (beyond.certified_dice_at_eps == 0).all() and (beyond.covered == 0).all()
+    # every L2 row tested the claim for real, and a correct certificate shows no violation
+    l2 = df[df.norm == "l2"]
+    assert (l2.tested > 0).all() and (~l2.not_tested).all() and (l2.violations == 0).all()
+    assert (l2.certified_dice_at_eps == l2.certified_dice).all()
+    assert (l2.min_upper_bound > 0.5).all()
     linf = df[df.norm == "linf"]
     assert linf.eps_l2_bound.iloc[0] == pytest.approx(2 / 255 * 8)
     table = robustness_table(df)
-    assert len(table) == 3 * 2 and table.violations.sum() == 0
+    assert table.violations.fillna(0).sum() == 0 and (table.tested > 0).any()
 
 
 def test_cli_attack_writes_rows(tmp_path):
@@ -375,7 +380,7 @@ def test_cli_attack_writes_rows(tmp_path):
         "--tau", "0.6", "--attack", "pgdl2", "--attack", "eot-pgdl2", "--attack", "pgd",
         "--attack-option", "eot-pgdl2:num_draws=2", "--attack-option", "eot-pgdl2:steps=2",
         "--attack-option", "pgd:steps=3", "--eps-l2", "0.05", "--eps-l2", "0.3", "--eps-linf", "1/255",
-        "--device", "cpu", "-o", str(out)], terminal_width=160)
+        "--no-falsify", "--device", "cpu", "-o", str(out)], terminal_width=160)
     assert result.exit_code == 0, result.output
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 5
@@ -386,11 +391,13 @@ def test_cli_attack_writes_rows(tmp_path):
     assert df.segmenter.iloc[0] == "monai:synthetic-lung-noise0.25" and df.denoiser.iloc[0] == "none"
     assert sorted(df[df.norm == "l2"].eps.unique()) == [0.05, 0.3]
     assert df[df.norm == "linf"].eps.iloc[0] == pytest.approx(1 / 255)
-    assert (df.violations == 0).all()
+    # R(0.6) = 0.063: the 0.05 budget is tested; 0.3 lies beyond every radius: "not tested", never 0
+    assert (df[df.eps == 0.05].tested > 0).all() and (df[df.eps == 0.05].violations == 0).all()
+    assert df[df.eps == 0.3].not_tested.all() and df[df.eps == 0.3].violations.isna().all()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["violations"] == 0
     assert len(json.loads((out / "robustness.json").read_text())) == 3  # l2 0.05, l2 0.3, linf 1/255
-    assert "empirical vs certified Dice" in result.output and "viol" in result.output
+    assert "empirical vs certified Dice" in result.output and "not tested" in result.output
     # the same folder again without --overwrite: a clear error, nothing lost
     again = CliRunner().invoke(main, ["attack", "-o", str(out), "--dataset-option", "count=1"])
     assert again.exit_code != 0 and "already holds results" in again.output
@@ -413,33 +420,29 @@ def test_cli_bad_values(tmp_path, args, match):
 
 # ------------------------------------------------------------------ job plan and resume
 def test_attack_jobs_plan_rows_per_image():
-    from certframe.statistics import certified_radius
-
     attacks = {"pgdl2": PGDL2, "pgd": PGD, "segpgd": SegPGD}
-    jobs = attack_jobs(attacks, sigma=0.25, taus=(0.6, 0.75), eps_l2=(0.3, 0.3), eps_linf=(1 / 255,))
+    jobs = attack_jobs(attacks, taus=(0.6, 0.75), eps_l2=(0.3, 0.3), eps_linf=(1 / 255,))
     assert [(j.name, j.norm, j.eps, j.pass_norm) for j in jobs] == [
-        ("pgdl2", "l2", 0.3, False), ("pgd", "linf", 1 / 255, False),
+        ("falsify", "l2", None, False), ("pgdl2", "l2", 0.3, False), ("pgd", "linf", 1 / 255, False),
         ("segpgd", "l2", 0.3, True), ("segpgd", "linf", 1 / 255, True)]
-    assert jobs[0].threat == "base" and jobs[0].factory is PGDL2
-    # default L2 budgets: one per tau, the certified radii just inside the open ball
-    jobs = attack_jobs({"pgdl2": PGDL2}, sigma=0.25, taus=(0.6, 0.75))
-    assert [j.eps for j in jobs] == pytest.approx([certified_radius(0.25, t) * (1 - 1e-6) for t in (0.6, 0.75)],
-                                                  rel=1e-12)
-    with pytest.raises(ValueError, match="no attack given"):
-        attack_jobs({}, sigma=0.25, taus=(0.75,))
-    with pytest.raises(ValueError, match="no attack budget"):
-        attack_jobs({"pgd": PGD}, sigma=0.25, taus=(0.75,), eps_l2=())
-    with pytest.raises(ValueError, match=r"none of the attacks \['pgd'\] supports the norms of the budgets \['l2'\]"):
-        attack_jobs({"pgd": PGD}, sigma=0.25, taus=(0.75,))
-    # attack_dataset runs exactly these jobs: len(jobs) * len(taus) rows per image
+    assert jobs[1].threat == "base" and jobs[1].factory is PGDL2
+    # default L2 budgets: each certificate's own radius (eps None) times each multiple
+    jobs = attack_jobs({"pgdl2": PGDL2}, taus=(0.6, 0.75), radius_multiples=(1, 2), falsify=False)
+    assert [(j.name, j.eps, j.radius_multiple) for j in jobs] == [("pgdl2", None, 1.0), ("pgdl2", None, 2.0)]
+    with pytest.raises(ValueError, match="nothing to run"):
+        attack_jobs({}, taus=(0.75,), falsify=False)
+    with pytest.raises(ValueError, match="'pgd' supports linf budgets and none was given"):
+        attack_jobs({"pgd": PGD}, taus=(0.75,), eps_l2=())
+    # attack_dataset runs exactly these jobs: len(jobs) * len(taus) rows per image, jobs in order
     data = ListDataset([(torch.full((1, 8, 8), 0.2), torch.zeros(8, 8, dtype=torch.long))] * 2)
     rows = list(attack_dataset(data, ThresholdSegmenter(), None, SegCertify(), {"pgdl2": PGDL2, "pgd": PGD},
                                sigma=0.25, n0=5, n=20, alpha=0.01, taus=(0.6, 0.75), eps_linf=(1 / 255,),
-                               attack_options={"pgdl2": {"steps": 1}, "pgd": {"steps": 1}}, seed=0, device="cpu"))
-    jobs = attack_jobs({"pgdl2": PGDL2, "pgd": PGD}, sigma=0.25, taus=(0.6, 0.75), eps_linf=(1 / 255,))
+                               attack_options={"pgdl2": {"steps": 1}, "pgd": {"steps": 1}},
+                               falsify_options={"max_pixels": 1, "steps": 1, "restarts": 1, "n_test": 20,
+                                                "empirical": False}, seed=0, device="cpu"))
+    jobs = attack_jobs({"pgdl2": PGDL2, "pgd": PGD}, taus=(0.6, 0.75), eps_linf=(1 / 255,))
     assert len(rows) == 2 * len(jobs) * 2
-    assert [(r["attack"], r["norm"], r["eps"]) for r in rows[:len(jobs) * 2:2]] == [(j.name, j.norm, j.eps)
-                                                                                  for j in jobs]
+    assert [(r["attack"], r["norm"]) for r in rows[:len(jobs) * 2:2]] == [(j.name, j.norm) for j in jobs]
 
 
 # 3 images at 32x32; each writes 2 jobs (pgdl2 at L2 0.3, pgd at Linf 1/255) x 2 taus = 4 rows. Enough
@@ -449,7 +452,7 @@ RESUME_ARGS = ["attack", "--dataset-option", f"count={RESUME_COUNT}", "--dataset
                "--segmenter-option", "weights=synthetic-lung-noise0.25", "--n0", "5", "-n", "100",
                "--alpha", "0.01", "--tau", "0.6", "--tau", "0.75", "--attack", "pgdl2", "--attack", "pgd",
                "--attack-option", "pgdl2:steps=40", "--attack-option", "pgd:steps=40", "--eps-l2", "0.3",
-               "--eps-linf", "1/255", "--batch-size", "50", "--device", "cpu", "--quiet"]
+               "--eps-linf", "1/255", "--no-falsify", "--batch-size", "50", "--device", "cpu", "--quiet"]
 WALL_TIME = ("seconds", "attack_seconds")
 
 
@@ -576,3 +579,66 @@ def test_cli_attack_resume_guards(tmp_path, attack_reference):
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"
     with pytest.raises(RunError, match="truncated"):
         RunFolder(run).results(require_complete=False)
+
+
+# ------------------------------------------------------------------ issue 13: stronger base attacks
+def test_target_margin_golden():
+    from certframe.attacks.targeted import target_margin
+    # one image, 3 classes, 2 pixels: pixel 0 logits (1, 3, 0) target 0 -> margin 2; pixel 1 (5, 0, 1) target 0 -> -4
+    logits = torch.tensor([[[[1.0, 5.0]], [[3.0, 0.0]], [[0.0, 1.0]]]])
+    target = torch.zeros(1, 1, 2, dtype=torch.long)
+    assert target_margin(logits, target).tolist() == pytest.approx([(2 + 0) / 2])          # kappa 0
+    assert target_margin(logits, target, kappa=1.0).tolist() == pytest.approx([(2 - 1) / 2])
+    assert target_margin(logits, target, cap=1.5).tolist() == pytest.approx([(1.5 + 0) / 2])
+
+
+def test_pgd_default_step_scales_with_eps_and_best_iterate_is_kept():
+    seg = ThresholdSegmenter()
+    assert PGD(seg, eps=0.5, steps=10).alpha == pytest.approx(0.125)
+    assert PGD(seg, eps=1 / 255, steps=10).alpha == pytest.approx(2.5 / 2550)
+    # a too-large step oscillates between 0.4 and 0.6 around the optimum 0.55: the best iterate is kept
+    attack = PGD(seg, eps=0.2)
+    x = torch.full((1, 1, 2, 2), 0.6)
+
+    def objective(adv, t):
+        return -(adv - 0.55).pow(2).flatten(1).sum(dim=1)
+
+    best = attack.ascend(x, objective=objective, alpha=0.2, steps=3, start_random=False)
+    last = attack.ascend(x, lambda adv, t: -2 * (adv - 0.55), alpha=0.2, steps=3, start_random=False)
+    assert torch.allclose(best, x) and torch.allclose(last, torch.full_like(x, 0.4))
+    # restarts: more runs never end with a lower objective
+    one = objective(attack.ascend(x, objective=objective, alpha=0.07, steps=2, start_random=True,
+                                generator=torch.Generator().manual_seed(0)), 0)
+    three = objective(attack.ascend(x, objective=objective, alpha=0.07, steps=2, start_random=True, restarts=3,
+                                  generator=torch.Generator().manual_seed(0)), 0)
+    assert float(three) >= float(one)
+
+
+def test_no_device_message_for_a_parameter_free_model(capsys):
+    for factory in (PGD, PGDL2, SegPGD, TargetedPGD):
+        factory(ThresholdSegmenter())
+    EOTPGDL2(ThresholdSegmenter(), sigma=0.25)
+    assert "Failed to set device" not in capsys.readouterr().out
+
+
+def test_eot_value_and_gradient_matches_eot_gradient():
+    """Per-image objective: its gradient is B times eot_gradient's on the same draws (same direction)."""
+    from certframe.attacks.eot_pgdl2 import eot_value_and_gradient
+
+    pipeline = DenoisedSegmenter(ThresholdSegmenter(), NoDenoiser(), sigma=0.3)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = (torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(2)) > 0.5).long()
+    for objective in ("expected-loss", "smoothed-softmax"):
+        want = eot_gradient(pipeline, x, y, num_draws=5, draw_batch=2, generator=torch.Generator().manual_seed(3),
+                            objective=objective)
+        value, got = eot_value_and_gradient(pipeline, x, y, num_draws=5, draw_batch=2,
+                                            generator=torch.Generator().manual_seed(3), objective=objective)
+        assert torch.allclose(got, 2 * want, atol=1e-6) and value.shape == (2,)
+    # the value is the mean over draws and pixels of the per-pixel CE, per image
+    g = torch.Generator().manual_seed(3)
+    noise = torch.cat([torch.randn((2, 2, 1, 4, 4), generator=g), torch.randn((2, 2, 1, 4, 4), generator=g),
+                       torch.randn((1, 2, 1, 4, 4), generator=g)]) * 0.3
+    ce = torch.stack([F.cross_entropy(pipeline(x + noise[j]), y, reduction="none").mean(dim=(1, 2)) for j in range(5)])
+    value, _ = eot_value_and_gradient(pipeline, x, y, num_draws=5, draw_batch=2,
+                                      generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(value, ce.mean(dim=0), atol=1e-6)

@@ -22,6 +22,7 @@ from rich.console import Console
 from certframe.cli.options import certify_options, parse_options
 from certframe.cli.tables import print_robustness
 from certframe.run import AttackSpec, run_attack
+from certframe.run.spec import DEFAULT_ATTACKS
 
 
 class Budget(click.ParamType):
@@ -55,14 +56,24 @@ def parse_attack_options(pairs: tuple[str, ...], attacks: tuple[str, ...]) -> di
 
 @click.command("attack")
 @certify_options
-@click.option("--attack", "attacks", multiple=True, default=("pgdl2", "eot-pgdl2", "pgd", "eot-pgd"),
-              show_default=True, help="Attack plugin (repeatable); each runs at every budget of its norm.")
+@click.option("--attack", "attacks", multiple=True, default=DEFAULT_ATTACKS, show_default=True,
+              help="Attack plugin (repeatable); each runs at every budget of its norm.")
 @click.option("--attack-option", "attack_options", multiple=True, metavar="ATTACK:KEY=VALUE",
               help="Option for one attack, e.g. eot-pgdl2:num_draws=16 (repeatable).")
 @click.option("--eps-l2", "eps_l2", type=Budget(), multiple=True,
-              help="L2 budget (repeatable). Default: the certified radii sigma * Phi^-1(tau).")
-@click.option("--eps-linf", "eps_linf", type=Budget(), multiple=True, default=("1/255",), show_default=True,
-              help="Linf budget in [0, 1] units, e.g. 2/255 (repeatable).")
+              help="Fixed L2 budget (repeatable). Default: each certificate's own radius (times each "
+                   "--radius-multiple).")
+@click.option("--eps-linf", "eps_linf", type=Budget(), multiple=True,
+              help="Linf budget in [0, 1] units, e.g. 2/255 (repeatable; Linf-only attacks need one).")
+@click.option("--radius-multiple", "radius_multiples", type=float, multiple=True, default=(1.0,),
+              show_default=True, help="Attack at k times the certified radius (repeatable); k > 1 is "
+                                      "reported as beyond the claim, never as a violation.")
+@click.option("--falsify/--no-falsify", default=True, show_default=True,
+              help="Run the pixel-focused falsification of each certificate (weakest pixels, EOT attack on "
+                   "the smoothed model, sound test at x').")
+@click.option("--falsify-option", "falsify_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of the falsification, e.g. max_pixels=4, steps=10, n_test=500, level=0.001, "
+                   "empirical=false (repeatable).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("runs/attack"),
               show_default=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --output.")
@@ -70,16 +81,17 @@ def parse_attack_options(pairs: tuple[str, ...], attacks: tuple[str, ...]) -> di
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, table or info logs.")
 def attack(dataset_name, dataset_options, segmenter_name, segmenter_options, denoiser_name, denoiser_options,
            certifier_name, certifier_options, sigma, n0, n, alpha, taus, batch_size, seed, device, limit,
-           attacks, attack_options, eps_l2, eps_linf, output, resume, overwrite, quiet):
-    """Attack the base and the smoothed segmenter; check every certificate on the attacked images.
+           attacks, attack_options, eps_l2, eps_linf, radius_multiples, falsify, falsify_options, output, resume,
+           overwrite, quiet):
+    """Try to break the certificates: attack each one's own claim, test the attacked images soundly.
 
-    For each image: certify x; run each attack at each budget; certify x'. Reports
-    empirical robust Dice (base f and smoothed g), certified Dice at radius >= eps,
-    and certificate violations (pixels certified on x at a radius beyond the
-    perturbation that are certified as another class on x'; expected 0).
+    For each image: certify x; falsify each certificate (its weakest covered pixels, attacked on
+    the smoothed model inside the certificate's own radius, then tested with fresh draws: p(c | x')
+    < 1/2 at Holm-corrected level is a violation); run each attack at each budget (default: each
+    certificate's radius) and test every covered pixel at x' the same way. With a correct
+    certificate 0 violations is expected; a row that covered nothing says "not tested".
 
-    Rows are written image by image; an interrupted run continues with --resume
-    (same options), which keeps the images already done.
+    Rows are written image by image; an interrupted run continues with --resume (same options).
     """
     if quiet:
         logging.getLogger("certframe").setLevel(logging.WARNING)
@@ -90,7 +102,9 @@ def attack(dataset_name, dataset_options, segmenter_name, segmenter_options, den
                       certifier=certifier_name,
                       certifier_options=parse_options(certifier_options, "--certifier-option"),
                       attacks=tuple(attacks), attack_options=parse_attack_options(attack_options, tuple(attacks)),
-                      eps_l2=tuple(eps_l2) or None, eps_linf=tuple(eps_linf), sigma=sigma, n0=n0, n=n,
+                      eps_l2=tuple(eps_l2) or None, eps_linf=tuple(eps_linf),
+                      radius_multiples=tuple(radius_multiples), falsify=falsify,
+                      falsify_options=parse_options(falsify_options, "--falsify-option"), sigma=sigma, n0=n0, n=n,
                       alpha=alpha, taus=taus, batch_size=batch_size, seed=seed, device=device, limit=limit)
     console = Console(quiet=quiet)
     table = run_attack(spec, output, resume=resume, overwrite=overwrite, quiet=quiet, console=console)

@@ -5,6 +5,7 @@ to the title, numbers are never cut, long method names wrap.
 """
 from __future__ import annotations
 
+import pandas as pd
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -58,29 +59,47 @@ def print_summary(summary, console, title="summary"):
     console.print(table)
 
 
-def print_robustness(table, console, title="robustness"):
-    """Rich tables, one per method and sigma: clean / attacked / certified Dice and violations.
+def _check_cell(r) -> str:
+    """covered / tested / violations of one robustness row; "not tested" when nothing was covered."""
+    if bool(r.get("not_tested", False)) or pd.isna(r.get("tested")) or not r.get("tested"):
+        return "not tested"
+    k = r.get("radius_multiple")
+    beyond = k is not None and not pd.isna(k) and float(k) > 1
+    found = r.get("flips_beyond_claim") if beyond else r.get("violations")
+    found = 0 if pd.isna(found) else int(found)
+    text = f"{int(r['tested'])}: {found}{' beyond' if beyond else ''}"
+    return f"[bold red]{text}[/]" if found and not beyond else text
 
-    "f" is the base segmenter (no noise), "g" the smoothed one (majority vote);
-    "g cert" is certified Dice at radius >= eps (the budget's L2 bound); "viol"
-    counts certificate violations (expected 0; shown in red otherwise).
+
+def print_robustness(table, console, title="robustness"):
+    """Rich tables, one per method and sigma: clean / attacked / certified Dice and the certificate check.
+
+    "f" is the base segmenter (no noise), "g" the smoothed one (majority vote); "g cert" is
+    certified Dice at radius >= eps (the budget's L2 bound). "check" is ``tested: violations``
+    (pixels tested at x' and those where p(c | x') < 1/2 was shown; expected 0, red otherwise);
+    at a radius multiple k > 1 the count is "beyond" the claim, and a budget that covered no
+    pixel says "not tested", never 0.
     """
-    cols = [("tau", "tau"), ("radius", "R"), ("norm", "norm"), ("eps", "eps"), ("clean_dice", "f clean"),
-            ("base_robust_dice", "f att"), ("smoothed_dice", "g clean"), ("smoothed_robust_dice", "g att"),
-            ("certified_dice_at_eps", "g cert"), ("violations", "viol")]
+    cols = [("tau", "τ"), ("norm", "norm"), ("radius_multiple", "k"), ("eps", "eps"),
+            ("base_robust_dice", "f att"), ("smoothed_robust_dice", "g att"), ("certified_dice_at_eps", "g cert")]
+    cols = [c for c in cols if c[0] in table.columns]
     for (seg, den, cert, sigma), part in table.groupby(["segmenter", "denoiser", "certifier", "sigma"],
                                                         sort=False):
-        attacks = "; ".join(sorted({f"{r['norm']}: {r['attacks']}" for _, r in part.iterrows()}))
-        t = Table(title=f"{title}\n{seg} + {den}, {cert}, sigma={sigma:g}", box=box.SIMPLE_HEAD,
-                  caption=f"attacks {attacks}; f base, g smoothed, cert: certified at radius >= eps")
-        for key, head in cols:
-            t.add_column(head, justify="left" if key == "norm" else "right", no_wrap=key == "eps")
+        attacks = "; ".join(sorted({f"{r['attacks']}" for _, r in part.iterrows()}))
+        clean = (f"f clean {part['clean_dice'].mean():.3f}, g clean {part['smoothed_dice'].mean():.3f}, "
+                 f"{int(part['images'].max())} image(s)")
+        t = Table(title=f"{title}\n{seg} + {den}, {cert}, σ={sigma:g}\n{clean}", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, collapse_padding=True,
+                  caption=f"attacks: {attacks}. f base, g smoothed; k: multiple of the certified radius; "
+                          f"g cert: certified Dice at radius >= eps; check: pixels tested at x': "
+                          f"violations")
+        for key, head in cols + [("check", "check")]:
+            t.add_column(head, justify="left" if key == "norm" else "right", no_wrap=True)
         for _, r in part.iterrows():
-            cells = [f"{r[k]:.3g}" if k in ("tau", "radius", "eps") else
+            cells = ["" if r[k] is None or (isinstance(r[k], float) and pd.isna(r[k])) else
+                     f"{r[k]:.3g}" if k in ("tau", "eps", "radius_multiple") else
                      f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k, _ in cols]
-            if int(r["violations"]):
-                cells[-1] = f"[bold red]{cells[-1]}[/]"
-            t.add_row(*cells)
+            t.add_row(*cells, _check_cell(r))
         console.print(t)
 
 

@@ -5,6 +5,10 @@
   of randomized-smoothing papers (Cohen et al. 2019; Fischer et al. 2021; Laousy et
   al. 2023), with each method's runs at several sigmas joined into one curve.
 * :func:`abstain_vs_radius` the mean abstain rate against the radius, per method.
+* :func:`empirical_vs_certified_radius` per attacked pixel of a falsification test
+  (:mod:`certframe.attacks.falsification`): the smallest flipping L2 norm an attack found
+  against the certified radius, with the line y = x (points below it are claims an
+  attack contradicts).
 * :func:`overlays`          per image: the image, its ground truth, the base
   segmenter's clean prediction and the certified prediction at each tau, with
   abstained pixels in red (read from the run's ``certificates/*.npz``).
@@ -82,6 +86,53 @@ def dice_vs_radius(table: pd.DataFrame) -> Figure:
 def abstain_vs_radius(table: pd.DataFrame) -> Figure:
     """Mean abstain rate (fraction of pixels without certificate) against the radius."""
     return _curve_figure(table, "abstain_rate", None, "abstain rate", "abstain rate")
+
+
+def empirical_vs_certified_radius(pixels: pd.DataFrame) -> Figure:
+    """Scatter of ``empirical_radius`` (y) against ``certified_radius`` (x), one colour per ``method``.
+
+    pixels: rows of :meth:`certframe.attacks.falsification.FalsificationResult.pixel_rows`
+    (columns ``certified_radius``, ``empirical_radius``, ``empirical_upper``, ``method``,
+    optional ``rejected``). A pixel no attack flipped within its search budget
+    (``empirical_radius`` NaN) is drawn as an open triangle at ``empirical_upper``: its
+    empirical radius is at least that. Pixels the sound test rejected are ringed in red.
+    """
+    missing = {"certified_radius", "empirical_radius", "empirical_upper", "method"} - set(pixels.columns)
+    if missing:
+        raise ValueError(f"pixel rows lack the column(s) {sorted(missing)}; expected the rows of "
+                         f"FalsificationResult.pixel_rows()")
+    if pixels.empty:
+        raise ValueError("no attacked pixel to plot (every certificate was 'not tested')")
+    fig = _new_figure(5.2, 4.6)
+    ax = fig.subplots()
+    top = float(np.nanmax(np.concatenate([pixels["certified_radius"].to_numpy(float),
+                                          pixels["empirical_radius"].to_numpy(float),
+                                          pixels["empirical_upper"].to_numpy(float)])))
+    top = top * 1.05 if np.isfinite(top) and top > 0 else 1.0
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="y = x")
+    ringed = False
+    for i, (method, g) in enumerate(pixels.groupby("method", sort=True)):
+        color = _CLASS_COLORS[i % len(_CLASS_COLORS)]
+        found = g["empirical_radius"].notna()
+        ax.scatter(g.loc[found, "certified_radius"], g.loc[found, "empirical_radius"], s=18, color=color,
+                   label=f"{method}: flip found")
+        if (~found).any():
+            ax.scatter(g.loc[~found, "certified_radius"], g.loc[~found, "empirical_upper"], s=22, marker="^",
+                       facecolors="none", edgecolors=color, label=f"{method}: none within search (≥)")
+        if "rejected" in g.columns and g["rejected"].astype(bool).any():
+            r = g[g["rejected"].astype(bool) & found]
+            ax.scatter(r["certified_radius"], r["empirical_radius"], s=70, facecolors="none",
+                       edgecolors=ABSTAIN_COLOR, linewidths=1.2,
+                       label=None if ringed else "rejected by the test at x' (p < 1/2)")
+            ringed = True
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("certified radius (L2, [0,1] pixel units)")
+    ax.set_ylabel("empirical radius: smallest flipping L2 norm found")
+    ax.set_title("empirical vs certified radius per attacked pixel", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
 
 
 def _colorize(base: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

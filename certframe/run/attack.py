@@ -27,7 +27,7 @@ from certframe.run.spec import AttackSpec
 from certframe.run.step import AttackStep
 from certframe.runs import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
 
-ATTACK_SUMMARY, ROBUSTNESS = "summary.json", "robustness.json"
+ATTACK_SUMMARY, ROBUSTNESS, PIXELS = "summary.json", "robustness.json", "pixels.csv"
 # columns every attack results table has (checked when a run folder is read back)
 ATTACK_COLUMNS = ["image_id", "index", "segmenter", "denoiser", "certifier", "sigma", "tau", "radius", "attack",
                   "norm", "eps", "violations", "seconds"]
@@ -35,11 +35,28 @@ ATTACK_COLUMNS = ["image_id", "index", "segmenter", "denoiser", "certifier", "si
 log = logging.getLogger("certframe.attack")
 
 
+def append_pixels(path: Path, pixels: list[dict]) -> None:
+    """Append one image's per-pixel falsification rows to ``pixels.csv`` (the radius figure reads it)."""
+    if not pixels:
+        return
+    frame = pd.DataFrame(pixels)
+    frame.to_csv(path, mode="a", header=not path.exists() or path.stat().st_size == 0, index=False)
+
+
+def read_pixels(path: str | Path) -> pd.DataFrame:
+    """``pixels.csv`` of an attack run folder; rows of an image written twice (a resumed run) kept once."""
+    path = Path(path)
+    frame = pd.read_csv(path / PIXELS if path.is_dir() else path)
+    keys = [c for c in ("index", "tau", "radius_multiple", "row", "col") if c in frame.columns]
+    return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
+
+
 def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser: Denoiser | None,
                    certifier: Certifier, attacks: dict[str, Callable], *, sigma: float, n0: int, n: int,
                    alpha: float, taus: Sequence[float] = (0.75,), eps_l2: Sequence[float] | None = None,
                    eps_linf: Sequence[float] = (), attack_options: dict[str, dict] | None = None,
-                   seed: int, batch_size: int | str = 32, device: str | torch.device = "auto",
+                   radius_multiples: Sequence[float] = (1.0,), falsify: bool = True,
+                   falsify_options: dict | None = None, seed: int, batch_size: int | str = 32, device: str | torch.device = "auto",
                    names: Names | None = None, indices: Iterable[int] | None = None,
                    on_image: Callable[[int, str, list[dict]], None] | None = None) -> Iterator[dict]:
     """Yield attack result rows (see :mod:`certframe.attacks.suite`), image by image.
@@ -52,6 +69,7 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
     eps_l2: L2 budgets (default: the certified radii ``sigma * Phi^-1(tau)`` of ``taus`` times
     ``1 - 1e-6``: the guarantee covers the OPEN ball ``||delta||_2 < R``).
     eps_linf: Linf budgets in [0, 1] pixel units (default none).
+    radius_multiples, falsify, falsify_options: see :class:`~certframe.run.spec.AttackSpec`.
     seed: fixes the noise draws (with each image's id) and the attacks' randomness.
     """
     from certframe.attacks.suite import attack_jobs
@@ -61,12 +79,13 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
     unknown = sorted(set(attack_options) - set(attacks))
     if unknown:
         raise ValueError(f"options given for attack(s) {unknown} that are not run; attacks: {sorted(attacks)}")
-    jobs = attack_jobs(attacks, sigma=request.sigma, taus=request.taus, eps_l2=eps_l2, eps_linf=eps_linf)
+    jobs = attack_jobs(attacks, taus=request.taus, eps_l2=eps_l2, eps_linf=eps_linf,
+                       radius_multiples=radius_multiples, falsify=falsify)
     device = resolve_device(device)
     segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
     step = AttackStep(smoothed_segmenter(segmenter, denoiser, request, device), certifier, dataset, request,
                       seed=seed, batch_size=batch_size, device=device, names=names or Names(), jobs=jobs,
-                      attack_options=attack_options)
+                      attack_options=attack_options, falsify_options=falsify_options)
     for result in image_results(step, dataset, range(len(dataset)) if indices is None else indices):
         if on_image is not None:
             on_image(result.index, result.sample.id, result.rows)
@@ -89,7 +108,8 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
     factories = {name: registry.get("attack", name).factory for name in spec.attacks}
     request = spec.request
     # the rows each image writes, known before the run: needed to tell a complete image from a cut one
-    jobs = attack_jobs(factories, sigma=spec.sigma, taus=spec.taus, eps_l2=spec.eps_l2, eps_linf=spec.eps_linf)
+    jobs = attack_jobs(factories, taus=spec.taus, eps_l2=spec.eps_l2, eps_linf=spec.eps_linf,
+                       radius_multiples=spec.radius_multiples, falsify=spec.falsify)
     device = resolve_device(spec.device)
     plugins = build_plugins(spec, registry)
     check_plugins(spec, plugins)
@@ -104,11 +124,13 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
         segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
         step = AttackStep(smoothed_segmenter(segmenter, denoiser, request, device), plugins.certifier,
                           plugins.dataset, request, seed=spec.seed, batch_size=spec.batch_size, device=device,
-                          names=plugins.names(spec), jobs=jobs, attack_options=spec.attack_options)
+                          names=plugins.names(spec), jobs=jobs, attack_options=spec.attack_options,
+                          falsify_options=spec.falsify_options)
         with progress_bar(console, "attack", quiet) as progress:
             task = progress.add_task("attack", total=total, completed=total - len(todo))
             for result in image_results(step, plugins.dataset, todo):
                 run.append(result.rows)
+                append_pixels(run.path / PIXELS, result.pixels)
                 progress.advance(task)
         # the whole run: rows kept from before the interruption plus the new ones (image_id as str)
         df = run.results(require_complete=False)
@@ -122,7 +144,8 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
         atomic_write(run.path / ROBUSTNESS, (table.to_json(orient="records", indent=2) + "\n").encode())
         if complete:
             run.update_manifest(status="complete", finished=now(), images=int(df["index"].nunique()),
-                                violations=int(df["violations"].sum()))
+                                violations=int(df["violations"].where(~df["not_tested"].astype(bool)).sum()),
+                                tested=int(df["tested"].where(~df["not_tested"].astype(bool)).sum()))
             log.info("run complete: %s", output)
         else:
             log.info("%d of %d images done in %s", len(finished), total, output)
@@ -130,4 +153,4 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
     return table
 
 
-__all__ = ["run_attack", "attack_dataset", "ATTACK_COLUMNS", "ATTACK_SUMMARY", "ROBUSTNESS"]
+__all__ = ["run_attack", "attack_dataset", "read_pixels", "ATTACK_COLUMNS", "ATTACK_SUMMARY", "ROBUSTNESS", "PIXELS"]

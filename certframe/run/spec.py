@@ -156,7 +156,8 @@ class RunSpec:
         return asdict(self)
 
 
-DEFAULT_ATTACKS = ("pgdl2", "eot-pgdl2", "pgd", "eot-pgd")
+DEFAULT_ATTACKS = ("pgdl2", "eot-pgdl2")
+"""Whole-image L2 attacks run by default (beside the falsification job); Linf ones need --eps-linf."""
 
 
 @dataclass(frozen=True)
@@ -164,13 +165,19 @@ class AttackSpec(RunSpec):
     """A ``certframe attack`` run: a :class:`RunSpec` plus the attacks and their budgets.
 
     attacks: attack plugin names; attack_options: ``{attack: {key: value}}``.
-    eps_l2: L2 budgets (None: each certificate's own radius); eps_linf: Linf budgets.
+    eps_l2: L2 budgets (None: each certificate's own radius times each radius multiple);
+    eps_linf: Linf budgets. radius_multiples: k of the budgets ``k R`` (k = 1 tests the claim;
+    k > 1 is reported as beyond the claim). falsify: run the pixel-focused falsification
+    job; falsify_options: its options (:func:`certframe.attacks.falsification.falsify`).
     """
 
     attacks: tuple = DEFAULT_ATTACKS
     attack_options: dict = field(default_factory=dict)
     eps_l2: tuple | None = None
     eps_linf: tuple = ()
+    radius_multiples: tuple = (1.0,)
+    falsify: bool = True
+    falsify_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
@@ -187,12 +194,20 @@ class AttackSpec(RunSpec):
             raise SpecError(f"options given for attack(s) {unknown} that are not run; attacks: {list(attacks)}")
         set_("eps_l2", None if self.eps_l2 is None else tuple(_number("eps_l2", e) for e in self.eps_l2))
         set_("eps_linf", tuple(_number("eps_linf", e) for e in self.eps_linf))
+        multiples = tuple(_number("radius_multiple", k) for k in self.radius_multiples)
+        if not multiples or not all(math.isfinite(k) and k > 0 for k in multiples):
+            raise SpecError(f"radius multiples must be finite numbers > 0, got {self.radius_multiples!r}")
+        set_("radius_multiples", multiples)
+        set_("falsify", bool(self.falsify))
+        if not isinstance(self.falsify_options, dict):
+            raise SpecError(f"falsify_options must be a dict of KEY=VALUE options, got {self.falsify_options!r}")
 
     def config(self) -> dict:
         config = super().config()
         config.update({"attacks": list(self.attacks), "attack_options": self.attack_options,
                        "eps_l2": None if self.eps_l2 is None else list(self.eps_l2),
-                       "eps_linf": list(self.eps_linf)})
+                       "eps_linf": list(self.eps_linf), "radius_multiples": list(self.radius_multiples),
+                       "falsify": self.falsify, "falsify_options": self.falsify_options})
         return config
 
 

@@ -40,6 +40,7 @@ class ImageResult:
     clean: torch.Tensor                 # int64 [H, W] on the CPU: the base segmenter on the clean image
     rows: list[dict] = field(default_factory=list)
     majority: torch.Tensor | None = None  # int64 [H, W]: g's plain majority vote (attack runs)
+    pixels: list[dict] = field(default_factory=list)  # per attacked pixel (the falsification job)
 
 
 class RecordingVotes:
@@ -152,20 +153,31 @@ __all__ = ["CertifyStep", "ImageResult", "RecordingVotes", "resolve_batch_size"]
 
 
 class AttackStep(CertifyStep):
-    """Certify an image, attack it with every job, and check each certificate on the attacked image.
+    """Certify an image, run every attack job, and test each certificate's claim at the attacked images.
 
-    jobs: :func:`certframe.attacks.suite.attack_jobs` (attack x budget); attack_options:
-    ``{attack: {key: value}}``. Rows: see :mod:`certframe.attacks.suite`; one per (job, tau).
+    jobs: :func:`certframe.attacks.suite.attack_jobs` (the falsification job, then attack x
+    budget); attack_options: ``{attack: {key: value}}``; falsify_options: options of
+    :func:`certframe.attacks.falsification.falsify` (max_pixels, steps, restarts, num_draws,
+    n_test, level, empirical, ...). test_level: family-wise level of the test at x' for the
+    whole-image attacks (Holm over the covered pixels, ``n`` fresh draws per x').
+    Rows: see :mod:`certframe.attacks.suite`; one per (job, tau). The falsification job's
+    per-pixel results are kept in :attr:`ImageResult.pixels`.
     """
 
-    def __init__(self, *args, jobs, attack_options: dict | None = None, **kwargs):
+    def __init__(self, *args, jobs, attack_options: dict | None = None, falsify_options: dict | None = None,
+                 test_level: float | None = None, **kwargs):
+        from certframe.attacks.flip_test import DEFAULT_LEVEL
+
         super().__init__(*args, **kwargs)
         self.jobs = list(jobs)
         self.attack_options = dict(attack_options or {})
+        self.falsify_options = dict(falsify_options or {})
+        self.test_level = float(test_level if test_level is not None else
+                                self.falsify_options.get("level", DEFAULT_LEVEL))
 
-    def build_attack(self, job):
-        """The attack object of one job, for the segmenter (base threat) or the smoothed pipeline."""
-        options = {"model": self.smoothed.segmenter, "eps": job.eps, "seed": self.seed,
+    def build_attack(self, job, eps: float):
+        """The attack object of one job at budget ``eps``, for the segmenter or the smoothed pipeline."""
+        options = {"model": self.smoothed.segmenter, "eps": eps, "seed": self.seed,
                    **self.attack_options.get(job.name, {})}
         if job.pass_norm:
             options["norm"] = job.norm
@@ -173,10 +185,46 @@ class AttackStep(CertifyStep):
             options.update(sigma=self.request.sigma, denoiser=self.smoothed.denoiser)
         return job.factory(**options)
 
+    def test_at(self, adv: torch.Tensor, cert: Certificate, l2: float, multiple: float | None, image_id: str,
+                phase: str) -> dict:
+        """The sound check of one certificate at one attacked image ``adv [C, H, W]``.
+
+        Covered pixels: certified, with ``k R_i > ||x' - x||_2`` (k = the job's radius multiple,
+        1 for a fixed budget). ``n`` fresh draws at x' (phase ``phase``: independent of the
+        certificate's draws) give each covered pixel's votes for its certified class; the exact
+        one-sided test of ``p(c_i | x') >= 1/2`` with Holm over the covered pixels at
+        ``test_level`` (:func:`certframe.attacks.flip_test.flip_test`) rejects the violations.
+        Returns the check columns plus ``_majority`` (g's majority vote at x', [H, W]).
+        """
+        from certframe.attacks.falsification import covered_pixels, fresh_votes
+        from certframe.attacks.flip_test import flip_test
+
+        k = 1.0 if multiple is None else float(multiple)
+        claimed, radius = covered_pixels(cert)
+        covered = claimed & (k * radius > l2)
+        n = self.request.n
+        counts = fresh_votes(self.smoothed, adv, seed=self.seed, image_id=image_id,
+                             batch_size=self.batch_size).counts(phase, n)
+        majority = counts.argmax(dim=0)
+        m = int(covered.sum())
+        row = {"covered": m, "tested": m, "violations": None, "flips_beyond_claim": None, "not_tested": m == 0,
+               "min_upper_bound": None, "test_level": self.test_level, "n_test": n,
+               "majority_flips": int((covered & (majority != cert.labels.to(majority.device))).sum()),
+               "empirical_radius_min": None, "certified_radius_min": None, "_majority": majority}
+        if m:
+            labels = cert.labels.to(counts.device)[covered.to(counts.device)]
+            votes = counts[:, covered.to(counts.device)].gather(0, labels.unsqueeze(0)).squeeze(0)
+            rejected, upper = flip_test(votes.cpu().numpy(), n, self.test_level)
+            found = int(rejected.sum())
+            row.update(min_upper_bound=float(upper.min()), certified_radius_min=float(radius[covered].min()))
+            row["violations" if k <= 1 else "flips_beyond_claim"] = found
+        return row
+
     def __call__(self, index: int, sample: Sample) -> ImageResult:
         import math
 
-        from certframe.attacks.violations import count_violations
+        from certframe.attacks.falsification import falsify
+        from certframe.attacks.suite import FALSIFY, RADIUS_MARGIN
         from certframe.interfaces import ABSTAIN
 
         validate_sample(sample, self.dataset.class_names, self.dataset.in_channels)
@@ -185,45 +233,72 @@ class AttackStep(CertifyStep):
         x, y = sample.image.to(self.device), sample.mask
         certs, votes = self.certify(x, sample.id, record=True)
         majority = votes.majority()
+        estimation = votes.recorded.get("estimation")
         clean = self.clean_prediction(x)
         clean_dice = metrics.mean_dice(clean, y, K)
         smoothed_dice = metrics.mean_dice(majority.cpu(), y, K)
         none_certified = metrics.mean_dice(torch.full_like(y, ABSTAIN), y, K)
-        rows = []
-        for job in self.jobs:
-            attack = self.build_attack(job)
-            t0 = time.perf_counter()
-            adv = attack(x.unsqueeze(0), y.unsqueeze(0).to(self.device))
-            attack_seconds = time.perf_counter() - t0
-            d = (adv[0].double() - x.double()).flatten()
-            l2, linf = float(d.norm(p=2)), float(d.abs().max())
-            bound = job.eps if job.norm == "l2" else job.eps * math.sqrt(x.numel())
-            base_adv = self.clean_prediction(adv[0])
-            certs_adv, votes_adv = self.certify(adv[0], sample.id, record=True)
-            majority_adv = votes_adv.majority().cpu()
-            base_robust = metrics.mean_dice(base_adv, y, K)
-            smoothed_robust = metrics.mean_dice(majority_adv, y, K)
-            for cert, cert_adv in zip(certs, certs_adv):
-                labels, labels_adv = cert.labels.cpu(), cert_adv.labels.cpu()
-                check = count_violations(labels, cert.radius, labels_adv, l2, majority_adv)
-                certified = metrics.mean_dice(labels, y, K)
-                rows.append({
-                    **self.identity(index, sample, cert),
-                    "attack": job.name, "threat": job.threat, "norm": job.norm, "eps": job.eps,
-                    "eps_l2_bound": bound, "perturbation_l2": l2, "perturbation_linf": linf,
-                    "clean_dice": clean_dice, "base_robust_dice": base_robust,
-                    "smoothed_dice": smoothed_dice, "smoothed_robust_dice": smoothed_robust,
-                    "certified_dice": certified,
-                    "certified_dice_at_eps": certified if cert.radius >= bound else none_certified,
-                    "certified_dice_adv": metrics.mean_dice(labels_adv, y, K),
-                    "abstain_rate": metrics.abstain_rate(labels),
-                    "covers": check.covers, **check.as_row(),
-                    "attack_seconds": attack_seconds, "seconds": 0.0,
-                })
+        rows, pixels = {}, []
+
+        def add(j, t, cert, job, eps, check, **values):
+            bound = eps if job.norm == "l2" else eps * math.sqrt(x.numel())
+            certified = metrics.mean_dice(cert.labels.cpu(), y, K)
+            check = {key: v for key, v in check.items() if not key.startswith("_")}
+            rows[(j, t)] = {
+                **self.identity(index, sample, cert), "attack": job.name, "threat": job.threat, "norm": job.norm,
+                "radius_multiple": job.radius_multiple, "eps": eps, "eps_l2_bound": bound,
+                "perturbation_l2": values.get("l2"), "perturbation_linf": values.get("linf"),
+                "clean_dice": clean_dice, "base_robust_dice": values.get("base_robust"),
+                "smoothed_dice": smoothed_dice, "smoothed_robust_dice": values.get("smoothed_robust"),
+                "certified_dice": certified,
+                "certified_dice_at_eps": certified if cert.radius >= bound else none_certified,
+                "abstain_rate": metrics.abstain_rate(cert.labels.cpu()), **check,
+                "attack_seconds": values.get("seconds"), "seconds": 0.0}
+
+        for j, job in enumerate(self.jobs):
+            if job.name == FALSIFY:
+                for t, cert in enumerate(certs):
+                    res = falsify(self.smoothed, x, cert, estimation_counts=estimation,
+                                  radius_multiple=job.radius_multiple, seed=self.seed, image_id=sample.id,
+                                  batch_size=self.batch_size,
+                                  **{"empirical": job.radius_multiple == 1.0, **self.falsify_options})
+                    r = res.as_row()
+                    check = {key: r[key] for key in ("covered", "tested", "violations", "flips_beyond_claim",
+                                                     "not_tested", "min_upper_bound", "n_test",
+                                                     "empirical_radius_min", "certified_radius_min")}
+                    check.update(test_level=r["test_level"], majority_flips=None)
+                    add(j, t, cert, job, job.radius_multiple * cert.radius, check,
+                        l2=r["perturbation_l2_max"], seconds=r["falsify_seconds"])
+                    pixels += [{"index": index, "radius_multiple": job.radius_multiple, **p}
+                               for p in res.pixel_rows()]
+                continue
+            # the attack aims at the certified labels (abstained pixels: g's majority vote)
+            target = torch.where(certs[0].labels != ABSTAIN, certs[0].labels, majority).to(self.device)
+            per_cert = job.eps is None
+            budgets = ([cert.radius * job.radius_multiple * (1 - RADIUS_MARGIN) for cert in certs] if per_cert
+                       else [job.eps])
+            for b, eps in enumerate(budgets):
+                mine = [certs[b]] if per_cert else certs
+                labels = mine[0].labels
+                aim = torch.where(labels != ABSTAIN, labels, majority).to(self.device) if per_cert else target
+                t0 = time.perf_counter()
+                adv = self.build_attack(job, eps)(x.unsqueeze(0), aim.unsqueeze(0))[0]
+                seconds = time.perf_counter() - t0
+                d = (adv.double() - x.double()).flatten()
+                l2, linf = float(d.norm(p=2)), float(d.abs().max())
+                base_robust = metrics.mean_dice(self.clean_prediction(adv), y, K)
+                for t in ([b] if per_cert else range(len(certs))):
+                    cert = certs[t]
+                    check = self.test_at(adv, cert, l2, job.radius_multiple, sample.id,
+                                         phase=f"falsification-image-{j}-{t}")
+                    smoothed_robust = metrics.mean_dice(check["_majority"].cpu(), y, K)
+                    add(j, t, cert, job, eps, check, l2=l2, linf=linf, base_robust=base_robust,
+                        smoothed_robust=smoothed_robust, seconds=seconds)
         seconds = time.perf_counter() - start
-        for row in rows:
+        ordered = [rows[key] for key in sorted(rows)]
+        for row in ordered:
             row["seconds"] = seconds
-        return ImageResult(index, sample, certs, clean, rows, majority=majority)
+        return ImageResult(index, sample, certs, clean, ordered, majority=majority, pixels=pixels)
 
 
 __all__ += ["AttackStep"]

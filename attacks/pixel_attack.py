@@ -1,0 +1,230 @@
+"""A pixel-focused attack on the SMOOTHED segmenter: SmoothAdv's objective with APGD's schedule.
+
+Target: one pixel i (row, col) certified as class c with an L2 budget R. The
+attack minimises the smoothed soft probability of c at i,
+
+    L(x') = E_eps[ softmax(f(D(x' + eps)))_{c, i} ],   eps ~ N(0, sigma^2 I),
+
+over ``||x' - x||_2 < R`` (all C*H*W values, [0, 1] pixel space) and ``x'`` in
+``[0, 1]``. The expectation is estimated with ``num_draws`` fresh draws per step
+(Expectation over Transformation, Athalye et al. ICML 2018; the soft smoothed
+classifier as in SmoothAdv, Salman et al. NeurIPS 2019); gradients pass through the
+noise, the denoiser and the segmenter (``model`` = ``SmoothedSegmenter.base_logits``).
+
+The optimiser is the L2 version of APGD (Croce & Hein, ICML 2020, Algorithm 1):
+step size ``eta = 2 R`` at first; a heavy-ball step
+``x_{k+1} = P(x_k + a (z_{k+1} - x_k) + (1 - a)(x_k - x_{k-1}))``, ``a = 0.75``,
+``z_{k+1} = P(x_k - eta grad / ||grad||_2)``; at the checkpoints
+``w_j = ceil(p_j * steps)``, ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``,
+the step size is halved and the iterate reset to the best point when fewer than
+``rho = 0.75`` of the steps since the last checkpoint lowered the loss, or when
+neither the step size nor the best loss changed since it. The best iterate (by the
+EOT estimate at that iterate) is returned; restart 0 starts at x, restarts >= 1 at
+a random point of the ball, and the best over restarts wins.
+
+P is the projection onto the ball of radius ``R (1 - 1e-6)`` (strictly inside the
+open ball the certificate covers, as the suite's default budgets), followed by
+clipping to ``[0, 1]`` (which only moves coordinates toward x, so stays in the ball).
+
+Batching: the P targets are attacked at once, each with its own ``x'`` in the batch
+dimension (``[P, C, H, W]``) and its own budget. Everything is seeded through one
+``torch.Generator`` (draws and random starts): a run is reproducible.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+RADIUS_MARGIN = 1e-6
+MOMENTUM = 0.75
+RHO = 0.75
+
+
+@dataclass
+class PixelAttackResult:
+    """adv: ``[P, C, H, W]`` in [0, 1]; estimate: ``[P]`` EOT estimate of the soft probability of
+    the target class at the best iterate; l2: ``[P]`` ``||x'_j - x||_2``; budget: ``[P]`` the radii R_j."""
+
+    adv: torch.Tensor
+    estimate: torch.Tensor
+    l2: torch.Tensor
+    budget: torch.Tensor
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations ``ceil(p_j * steps)`` at which APGD checks its progress (Croce & Hein 2020)."""
+    p = [0.0, 0.22]
+    while True:
+        nxt = p[-1] + max(p[-1] - p[-2] - 0.03, 0.06)
+        if nxt > 1:
+            break
+        p.append(nxt)
+    return sorted({c for c in (math.ceil(round(q * steps, 9)) for q in p[1:]) if c >= 1})
+
+
+def project_l2_box(x: torch.Tensor, z: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """``z [P, C, H, W]`` onto ``||z - x||_2 <= budget_j (1 - 1e-6)`` then into ``[0, 1]``."""
+    radius = budget * (1 - RADIUS_MARGIN)
+    delta = z - x
+    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    delta = delta * torch.clamp(radius / norm, max=1.0).view(-1, 1, 1, 1)
+    return (x + delta).clamp(0, 1)
+
+
+def soft_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.Tensor, pixels: torch.Tensor,
+                     classes: torch.Tensor, sigma: float, num_draws: int, generator: torch.Generator,
+                     draw_batch: int = 8, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """EOT estimate ``[P]`` of ``E_eps softmax(model(x'_j + eps))_{c_j, i_j}`` and its gradient ``[P, C, H, W]``.
+
+    adv ``[P, C, H, W]``; pixels int64 ``[P, 2]`` (row, col); classes int64 ``[P]``.
+    ``num_draws`` draws per target, ``draw_batch`` of them per forward pass.
+    """
+    P = adv.shape[0]
+    x = adv.detach().clone().requires_grad_(grad)
+    total = torch.zeros(P, dtype=adv.dtype, device=adv.device)
+    g = torch.zeros_like(adv) if grad else None
+    rows, cols = pixels[:, 0], pixels[:, 1]
+    done = 0
+    while done < num_draws:
+        m = min(draw_batch, num_draws - done)
+        noise = torch.randn((m, *adv.shape), generator=generator, device=adv.device, dtype=adv.dtype) * sigma
+        with torch.set_grad_enabled(grad):
+            logits = model((x.unsqueeze(0) + noise).reshape(m * P, *adv.shape[1:]))
+            if logits.dim() != 4 or logits.shape[0] != m * P or logits.shape[2:] != adv.shape[2:]:
+                raise ValueError(f"the model returned shape {tuple(logits.shape)}, expected logits "
+                                 f"[{m * P}, K, {adv.shape[2]}, {adv.shape[3]}]")
+            logits = logits.reshape(m, P, *logits.shape[1:])
+            idx = torch.arange(P, device=adv.device)
+            picked = torch.softmax(logits.permute(1, 3, 4, 0, 2)[idx, rows, cols].transpose(0, 1), dim=-1)  # [m, P, K]
+            prob = picked.gather(-1, classes.view(1, P, 1).expand(m, P, 1)).squeeze(-1).sum(0) / num_draws
+        if grad:
+            g += torch.autograd.grad(prob.sum(), x)[0]
+        total += prob.detach()
+        done += m
+    return total, g
+
+
+def hard_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.Tensor, pixels: torch.Tensor,
+                     classes: torch.Tensor, sigma: float, num_draws: int, generator: torch.Generator,
+                     draw_batch: int = 32) -> torch.Tensor:
+    """Share ``[P]`` of ``num_draws`` noise draws at ``x'_j`` whose argmax at pixel i_j is c_j (the vote estimate)."""
+    P = adv.shape[0]
+    rows, cols = pixels[:, 0], pixels[:, 1]
+    hits = torch.zeros(P, dtype=torch.float64, device=adv.device)
+    done = 0
+    with torch.no_grad():
+        while done < num_draws:
+            m = min(draw_batch, num_draws - done)
+            noise = torch.randn((m, *adv.shape), generator=generator, device=adv.device, dtype=adv.dtype) * sigma
+            logits = model((adv.unsqueeze(0) + noise).reshape(m * P, *adv.shape[1:]))
+            logits = logits.reshape(m, P, *logits.shape[1:])
+            idx = torch.arange(P, device=adv.device)
+            top = logits.permute(1, 3, 4, 0, 2)[idx, rows, cols].transpose(0, 1).argmax(dim=-1)  # [m, P]
+            hits += (top == classes.view(1, P)).sum(0).double()
+            done += m
+    return hits / num_draws
+
+
+def attack_pixels(model: Callable[[torch.Tensor], torch.Tensor], sigma: float, x: torch.Tensor,
+                  pixels: torch.Tensor, classes: torch.Tensor, budget: torch.Tensor, *, steps: int = 20,
+                  restarts: int = 2, num_draws: int = 8, draw_batch: int = 8,
+                  generator: torch.Generator | None = None, seed: int = 0,
+                  start: torch.Tensor | None = None) -> PixelAttackResult:
+    """Minimise the smoothed soft probability of ``classes[j]`` at ``pixels[j]``, one x' per target.
+
+    model: differentiable ``[B, C, H, W]`` noisy images -> logits ``[B, K, H, W]`` (e.g.
+        ``SmoothedSegmenter.base_logits``; f(D(x + eps)) with eps added here, NOT clipped).
+    sigma: smoothing noise std (> 0). x: ``[C, H, W]`` in [0, 1].
+    pixels: int64 ``[P, 2]`` (row, col); classes: int64 ``[P]``; budget: float ``[P]`` > 0,
+        the L2 radius of each target (the attack stays strictly inside).
+    steps: APGD iterations per restart (default 20); restarts: default 2 (restart 0 from x
+        or ``start``, the others from random points of the ball); num_draws: noise draws per
+        step and target (default 8); seed / generator: all randomness.
+    start: optional ``[P, C, H, W]`` starting points for restart 0 (projected into the ball).
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be one image [C, H, W], got shape {tuple(x.shape)}")
+    pixels = torch.as_tensor(pixels, dtype=torch.long, device=x.device).reshape(-1, 2)
+    classes = torch.as_tensor(classes, dtype=torch.long, device=x.device).reshape(-1)
+    budget = torch.as_tensor(budget, dtype=x.dtype, device=x.device).reshape(-1)
+    P = pixels.shape[0]
+    if classes.shape[0] != P or budget.shape[0] != P:
+        raise ValueError(f"pixels ({P}), classes ({classes.shape[0]}) and budget ({budget.shape[0]}) "
+                         f"must give one value per target")
+    if P and not bool((budget > 0).all()):
+        raise ValueError(f"every budget must be > 0, got {budget.tolist()}")
+    for name, v in (("steps", steps), ("num_draws", num_draws)):
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+    if generator is None:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(int(seed))
+    x = x.detach()
+    X = x.unsqueeze(0).expand(P, *x.shape).contiguous()
+    if P == 0:
+        empty = torch.zeros(0, dtype=x.dtype, device=x.device)
+        return PixelAttackResult(X, empty, empty, budget)
+
+    def loss_grad(adv):
+        return soft_probability(model, adv, pixels, classes, sigma, num_draws, generator, draw_batch)
+
+    best_adv, best_loss = X.clone(), torch.full((P,), math.inf, dtype=x.dtype, device=x.device)
+    checkpoints = apgd_checkpoints(int(steps))
+    for r in range(int(restarts)):
+        if r == 0:
+            x0 = X.clone() if start is None else project_l2_box(X, start.to(X), budget)
+        else:
+            d = torch.randn(X.shape, generator=generator, device=x.device, dtype=x.dtype)
+            u = torch.rand((P,), generator=generator, device=x.device, dtype=x.dtype)
+            d = d * (u * budget / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+            x0 = project_l2_box(X, X + d, budget)
+        adv, loss = _apgd(loss_grad, X, x0, budget, int(steps), checkpoints)
+        better = loss < best_loss
+        best_adv[better], best_loss[better] = adv[better], loss[better]
+    l2 = (best_adv.double() - X.double()).flatten(1).norm(dim=1)
+    return PixelAttackResult(best_adv.detach(), best_loss, l2, budget)
+
+
+def _apgd(loss_grad, X, x0, budget, steps, checkpoints):
+    """APGD-L2 minimisation of ``loss_grad(adv) -> (loss [P], grad)``; returns (best x, best loss)."""
+    P = X.shape[0]
+    view = (-1, 1, 1, 1)
+    eta = 2 * budget.clone()
+    loss, grad = loss_grad(x0)
+    best_x, best_loss, best_grad = x0.clone(), loss.clone(), grad.clone()
+    prev_x, cur_x, cur_loss = x0.clone(), x0.clone(), loss.clone()
+    successes = torch.zeros(P, device=X.device)
+    last_check, eta_at_check, best_at_check = 0, eta.clone(), best_loss.clone()
+    for k in range(steps):
+        unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+        z = project_l2_box(X, cur_x - eta.view(view) * unit, budget)
+        if k == 0:
+            nxt = z
+        else:
+            nxt = project_l2_box(X, cur_x + MOMENTUM * (z - cur_x) + (1 - MOMENTUM) * (cur_x - prev_x), budget)
+        new_loss, new_grad = loss_grad(nxt)
+        successes += (new_loss < cur_loss).float()
+        improved = new_loss < best_loss
+        best_x[improved], best_loss[improved] = nxt[improved], new_loss[improved]
+        best_grad[improved] = new_grad[improved]
+        prev_x, cur_x, cur_loss, grad = cur_x, nxt, new_loss, new_grad
+        if (k + 1) in checkpoints:
+            span = (k + 1) - last_check
+            slow = successes < RHO * span
+            stuck = (eta == eta_at_check) & (best_loss == best_at_check)
+            halve = slow | stuck
+            eta_at_check, best_at_check = eta.clone(), best_loss.clone()
+            eta = torch.where(halve, eta / 2, eta)
+            if bool(halve.any()):  # restart the halved targets from their best point, no momentum
+                cur_x = torch.where(halve.view(view), best_x, cur_x)
+                prev_x = torch.where(halve.view(view), best_x, prev_x)
+                cur_loss = torch.where(halve, best_loss, cur_loss)
+                grad = torch.where(halve.view(view), best_grad, grad)
+            successes.zero_()
+            last_check = k + 1
+    return best_x, best_loss
