@@ -13,7 +13,7 @@ from certframe.registry import get_registry
 from certframe.smoothing import SmoothedSegmenter
 from certframe.statistics import binomial_pvalues, clopper_pearson_lower, holm_reject
 from conftest import ThresholdSegmenter
-from test_certifiers import ALPHA, SIGMA, TAU, TRIALS, BinomialVotes, within_alpha, worst_case_image, wrong_images
+from test_certifiers import ALPHA, SIGMA, TAU, TRIALS, within_alpha, worst_case_image, wrong_images
 
 
 def boundary_image(side=16):

@@ -213,3 +213,17 @@ def test_method_names_state_the_correction():
     assert cert.method == "cohen-per-pixel-uncorrected" and cert.info["correction"] == "none"
     with pytest.raises(ValueError, match="bonferroni must be true or false, got 'no'"):
         CohenPerPixel(bonferroni="no")
+
+
+def test_a_certifier_that_does_not_state_its_correction_reads_unstated():
+    from certframe.interfaces import Certifier
+    from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
+
+    class Quiet(Certifier):
+        def certify(self, votes, request):
+            return []
+
+    assert Quiet().correction == "unstated"
+    assert AdaptiveSegCertify().correction == "holm+bonferroni-spending"
+    unspent = AdaptiveSegCertify(spending="none")
+    assert (unspent.name, unspent.correction) == ("adaptive-unspent", "holm+no-spending")
