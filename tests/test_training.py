@@ -35,7 +35,7 @@ def data():
 
 def fresh(arch="unet", network=NET):
     torch.manual_seed(123)
-    return MonaiSegmenter(arch=arch, network=network)
+    return MonaiSegmenter(weights="random", arch=arch, network=network)
 
 
 def run(data, path=None, epochs=4, resume=False, **kw):
