@@ -9,6 +9,7 @@ a Python model definition.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +28,9 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> to
         raise FileNotFoundError(f"TorchScript file {str(path)!r} does not exist (expected a model saved "
                                 f"with torch.jit.save(torch.jit.script(model) or torch.jit.trace(model, x), path))")
     try:
-        module = torch.jit.load(str(path), map_location=torch.device(device))
+        with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit deprecated; the format still loads
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=torch.device(device))
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a TorchScript model: expected a file written by torch.jit.save of a "
