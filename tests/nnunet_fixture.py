@@ -11,10 +11,10 @@ INTENSITY = {"max": 1500.0, "mean": 40.0, "median": 35.0, "min": -1024.0, "perce
              "percentile_99_5": 300.0, "std": 120.0}
 
 
-def arch_kwargs(features=(4, 8, 16), kernel=3, norm=True) -> dict:
+def arch_kwargs(features=(4, 8, 16), kernel=3, norm=True, stride=2) -> dict:
     n = len(features)
     return {"n_stages": n, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv2d",
-            "kernel_sizes": [[kernel, kernel]] * n, "strides": [[1, 1]] + [[2, 2]] * (n - 1),
+            "kernel_sizes": [[kernel, kernel]] * n, "strides": [[1, 1]] + [[stride, stride]] * (n - 1),
             "n_conv_per_stage": [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d" if norm else None,
             "norm_op_kwargs": {"eps": 1e-05, "affine": True} if norm else None,
