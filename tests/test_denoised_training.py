@@ -2,6 +2,8 @@
 the checkpoint records what it was tuned for, resume stays exact, and certifying otherwise warns."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -124,7 +126,7 @@ def test_cli_fine_tunes_the_clean_unet_behind_the_bundled_ddpm(tmp_path):
     out = tmp_path / "tuned.safetensors"
     init = get_registry().create("segmenter", "monai", weights="synthetic-lung").weights_path
     args = ["train", "segmenter", "--dataset", "synthetic-lung", "--dataset-option", "count=4", "--dataset-option",
-            "size=64", "--init", init, "--denoiser", "ddpm", "--denoiser-option", "model=ddpm-synthetic-lung",
+            "size=64", "--init", "synthetic-lung", "--denoiser", "ddpm", "--denoiser-option", "model=ddpm-synthetic-lung",
             "--noise-sigma", "0.25", "--epochs", "1", "--batch-size", "4", "--output", str(out), "--device", "cpu"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
@@ -133,7 +135,7 @@ def test_cli_fine_tunes_the_clean_unet_behind_the_bundled_ddpm(tmp_path):
     ddpm = get_registry().create("denoiser", "ddpm", model="ddpm-synthetic-lung")
     assert cfg["tuned_for"] == {"denoiser": "ddpm", "denoiser_options": {"model": "ddpm-synthetic-lung"},
                                 "denoiser_hash": module_hash(ddpm), "sigmas": [0.25]}
-    assert cfg["init"]["weights"] == init and cfg["init"]["sha256"].startswith("sha256:")
+    assert cfg["init"]["weights"] == str(Path(init).resolve()) and cfg["init"]["sha256"].startswith("sha256:")
     tuned = get_registry().create("segmenter", "monai", weights=str(out))
     assert segmenter_tuning_warning(tuned, "ddpm", ddpm, 0.25) is None
     assert "denoiser 'none' instead of 'ddpm'" in segmenter_tuning_warning(tuned, "none", None, 0.25)
@@ -150,7 +152,7 @@ def test_cli_errors(tmp_path):
     r = runner.invoke(main, base + ["--segmenter-option", "weights=x.safetensors"])
     assert r.exit_code == 1 and "do not pass --segmenter-option weights=" in r.output
     r = runner.invoke(main, base + ["--init", str(tmp_path / "absent.safetensors")])
-    assert r.exit_code == 1 and "--init" in r.output and "does not exist" in r.output
+    assert r.exit_code == 1 and "--init: segmenter weights" in r.output and "absent.safetensors' not found" in r.output
     r = runner.invoke(main, base + ["--noise-sigma", "-1"])
     assert r.exit_code == 1 and "must be finite and >= 0" in r.output
     assert not (tmp_path / "m.safetensors").exists()

@@ -54,7 +54,10 @@ def build_trainable(registry, segmenter: str, options: dict, in_channels: int, n
                          "give --init WEIGHTS to fine-tune")
     opts = dict(options)
     if init is not None:
-        model = registry.create("segmenter", segmenter, **{**opts, "weights": str(init)})
+        try:
+            model = registry.create("segmenter", segmenter, **{**opts, "weights": str(init)})
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--init: {err}") from None
     else:
         opts.setdefault("in_channels", in_channels)
         opts.setdefault("num_classes", num_classes)
@@ -94,9 +97,6 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
     sigmas = noise_sigmas(noise_sigma)
     if denoiser is not None and min(sigmas) <= 0:
         raise ValueError(f"--denoiser needs --noise-sigma > 0 (the noise it removes), got {sigmas}")
-    if init is not None and not Path(init).is_file():
-        raise FileNotFoundError(f"--init {str(init)!r} does not exist (expected the .safetensors weights to "
-                                f"fine-tune)")
     options = dict(segmenter_options or {})
     if arch is not None:
         options["arch"] = arch
@@ -122,7 +122,8 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
     config = {"segmenter": segmenter, **model.config, "class_names": list(train.class_names), "dataset": dataset,
               "dataset_options": dataset_options, "dataset_identity": train.identity()}
     if init is not None:
-        config["init"] = {"weights": str(Path(init).resolve()), "sha256": file_sha256(init)}
+        loaded = Path(getattr(model, "weights_path", init))  # a bundled name resolves to its file
+        config["init"] = {"weights": str(loaded.resolve()), "sha256": file_sha256(loaded)}
     what = f"{segmenter} {model.config.get('arch', '')}".strip()
     via = f", through denoiser {denoiser}" if denoiser else ""
     console.print(f"{'fine-tuning' if init else 'training'} {what} on {dataset}: {len(train)} train / "
@@ -151,8 +152,9 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
               help="Train on the output of this frozen denoiser plugin (denoised training); needs --noise-sigma.")
 @click.option("--denoiser-option", "denoiser_options", multiple=True, metavar="KEY=VALUE",
               help="Option passed to the denoiser plugin (repeatable).")
-@click.option("--init", type=click.Path(path_type=Path), default=None,
-              help="Fine-tune from these weights (a .safetensors file of the same segmenter plugin).")
+@click.option("--init", default=None,
+              help="Fine-tune from these weights (a .safetensors file of the same segmenter plugin, or a "
+                   "bundled name such as synthetic-lung).")
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
