@@ -136,7 +136,9 @@ def build_network(cfg: dict, in_channels: int, num_classes: int) -> torch.nn.Mod
 
 
 class NNUNetSegmenter(Segmenter):
-    """A trained nnU-Net v2 2-D model as a segmenter (see the module docstring for the folder).
+    """A trained nnU-Net v2 2-D model (a results folder) as a segmenter.
+
+    See the module docstring for the folder layout and the checkpoint allow-list.
 
     ``forward(images [B, C, H, W])``: images in the data set's ``[0, 1]`` space plus noise,
     unclipped, already at the plans' spacing (resizing belongs to the data set plugin).

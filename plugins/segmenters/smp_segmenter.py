@@ -54,8 +54,9 @@ def normalization_stats(normalize, in_channels: int) -> tuple[list[float], list[
 
 
 class SMPSegmenter(Segmenter):
-    """A segmentation_models_pytorch network as a segmenter (Laousy et al., MICCAI 2023 used smp
-    U-Net, UNet++ and DeepLabV3+).
+    """A segmentation_models_pytorch network (U-Net, UNet++, DeepLabV3+, FPN, ...) as a segmenter.
+
+    Laousy et al. (MICCAI 2023) certified smp U-Net, UNet++ and DeepLabV3+ models.
 
     ``forward(images [B, C, H, W])`` with images in ``[0, 1]`` plus noise (unclipped) ->
     logits ``[B, K, H, W]``. The input normalisation ``(x - mean) / std`` happens here, after
