@@ -247,7 +247,8 @@ class NNUNetSegmenter(Segmenter):
             clip_lo.append(float(p["percentile_00_5"]) if ct else -float("inf"))
             clip_hi.append(float(p["percentile_99_5"]) if ct else float("inf"))
         self.intensity_range = [[a, b] for a, b in zip(lo, hi)]
-        for name, values in (("lo", lo), ("scale", [b - a for a, b in zip(lo, hi)]), ("sub", sub), ("div", div),
+        for name, values in (("lo", lo), ("scale", [b - a for a, b in zip(lo, hi)]),
+                             ("shift", [-m / d for m, d in zip(sub, div)]), ("inv_div", [1 / d for d in div]),
                              ("clip_lo", clip_lo), ("clip_hi", clip_hi)):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1))
         self.per_image = [s in ("ZScoreNormalization", "RescaleTo01Normalization") for s in schemes]
@@ -262,9 +263,9 @@ class NNUNetSegmenter(Segmenter):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """nnU-Net's intensity normalisation of ``[0, 1]``-space images ``[B, C, H, W]``."""
-        x = self.lo + images * self.scale
-        x = torch.minimum(torch.maximum(x, self.clip_lo), self.clip_hi)
-        x = (x - self.sub) / self.div
+        x = torch.addcmul(self.lo, images, self.scale)  # I = lo + x (hi - lo)
+        x = torch.clamp(x, self.clip_lo, self.clip_hi)
+        x = torch.addcmul(self.shift, x, self.inv_div)  # (I - sub) / div
         if any(self.per_image):
             chans = []
             for c, scheme in enumerate(self.schemes):
