@@ -111,3 +111,18 @@ def test_contract_and_certify_from_the_cli(ct_folder, tmp_path):
     check_segmenter(NNUNetSegmenter, options={"model": str(ct_folder)}, image_size=(32, 48),
                     bad_options=[{"model": str(tmp_path)}, {"tile_step_size": 0}])
     certify_cli(tmp_path / "certify", "nnunet", {"model": str(ct_folder)})
+
+
+def test_missing_library_names_the_extra(ct_folder, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_dna(name, *args, **kwargs):
+        if name.startswith("dynamic_network_architectures"):
+            raise ImportError("No module named 'dynamic_network_architectures'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dna)
+    with pytest.raises(ImportError, match=r"pip install 'certframe\[nnunet\]'"):
+        NNUNetSegmenter(model=str(ct_folder))
