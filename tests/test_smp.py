@@ -125,3 +125,18 @@ def test_missing_library_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_smp)
     with pytest.raises(ImportError, match=r"pip install 'certframe\[smp\]'"):
         SMPSegmenter(weights="random")
+
+
+def test_local_encoder_weights_are_loaded_and_foreign_checkpoints_refused_by_monai(trained, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    source = SMPSegmenter(weights="random", network=TINY)
+    save_file({k: v.contiguous() for k, v in source.net.encoder.state_dict().items()}, str(tmp_path / "enc.safetensors"))
+    torch.manual_seed(2)
+    seg = SMPSegmenter(weights="random", network=TINY, encoder_weights=str(tmp_path / "enc.safetensors"))
+    for (k, a), (_, b) in zip(source.net.encoder.state_dict().items(), seg.net.encoder.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(source.net.segmentation_head[0].weight, seg.net.segmentation_head[0].weight)
+    with pytest.raises(ValueError, match=r"written by the 'smp' segmenter, not 'monai'.*--segmenter smp"):
+        get_registry().create("segmenter", "monai", weights=str(trained))
