@@ -37,6 +37,7 @@ import torch
 
 from certframe.attacks.falsification import falsify
 from certframe.registry import get_registry
+from certframe.interfaces import NoiseKey
 from certframe.smoothing import SmoothedSegmenter
 
 OUT = Path(__file__).resolve().parent / "results" / "attack_power.txt"
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
         certs = {}
         for name, certifier in certifiers.items():
             (cert,) = smoothed.certify(sample.image, certifier, n0=10, n=args.n, alpha=0.001, taus=(0.75,),
-                                       seed=0, image_id=sample.id)
+                                       key=NoiseKey(0, sample.id))
             certs[name] = cert
         for k in args.factors:
             base = certs["segcertify"]

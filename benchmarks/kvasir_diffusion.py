@@ -110,7 +110,7 @@ def train_segmenter_here(sigma, data, args, log):
 
     path = segmenter_path(args.out, sigma)
     torch.manual_seed(args.seed)
-    model = MonaiSegmenter(arch="unet", in_channels=3, num_classes=2, network=SEG_NETWORK)
+    model = MonaiSegmenter(weights="random", arch="unet", in_channels=3, num_classes=2, network=SEG_NETWORK)
     config = {**model.config, "class_names": list(data["train"].class_names), "dataset": "kvasir-seg",
               "dataset_options": {"size": args.size, "seed": args.seed}}
     wall, cpu = time.perf_counter(), time.process_time()

@@ -47,7 +47,7 @@ def train_one(name, sigma, train, val, args, out: Path, log):
         log(f"{name}: reusing finished training in {path}")
         return path, None
     torch.manual_seed(args.seed)
-    model = MonaiSegmenter(arch="unet", in_channels=3, num_classes=2, network=NETWORK)
+    model = MonaiSegmenter(weights="random", arch="unet", in_channels=3, num_classes=2, network=NETWORK)
     config = {**model.config, "class_names": list(train.class_names), "dataset": "kvasir-seg",
               "dataset_options": {"size": args.size, "seed": args.seed}, "dataset_identity": train.identity()}
     start = time.perf_counter()

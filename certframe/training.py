@@ -1,6 +1,10 @@
 """Training a segmenter: MONAI Dice + cross-entropy loss, Adam, optional Gaussian
 noise augmentation (the Gaussian-trained baseline of Cohen et al. 2019 / Salman
-et al. 2019: train on ``x + eps``, eps ~ N(0, sigma^2 I), in [0, 1] pixel space).
+et al. 2019: train on ``x + eps``, eps ~ N(0, sigma^2 I), in [0, 1] pixel space),
+optionally through a frozen denoiser: denoised training trains (or fine-tunes from
+clean weights) the segmenter on ``D(x + eps)`` (Salman et al., NeurIPS 2020,
+denoised smoothing; the fine-tuned variant of Carlini et al., ICLR 2023). A list
+of sigmas trains one model for all of them: each batch draws its sigma.
 
 Files written for ``checkpoint="out/model.safetensors"``:
 
@@ -27,12 +31,12 @@ import torch
 
 from certframe import metrics
 from certframe.checkpoint import save_checkpoint
-from certframe.interfaces import SegmentationDataset, Segmenter, class_labels
+from certframe.interfaces import Denoiser, SegmentationDataset, Segmenter, class_labels
 from certframe.train_state import decode_state, encode_state, load_optimizer, save_optimizer, training_progress
 
 STATE_VERSION = 1
 # Settings a resumed run must share with the run it continues (epochs may grow).
-RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed")
+RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed", "denoiser")
 
 
 def stack(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,10 +113,33 @@ def load_resume_state(checkpoint: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def noise_sigmas(noise_sigma) -> list[float]:
+    """``0.25`` or ``[0.25, 0.5]`` -> a list of finite sigmas >= 0 (ValueError otherwise)."""
+    sigmas = [float(s) for s in (noise_sigma if isinstance(noise_sigma, (list, tuple)) else [noise_sigma])]
+    if not sigmas or any(not (s >= 0 and s < float("inf")) for s in sigmas):
+        raise ValueError(f"noise sigma(s) must be finite and >= 0, got {noise_sigma!r}")
+    return sigmas
+
+
+@torch.no_grad()
+def denoise_batches(denoiser: Denoiser, images: torch.Tensor, sigmas: list[float], batch_size: int,
+                    device) -> torch.Tensor:
+    """``D(images[i], sigmas[i])`` for noisy images ``[N, C, H, W]`` (one sigma per image), on the CPU."""
+    out = torch.empty_like(images)
+    for sigma in sorted(set(sigmas)):
+        idx = torch.tensor([i for i, s in enumerate(sigmas) if s == sigma])
+        for j in range(0, len(idx), batch_size):
+            part = idx[j:j + batch_size]
+            out[part] = denoiser(images[part].to(device), sigma).float().cpu()
+    return out
+
+
 def train_segmenter(model: Segmenter, train: SegmentationDataset, val: SegmentationDataset, *,
-                    epochs: int = 10, batch_size: int = 16, lr: float = 1e-3, noise_sigma: float = 0.0,
+                    epochs: int = 10, batch_size: int = 16, lr: float = 1e-3,
+                    noise_sigma: float | list[float] = 0.0,
                     seed: int = 0, device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
-                    config: dict | None = None,
+                    config: dict | None = None, denoiser: Denoiser | None = None,
+                    denoiser_record: dict | None = None,
                     on_epoch: Callable[[dict], None] | None = None,
                     resume: bool = False, progress: bool = False, console=None,
                     save_state: bool = True) -> TrainResult:
@@ -120,10 +147,18 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
 
     train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``).
     epochs: total number of epochs (a resumed run continues up to this number).
-    noise_sigma: std of the Gaussian augmentation in [0, 1] pixel units (0 = clean).
+    noise_sigma: std of the Gaussian augmentation in [0, 1] pixel units (0 = clean), or a
+    list of stds: each batch then draws one of them uniformly (one model for several sigmas).
+    denoiser: a frozen :class:`Denoiser` (eval mode, no gradients, run under no_grad):
+    the segmenter is trained on ``denoiser(x + eps, sigma)`` instead of ``x + eps``
+    (denoised training; needs every sigma > 0). denoiser_record: what identifies it
+    (``{"name", "options", "hash"}``, see :mod:`certframe.tuning`), stored in the
+    training settings (a resumed run must use the same) and, with the sigmas, as
+    ``"tuned_for"`` in the checkpoint's configuration.
     Validation Dice (mean foreground Dice, :func:`certframe.metrics.mean_dice`) is
     measured after every epoch on clean images for clean training and on one fixed
-    noisy copy per image for noise training. Each batch is flipped left-right with
+    noisy copy per image for noise training (image i at sigma ``sigmas[i % len(sigmas)]``),
+    denoised once before the first epoch for denoised training. Each batch is flipped left-right with
     probability 1/2. checkpoint: where the best epoch is saved (with ``config`` plus
     a ``training`` section); the resumable state goes to :func:`resume_dir`.
     resume: continue from the state saved by an earlier run with the same
@@ -135,9 +170,12 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     """
     from monai.losses import DiceCELoss
 
-    if epochs < 1 or batch_size < 1 or lr <= 0 or noise_sigma < 0:
+    sigmas = noise_sigmas(noise_sigma)
+    if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, noise_sigma >= 0; got epochs={epochs}, "
                          f"batch_size={batch_size}, lr={lr}, noise_sigma={noise_sigma}")
+    if denoiser is not None and min(sigmas) <= 0:
+        raise ValueError(f"denoised training needs noise sigma(s) > 0, got {sigmas}")
     if train.num_classes != val.num_classes:
         raise ValueError(f"train has {train.num_classes} classes, val has {val.num_classes}")
     if resume and checkpoint is None:
@@ -146,22 +184,38 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     torch.manual_seed(seed)
     device = torch.device(device)
     model.to(device)
+    if denoiser is not None:
+        denoiser.to(device).eval().requires_grad_(False)
     images, masks = stack(train)
     val_images, val_masks = stack(val)
-    if noise_sigma > 0:
+    noisy = max(sigmas) > 0
+    if noisy:
         g = torch.Generator().manual_seed(seed + 1)
-        val_images = val_images + noise_sigma * torch.randn(val_images.shape, generator=g)
+        val_sigmas = [sigmas[i % len(sigmas)] for i in range(len(val_images))]
+        val_images = val_images + torch.tensor(val_sigmas).view(-1, 1, 1, 1) * torch.randn(val_images.shape,
+                                                                                              generator=g)
+        if denoiser is not None:
+            val_images = denoise_batches(denoiser, val_images, val_sigmas, batch_size, device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
-    training = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "noise_sigma": noise_sigma, "seed": seed}
+    training = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "noise_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "seed": seed}
+    if denoiser is not None:
+        training["denoiser"] = dict(denoiser_record or {"name": type(denoiser).__name__})
     model_config = dict(config or {})
+    if noisy:
+        from certframe.tuning import module_hash, tuning_record
+
+        record = training.get("denoiser") or {"name": "none", "options": {}, "hash": module_hash(None)}
+        model_config["tuned_for"] = tuning_record(record["name"], record.get("options", {}),
+                                                  record.get("hash"), sigmas)
     result = TrainResult(best_dice=-1.0, best_epoch=-1)
     start = 0
     if resume:
         state = load_resume_state(checkpoint)
-        clash = {k: (state["training"].get(k), training[k]) for k in RESUME_KEYS
-                 if state["training"].get(k) != training[k]}
+        clash = {k: (state["training"].get(k), training.get(k)) for k in RESUME_KEYS
+                 if state["training"].get(k) != training.get(k)}
         if clash:
             raise ValueError("cannot resume with different settings (saved, asked): "
                              + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in clash.items()))
@@ -197,9 +251,13 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                 x, y = images[idx], masks[idx]
                 if torch.rand(1, generator=g) < 0.5:  # horizontal flip
                     x, y = x.flip(-1), y.flip(-1)
-                if noise_sigma > 0:
-                    x = x + noise_sigma * torch.randn(x.shape, generator=g)
+                sigma = sigmas[0] if len(sigmas) == 1 else sigmas[int(torch.randint(len(sigmas), (1,), generator=g))]
+                if sigma > 0:
+                    x = x + sigma * torch.randn(x.shape, generator=g)
                 x, y = x.to(device), y.to(device)
+                if denoiser is not None:
+                    with torch.no_grad():
+                        x = denoiser(x, sigma)
                 optim.zero_grad()
                 loss = loss_fn(model(x), y.unsqueeze(1))
                 loss.backward()

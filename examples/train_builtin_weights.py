@@ -25,7 +25,7 @@ def main(out: Path = WEIGHTS_DIR, epochs: int = 12):
     val = SyntheticLung(count=32, size=64, seed=0, split="val")
     for name, sigma in (("synthetic-lung", 0.0), ("synthetic-lung-noise0.25", 0.25)):
         torch.manual_seed(0)  # the initial weights too, not only the training loop
-        model = MonaiSegmenter(arch="unet", in_channels=1, num_classes=2, network=NETWORK)
+        model = MonaiSegmenter(weights="random", arch="unet", in_channels=1, num_classes=2, network=NETWORK)
         config = {**model.config, "class_names": list(train.class_names), "dataset": "synthetic-lung"}
         res = train_segmenter(model, train, val, epochs=epochs, batch_size=16, lr=3e-3, noise_sigma=sigma,
                               seed=0, checkpoint=out / f"{name}.safetensors", config=config, save_state=False,

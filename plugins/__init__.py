@@ -14,6 +14,14 @@ def register_segmenters(register):
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 
     register("monai", MonaiSegmenter)
+    # the optional extras import their library only when built: listing works without them
+    from certframe.plugins.segmenters.nnunet import NNUNetSegmenter
+    from certframe.plugins.segmenters.smp_segmenter import SMPSegmenter
+    from certframe.plugins.segmenters.torchscript import TorchScriptSegmenter
+
+    register("smp", SMPSegmenter)
+    register("nnunet", NNUNetSegmenter)
+    register("torchscript", TorchScriptSegmenter)
 
 
 @hookimpl
@@ -25,6 +33,10 @@ def register_denoisers(register):
     register("none", NoDenoiser)
     register("ddpm", DDPMDenoiser)
     register("ddim", DDIMDenoiser)
+
+    from certframe.plugins.denoisers.torchscript import TorchScriptDenoiser
+
+    register("torchscript", TorchScriptDenoiser)
 
 
 @hookimpl

@@ -52,7 +52,7 @@ def test_segmenter_rejects_wrong_channels():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    seg = MonaiSegmenter(arch="unet", network={"channels": [4, 8], "strides": [2]})
+    seg = MonaiSegmenter(weights="random", arch="unet", network={"channels": [4, 8], "strides": [2]})
     path = save_checkpoint(tmp_path / "m.safetensors", seg.net, {**seg.config, "note": "x"})
     assert read_config(path)["note"] == "x" and (tmp_path / "m.json").exists()
     again = MonaiSegmenter(weights=str(path))
@@ -74,7 +74,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="without certframe configuration"):
         read_config(plain)
     with pytest.raises(ValueError, match="unknown architecture 'vnet'"):
-        MonaiSegmenter(arch="vnet")
+        MonaiSegmenter(weights="random", arch="vnet")
 
 
 def test_demo_runs_end_to_end(tmp_path):

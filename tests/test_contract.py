@@ -35,6 +35,29 @@ SKIP = {
     ("dataset", name): _FILE_DATASET_REASON
     for name in ("kvasir-seg", "cvc-clinicdb", "isic2018", "jsrt", "montgomery", "shenzhen", "ph2")
 }
+# the model routes of optional extras (certframe[smp], certframe[nnunet]) are checked where the extra is installed
+for _name, _module, _extra in (("smp", "segmentation_models_pytorch", "smp"),
+                               ("nnunet", "dynamic_network_architectures", "nnunet")):
+    try:
+        __import__(_module)
+    except ImportError:
+        SKIP[("segmenter", _name)] = f"{_module} is not installed (pip install 'certframe[{_extra}]')"
+
+
+def _torchscript_segmenter(tmp_path) -> dict:
+    torch.jit.script(nn.Conv2d(1, 2, 3, padding=1)).save(str(tmp_path / "seg.pt"))
+    return {"path": str(tmp_path / "seg.pt")}
+
+
+def _torchscript_denoiser(tmp_path) -> dict:
+    torch.jit.script(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.Sigmoid())).save(str(tmp_path / "den.pt"))
+    return {"path": str(tmp_path / "den.pt")}
+
+
+def _nnunet_folder(tmp_path) -> dict:
+    from nnunet_fixture import make_results_folder
+
+    return {"model": str(make_results_folder(tmp_path))}
 
 
 def _folder_fixture(tmp_path) -> dict:
@@ -70,15 +93,27 @@ def _tiny_diffusion_model(tmp_path) -> dict:
 # Options for built-ins that need them, and contract arguments where the default does not apply.
 OPTIONS = {
     ("segmenter", "monai"): {"weights": "synthetic-lung"},
+    ("segmenter", "smp"): {"weights": "random", "network": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}},
+    ("segmenter", "torchscript"): _torchscript_segmenter,
+    ("segmenter", "nnunet"): _nnunet_folder,
+    ("denoiser", "torchscript"): _torchscript_denoiser,
     ("dataset", "folder"): _folder_fixture,
     ("denoiser", "ddpm"): _tiny_diffusion_model,
     ("denoiser", "ddim"): _tiny_diffusion_model,
 }
 CHECK_ARGS = {
     ("denoiser", "none"): {"output_range": None},  # passes x + eps on, outside [0, 1]
+    # TorchScript modules cannot move to the meta device (a torch limitation); CPU (and CUDA) are checked
+    ("segmenter", "torchscript"): {"devices": ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]},
+    ("denoiser", "torchscript"): {"devices": ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]},
 }
 BAD_OPTIONS = {
-    ("segmenter", "monai"): [{"weights": "no-such-weights"}, {"weights": None, "arch": "transformer"}],
+    ("segmenter", "monai"): [{"weights": "no-such-weights"}, {"weights": None}, {"weights": "random",
+                                                                                 "arch": "transformer"}],
+    ("segmenter", "smp"): [{"weights": None}, {"encoder_weights": "imagenet"}, {"arch": "Transformer"}],
+    ("segmenter", "torchscript"): [{"path": None}, {"num_classes": 1}],
+    ("segmenter", "nnunet"): [{"model": "/no/such/folder"}, {"fold": 7}],
+    ("denoiser", "torchscript"): [{"path": "/no/such/file.pt"}],
     ("dataset", "synthetic-lung"): [{"count": 0}, {"split": "holdout"}],
     ("dataset", "folder"): [{"root": "/no/such/folder"}, {"mask_mode": "rgb"}],
     ("certifier", "segcertify"): [{"correction": "sidak"}],

@@ -23,7 +23,7 @@ from certframe.attacks.flip_test import (clopper_pearson_upper, critical_count, 
 from certframe.attacks.min_norm import minimal_flip_radius
 from certframe.attacks.pixel_attack import apgd_checkpoints, attack_pixels, hard_probability
 from certframe.attacks.targets import boundary_distance, weakest_pixels
-from certframe.interfaces import ABSTAIN, Certifier, Segmenter
+from certframe.interfaces import ABSTAIN, Certifier, NoiseKey, Segmenter
 from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
 from certframe.plugins.certifiers.cohen_per_pixel import CohenPerPixel
 from certframe.plugins.certifiers.segcertify import SegCertify
@@ -244,7 +244,7 @@ def block_image():
 
 def _certify(x, certifier, taus=(0.75,), n=500, segmenter=None):
     sm = SmoothedSegmenter(segmenter or ThresholdSegmenter(), None, SIGMA)
-    return sm, sm.certify(x, certifier, n0=20, n=n, alpha=0.001, taus=taus, seed=0, image_id="img")
+    return sm, sm.certify(x, certifier, n0=20, n=n, alpha=0.001, taus=taus, key=NoiseKey(0, "img"))
 
 
 @pytest.mark.parametrize("factor", [2, 10])
@@ -285,7 +285,7 @@ def test_closed_form_wrong_certificate_is_caught():
     p0 = r.pixels[0]
     x_adv = x.clone()
     x_adv[0, p0["row"], p0["col"]] -= p0["perturbation_l2"] * 0.999
-    (cert_adv,) = sm.certify(x_adv, SegCertify(), n0=20, n=500, alpha=0.001, taus=(0.75,), seed=0, image_id="img")
+    (cert_adv,) = sm.certify(x_adv, SegCertify(), n0=20, n=500, alpha=0.001, taus=(0.75,), key=NoiseKey(0, "img"))
     old = check_certificates(cert, cert_adv, float((x_adv - x).norm()))
     assert old.covered == 256 and old.violations == 0
     # the honest SegCertify at tau = 0.75 certifies nothing here: "not tested", never 0

@@ -35,7 +35,7 @@ def data():
 
 def fresh(arch="unet", network=NET):
     torch.manual_seed(123)
-    return MonaiSegmenter(arch=arch, network=network)
+    return MonaiSegmenter(weights="random", arch=arch, network=network)
 
 
 def run(data, path=None, epochs=4, resume=False, **kw):
@@ -166,3 +166,15 @@ def test_save_state_false_writes_only_the_best_checkpoint(data, tmp_path):
     path = tmp_path / "only.safetensors"
     run(data, path, epochs=1, save_state=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["only.json", "only.safetensors"]
+
+
+def test_no_segmenter_is_certified_by_accident(tmp_path):
+    """monai without weights= is an error (not a randomly initialised UNet certified with rc 0);
+    weights=random asks for one on purpose, which is what training does."""
+    with pytest.raises(ValueError, match=r"the monai segmenter needs weights=.*Pass weights=random"):
+        MonaiSegmenter()
+    assert MonaiSegmenter(weights="random").checkpoint_config is None
+    r = CliRunner().invoke(main, ["certify", "--dataset", "synthetic-lung", "--dataset-option", "count=1",
+                                  "--segmenter", "monai", "-n", "10", "--n0", "5", "--output", str(tmp_path / "c"),
+                                  "--device", "cpu", "--quiet"])
+    assert r.exit_code != 0 and "needs weights=" in r.output

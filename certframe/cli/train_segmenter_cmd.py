@@ -1,13 +1,23 @@
-"""``certframe train segmenter``: train a MONAI segmenter on a data set plugin.
+"""``certframe train segmenter``: train any trainable segmenter plugin on a data set plugin.
 
 A thin command over :func:`certframe.training.train_segmenter`: the data set
-plugin is built twice, with ``split=train`` and ``split=val``; the network comes
-from :mod:`certframe.plugins.segmenters.networks`; the best epoch is written to
-``--output`` (safetensors + JSON) and loads back with
-``--segmenter monai --segmenter-option weights=OUTPUT``.
+plugin is built twice, with ``split=train`` and ``split=val``; the untrained model
+comes from the registry (``--segmenter NAME`` with ``weights=random`` and the data
+set's ``in_channels`` and ``num_classes``), or from ``--init WEIGHTS`` to fine-tune;
+with ``--denoiser`` the model trains on the frozen denoiser's output
+(denoised training). The best epoch is written to ``--output`` (safetensors +
+JSON, recording the segmenter plugin, its configuration and, for noisy training,
+what it was tuned for) and loads back with
+``--segmenter NAME --segmenter-option weights=OUTPUT``.
+
+A segmenter plugin is trainable when it accepts the options ``weights`` (a
+certframe safetensors file, or ``"random"``), ``in_channels`` and ``num_classes``,
+and keeps its ``nn.Module`` in ``.net`` and the configuration that rebuilds it in
+``.config`` (the built-ins ``monai`` and ``smp`` do).
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -16,16 +26,66 @@ from rich.console import Console
 
 from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
 from certframe.registry import PluginError, get_registry
-from certframe.training import TrainResult, resume_dir, train_segmenter
+from certframe.training import TrainResult, noise_sigmas, resume_dir, train_segmenter
+
+RANDOM = "random"
 
 
-def run_train_segmenter(*, dataset: str, dataset_options: dict, arch: str, network: dict, epochs: int,
-                        batch_size: int, lr: float, noise_sigma: float, output: Path, resume: bool = False,
-                        overwrite: bool = False, device: str = "auto", seed: int = 0, quiet: bool = False,
-                        registry=None, console=None) -> TrainResult:
-    """Build the train/val splits and the network, train, return the :class:`TrainResult`."""
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def build_trainable(registry, segmenter: str, options: dict, in_channels: int, num_classes: int,
+                    init: str | Path | None = None):
+    """The segmenter to train, through the registry: untrained (``weights=random``) or from ``init``."""
+    entry = registry.get("segmenter", segmenter)
+    accepted = entry.options()
+    missing = [k for k in ("weights", "in_channels", "num_classes") if k not in accepted]
+    if missing and not entry.accepts_any_option():
+        raise ValueError(f"the {segmenter} segmenter cannot be trained by certframe: it lacks the option(s) "
+                         f"{missing} (a trainable segmenter takes weights=random|FILE, in_channels and "
+                         f"num_classes; {segmenter!r} takes {sorted(accepted)})")
+    if "weights" in options:
+        raise ValueError("do not pass --segmenter-option weights=...: training builds weights=random, or "
+                         "give --init WEIGHTS to fine-tune")
+    opts = dict(options)
+    if init is not None:
+        try:
+            model = registry.create("segmenter", segmenter, **{**opts, "weights": str(init)})
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--init: {err}") from None
+    else:
+        opts.setdefault("in_channels", in_channels)
+        opts.setdefault("num_classes", num_classes)
+        model = registry.create("segmenter", segmenter, **{**opts, "weights": RANDOM})
+    if not hasattr(model, "net") or not isinstance(getattr(model, "config", None), dict):
+        raise ValueError(f"the {segmenter} segmenter cannot be trained by certframe: it must keep its network "
+                         f"in .net and its configuration in .config")
+    if (model.in_channels, model.num_classes) != (in_channels, num_classes):
+        raise ValueError(f"the {segmenter} segmenter takes {model.in_channels} channels and predicts "
+                         f"{model.num_classes} classes; the data set has {in_channels} channels and "
+                         f"{num_classes} classes")
+    return model
+
+
+def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, batch_size: int, lr: float,
+                        noise_sigma: float | list[float], output: Path, segmenter: str = "monai",
+                        segmenter_options: dict | None = None, arch: str | None = None,
+                        network: dict | None = None, denoiser: str | None = None,
+                        denoiser_options: dict | None = None, init: str | Path | None = None,
+                        resume: bool = False, overwrite: bool = False, device: str = "auto", seed: int = 0,
+                        quiet: bool = False, registry=None, console=None) -> TrainResult:
+    """Build the train/val splits, the model (and denoiser), train, return the :class:`TrainResult`.
+
+    arch, network: the ``--arch`` / ``--network-option`` shorthands for the segmenter options
+    ``arch`` and ``network`` (kept for the monai segmenter; smp takes them too).
+    """
     from certframe.run.build import resolve_device
-    from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
+    from certframe.tuning import module_hash
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
@@ -34,25 +94,44 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, arch: str, netwo
         raise ValueError(f"--output must be a .safetensors path, got {str(output)!r}")
     if "split" in dataset_options:
         raise ValueError("do not pass a split option: training uses split=train and validation split=val")
+    sigmas = noise_sigmas(noise_sigma)
+    if denoiser is not None and min(sigmas) <= 0:
+        raise ValueError(f"--denoiser needs --noise-sigma > 0 (the noise it removes), got {sigmas}")
+    options = dict(segmenter_options or {})
+    if arch is not None:
+        options["arch"] = arch
+    if network:
+        options["network"] = {**options.get("network", {}), **network}
     state = resume_dir(output)
     if not resume and (output.exists() or state.exists()):
         if not overwrite:
             raise FileExistsError(f"{str(output)!r} (or its training state {str(state)!r}) exists; "
                                   f"pass --resume to continue that run or --overwrite to replace it")
+    dev = resolve_device(device)
+    train = registry.create("dataset", dataset, **dataset_options, split="train")
+    val = registry.create("dataset", dataset, **dataset_options, split="val")
+    model = build_trainable(registry, segmenter, options, train.in_channels, train.num_classes, init)
+    den, record = None, None
+    if denoiser is not None:
+        den = registry.create("denoiser", denoiser, **(denoiser_options or {}))
+        record = {"name": denoiser, "options": dict(denoiser_options or {}), "hash": module_hash(den)}
+    if not resume and (output.exists() or state.exists()):  # --overwrite, now that the inputs are valid
         output.unlink(missing_ok=True)
         output.with_suffix(".json").unlink(missing_ok=True)
         shutil.rmtree(state, ignore_errors=True)
-    train = registry.create("dataset", dataset, **dataset_options, split="train")
-    val = registry.create("dataset", dataset, **dataset_options, split="val")
-    dev = resolve_device(device)
-    model = MonaiSegmenter(arch=arch, in_channels=train.in_channels, num_classes=train.num_classes,
-                           network=network)
-    config = {**model.config, "class_names": list(train.class_names), "dataset": dataset,
+    config = {"segmenter": segmenter, **model.config, "class_names": list(train.class_names), "dataset": dataset,
               "dataset_options": dataset_options, "dataset_identity": train.identity()}
-    console.print(f"training {arch} on {dataset}: {len(train)} train / {len(val)} val images, "
-                  f"{train.num_classes} classes, noise sigma {noise_sigma}, device {dev}")
+    if init is not None:
+        loaded = Path(getattr(model, "weights_path", init))  # a bundled name resolves to its file
+        config["init"] = {"weights": str(loaded.resolve()), "sha256": file_sha256(loaded)}
+    what = f"{segmenter} {model.config.get('arch', '')}".strip()
+    via = f", through denoiser {denoiser}" if denoiser else ""
+    console.print(f"{'fine-tuning' if init else 'training'} {what} on {dataset}: {len(train)} train / "
+                  f"{len(val)} val images, {train.num_classes} classes, noise sigma "
+                  f"{', '.join(f'{s:g}' for s in sigmas)}{via}, device {dev}")
     result = train_segmenter(model, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
-                             noise_sigma=noise_sigma, seed=seed, device=dev, checkpoint=output, config=config,
+                             noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], seed=seed, device=dev,
+                             checkpoint=output, config=config, denoiser=den, denoiser_record=record,
                              resume=resume, progress=not quiet, console=console,
                              on_epoch=lambda r: console.print(
                                  f"epoch {r['epoch'] + 1}/{epochs}: loss {r['loss']:.4f}, "
@@ -63,15 +142,25 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, arch: str, netwo
 
 @click.command("segmenter")
 @plugin_option("dataset", None, "Data set plugin (kvasir-seg, jsrt, folder, synthetic-lung, ...).")
-@click.option("--arch", default="unet", show_default=True,
-              type=click.Choice(["unet", "basicunet", "attentionunet", "segresnet"]), help="MONAI network.")
+@plugin_option("segmenter", "monai", "Segmenter plugin to train (monai, smp, or a trainable third-party one).")
+@click.option("--arch", default=None,
+              help="Shorthand for --segmenter-option arch=... (monai: unet, basicunet, attentionunet, segresnet "
+                   "[default: unet]; smp: Unet, UnetPlusPlus, DeepLabV3Plus, FPN, ...).")
 @click.option("--network-option", "network_options", multiple=True, metavar="KEY=VALUE",
-              help="Network argument, e.g. channels=[16,32,64,128] (repeatable).")
+              help="Network argument, e.g. channels=[16,32,64,128] (repeatable; the segmenter option network).")
+@click.option("--denoiser", "denoiser_name", default=None,
+              help="Train on the output of this frozen denoiser plugin (denoised training); needs --noise-sigma.")
+@click.option("--denoiser-option", "denoiser_options", multiple=True, metavar="KEY=VALUE",
+              help="Option passed to the denoiser plugin (repeatable).")
+@click.option("--init", default=None,
+              help="Fine-tune from these weights (a .safetensors file of the same segmenter plugin, or a "
+                   "bundled name such as synthetic-lung).")
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--noise-sigma", type=float, default=0.0, show_default=True,
-              help="Gaussian augmentation std in [0, 1] pixel units (0: clean training).")
+@click.option("--noise-sigma", type=float, multiple=True,
+              help="Gaussian noise std in [0, 1] pixel units [default: 0, clean training]; repeat it to train "
+                   "one model for several sigmas (each batch draws one).")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               default=Path("runs/train/segmenter.safetensors"), show_default=True,
               help="Best checkpoint (.safetensors; a .json and a .resume/ folder are written next to it).")
@@ -80,13 +169,20 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, arch: str, netwo
 @device_option
 @seed_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
-def segmenter(dataset_name, dataset_options, arch, network_options, epochs, batch_size, lr, noise_sigma,
-              output, resume, overwrite, device, seed, quiet):
-    """Train a segmenter (MONAI network, Dice + cross-entropy, Adam) on a data set."""
+def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, arch, network_options,
+              denoiser_name, denoiser_options, init, epochs, batch_size, lr, noise_sigma, output, resume, overwrite,
+              device, seed, quiet):
+    """Train a segmenter (Dice + cross-entropy, Adam) on a data set, optionally on noisy or denoised images."""
     try:
+        sigmas = list(noise_sigma) or [0.0]
         run_train_segmenter(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
+                            segmenter=segmenter_name,
+                            segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
                             arch=arch, network=parse_options(network_options, "--network-option"),
-                            epochs=epochs, batch_size=batch_size, lr=lr, noise_sigma=noise_sigma, output=output,
+                            denoiser=denoiser_name,
+                            denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
+                            init=init, epochs=epochs, batch_size=batch_size, lr=lr,
+                            noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], output=output,
                             resume=resume, overwrite=overwrite, device=device, seed=seed, quiet=quiet)
-    except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+    except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as err:
         raise click.ClickException(str(err)) from err

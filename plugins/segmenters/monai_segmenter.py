@@ -1,30 +1,13 @@
 """A segmenter plugin over MONAI networks, with safetensors weights."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from certframe.checkpoint import load_checkpoint
 from certframe.interfaces import Segmenter
 
 from .networks import build_network
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def resolve_weights(weights: str | Path) -> Path:
-    """A path, or the name of a bundled checkpoint (``certframe/plugins/weights/<name>.safetensors``)."""
-    p = Path(weights)
-    if p.is_file():
-        return p
-    bundled = WEIGHTS_DIR / f"{weights}.safetensors"
-    if bundled.is_file():
-        return bundled
-    names = sorted(q.stem for q in WEIGHTS_DIR.glob("*.safetensors"))
-    raise FileNotFoundError(f"segmenter weights {str(weights)!r} not found: expected a .safetensors "
-                            f"path or a bundled name ({', '.join(names) or 'none bundled'})")
-
+from .weights import RANDOM, WEIGHTS_DIR, check_written_by, load_state, require_weights, resolve_weights  # noqa: F401
 
 class MonaiSegmenter(Segmenter):
     """A MONAI 2-D network (UNet, BasicUNet, AttentionUnet, SegResNet) as a segmenter.
@@ -32,31 +15,40 @@ class MonaiSegmenter(Segmenter):
     Input ``[B, C, H, W]`` in [0, 1] (or noisy, for Gaussian-trained models) ->
     logits ``[B, K, H, W]``. With ``weights`` (a .safetensors file written by
     ``certframe train segmenter`` or a bundled name such as ``synthetic-lung``) the
-    architecture, channels and classes come from the checkpoint; without, a
-    randomly initialised network of ``arch`` is built (for training).
+    architecture, channels and classes come from the checkpoint. ``weights`` is
+    required: ``weights="random"`` builds a randomly initialised network of ``arch``
+    on purpose (what training does); leaving it out is an error, so that no
+    untrained network is certified by accident.
 
-    Options: weights (path or bundled name), arch (unet), in_channels (1),
+    ``config`` holds what rebuilds the network (segmenter, arch, in_channels,
+    num_classes, network); ``checkpoint_config`` the whole configuration stored in
+    the weights file (training, data set, tuning), or None for random weights.
+
+    Options: weights (path, bundled name or "random"), arch (unet), in_channels (1),
     num_classes (2), network (dict of extra architecture arguments), device (cpu).
     """
 
     def __init__(self, weights: str | None = None, arch: str = "unet", in_channels: int = 1,
                  num_classes: int = 2, network: dict | None = None, device: str = "cpu"):
         super().__init__()
-        self.config = {"arch": arch, "in_channels": int(in_channels), "num_classes": int(num_classes),
-                       "network": dict(network or {})}
+        require_weights("monai", weights)
+        self.config = {"segmenter": "monai", "arch": arch, "in_channels": int(in_channels),
+                       "num_classes": int(num_classes), "network": dict(network or {})}
+        self.checkpoint_config = None
         state = None
-        if weights is not None:
+        if weights != RANDOM:
             path = resolve_weights(weights)
             config, state = load_checkpoint(path)
-            self.config = {k: config[k] for k in ("arch", "in_channels", "num_classes", "network")}
-            self.config.update({k: v for k, v in config.items() if k not in self.config})
+            check_written_by(path, config, "monai")
+            self.config.update({k: config[k] for k in ("arch", "in_channels", "num_classes", "network")})
+            self.checkpoint_config = config
             self.weights_path = str(path)
         self.in_channels = self.config["in_channels"]
         self.num_classes = self.config["num_classes"]
         self.net = build_network(self.config["arch"], self.in_channels, self.num_classes,
                                  **self.config["network"])
         if state is not None:
-            self.net.load_state_dict(state)
+            load_state(self.net, state, self.weights_path, "monai")
         self.eval()
         self.to(device)
 
