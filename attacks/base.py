@@ -210,7 +210,7 @@ class SegmentationAttack(Attack):
         return g
 
     def ascend(self, images: torch.Tensor, gradient: Callable[[torch.Tensor, int], torch.Tensor] | None = None, *,
-               alpha: float, steps: int, start_random: bool, generator: torch.Generator | None = None,
+               step_size: float, steps: int, start_random: bool, generator: torch.Generator | None = None,
                objective: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
                score: Callable[[torch.Tensor], torch.Tensor] | None = None, restarts: int = 1,
                value_gradient: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -225,8 +225,8 @@ class SegmentationAttack(Attack):
         caller (e.g. a Monte-Carlo estimate in draw batches; best iterate and restarts as
         with ``objective``, except that the starting point itself is not a candidate), or
         ``gradient(adv, t)``: the gradient alone (then the last
-        iterate of one run is returned). Linf steps are ``alpha * sign(grad)``; L2 steps are
-        ``alpha * grad / ||grad||_2`` per sample. After each step the perturbation is
+        iterate of one run is returned). Linf steps are ``step_size * sign(grad)``; L2 steps are
+        ``step_size * grad / ||grad||_2`` per sample. After each step the perturbation is
         projected onto the ball and ``x'`` clipped to ``[0, 1]``.
         """
         if sum(f is not None for f in (gradient, objective, value_gradient)) != 1:
@@ -259,10 +259,10 @@ class SegmentationAttack(Attack):
                 else:
                     grad = gradient(adv.detach(), t)
                 if self.norm == "linf":
-                    step = alpha * grad.sign()
+                    step = step_size * grad.sign()
                 else:
                     gnorm = grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-                    step = alpha * grad / gnorm.view(-1, 1, 1, 1)
+                    step = step_size * grad / gnorm.view(-1, 1, 1, 1)
                 delta = project(adv.detach() + step - images, self.eps, self.norm)
                 adv = (images + delta).clamp(0, 1).detach()
             if gradient is not None:
@@ -317,6 +317,6 @@ def per_sample_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="none").flatten(1).mean(dim=1)
 
 
-def default_alpha(eps: float, steps: int) -> float:
+def default_step_size(eps: float, steps: int) -> float:
     """Step size ``2.5 * eps / steps`` (Madry et al. 2018; Salman et al. 2019)."""
     return 2.5 * eps / steps

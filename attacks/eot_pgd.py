@@ -25,8 +25,8 @@ class EOTPGD(EOTPGDL2):
     fixed_norm = "linf"
 
     def __init__(self, model, sigma: float | None = None, denoiser=None, eps: float = 2 / 255,
-                 alpha: float | None = None, steps: int = 10, num_draws: int = 8, draw_batch: int = 8,
+                 step_size: float | None = None, steps: int = 10, num_draws: int = 8, draw_batch: int = 8,
                  objective: str = "expected-loss", random_start: bool = False, seed: int | None = 0):
-        super().__init__(model, sigma=sigma, denoiser=denoiser, eps=eps, alpha=alpha, steps=steps,
+        super().__init__(model, sigma=sigma, denoiser=denoiser, eps=eps, step_size=step_size, steps=steps,
                          num_draws=num_draws, draw_batch=draw_batch, objective=objective,
                          random_start=random_start, seed=seed)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchattacks.attack import Attack
 
-from .base import SegmentationAttack, check_positive, default_alpha, quiet_device_message
+from .base import SegmentationAttack, check_positive, default_step_size, quiet_device_message
 from .pipeline import OBJECTIVES, DenoisedSegmenter
 
 
@@ -29,7 +29,7 @@ class EOTPGDL2(SegmentationAttack):
     sigma:     smoothing noise std in [0, 1] pixel units (required unless model is a pipeline).
     denoiser:  a :class:`~certframe.interfaces.Denoiser` or None (Gaussian-trained baseline).
     eps:       L2 radius over the whole image (default 0.5).
-    alpha:     step size (default ``2.5 * eps / steps``).  steps: default 10.
+    step_size:     step size (default ``2.5 * eps / steps``).  steps: default 10.
     num_draws: noise draws per step (default 8); draw_batch: draws per forward (default 8).
     objective: "expected-loss" (default: mean over draws of the per-pixel CE) or
                "smoothed-softmax" (CE of the mean softmax, Salman et al. 2019).
@@ -47,7 +47,7 @@ class EOTPGDL2(SegmentationAttack):
     fixed_norm = "l2"
 
     def __init__(self, model, sigma: float | None = None, denoiser=None, eps: float = 0.5,
-                 alpha: float | None = None, steps: int = 10, num_draws: int = 8, draw_batch: int = 8,
+                 step_size: float | None = None, steps: int = 10, num_draws: int = 8, draw_batch: int = 8,
                  objective: str = "expected-loss", random_start: bool = False, restarts: int = 1,
                  seed: int | None = 0):
         pipeline = _pipeline(model, sigma, denoiser)
@@ -56,7 +56,7 @@ class EOTPGDL2(SegmentationAttack):
         self._setup(eps=eps, norm=self.fixed_norm, seed=seed)
         self.sigma = pipeline.sigma
         self.steps = check_positive("steps", steps, integer=True)
-        self.alpha = default_alpha(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
+        self.step_size = default_step_size(self.eps, self.steps) if step_size is None else check_positive("step_size", step_size)
         self.num_draws = check_positive("num_draws", num_draws, integer=True)
         self.draw_batch = check_positive("draw_batch", draw_batch, integer=True)
         if objective not in OBJECTIVES:
@@ -79,7 +79,7 @@ class EOTPGDL2(SegmentationAttack):
                                           draw_batch=self.draw_batch, generator=generator,
                                           objective=self.objective, sign=sign)
 
-        return self.ascend(images, value_gradient=value_gradient, alpha=self.alpha, steps=self.steps,
+        return self.ascend(images, value_gradient=value_gradient, step_size=self.step_size, steps=self.steps,
                            start_random=self.random_start, generator=generator, restarts=self.restarts)
 
 

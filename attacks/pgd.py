@@ -2,10 +2,10 @@
 
 Paper: Madry, Makelov, Schmidt, Tsipras, Vladu, "Towards Deep Learning Models
 Resistant to Adversarial Attacks", ICLR 2018. Steps
-``x_{t+1} = clip(x + clamp(x_t + alpha * sign(grad L) - x, -eps, eps), 0, 1)``
+``x_{t+1} = clip(x + clamp(x_t + step_size * sign(grad L) - x, -eps, eps), 0, 1)``
 with L the mean per-pixel cross-entropy (logits ``[B, K, H, W]``, labels ``[B, H, W]``;
 in torchattacks' targeted modes, minus the cross-entropy toward the target labels).
-The step scales with the budget (``alpha = 2.5 eps / steps`` by default, as PGD-L2;
+The step scales with the budget (``step_size = 2.5 eps / steps`` by default, as PGD-L2;
 a fixed 2/255 step is useless at eps 0.5 and overshoots at eps 1/255); the best
 iterate per image (highest loss) over ``restarts`` runs is returned, not the last.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torchattacks
 
-from .base import SegmentationAttack, check_eps, check_positive, default_alpha, per_sample_ce, quiet_device_message
+from .base import SegmentationAttack, check_eps, check_positive, default_step_size, per_sample_ce, quiet_device_message
 
 
 class PGD(SegmentationAttack, torchattacks.PGD):
@@ -21,7 +21,7 @@ class PGD(SegmentationAttack, torchattacks.PGD):
 
     model: segmenter ``[B, C, H, W] in [0, 1] -> logits [B, K, H, W]``.
     eps:   Linf budget in [0, 1] pixel units (default 8/255).
-    alpha: step size (default ``2.5 * eps / steps``).  steps: iterations (default 10).
+    step_size: step size (default ``2.5 * eps / steps``).  steps: iterations (default 10).
     random_start: start at a uniform point of the Linf ball (default True).
     restarts: runs, each after the first from a random start; the best iterate wins (default 1).
     seed:  fixes the random starts (default 0; None uses torch's global RNG).
@@ -33,21 +33,22 @@ class PGD(SegmentationAttack, torchattacks.PGD):
     threat = "base"
     fixed_norm = "linf"
 
-    def __init__(self, model, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+    def __init__(self, model, eps: float = 8 / 255, step_size: float | None = None, steps: int = 10,
                  random_start: bool = True, restarts: int = 1, seed: int | None = 0):
         steps = check_positive("steps", steps, integer=True)
         eps_value = check_eps(eps, "linf")
-        alpha = default_alpha(eps_value, steps) if alpha is None else check_positive("alpha", alpha)
+        step_size = default_step_size(eps_value, steps) if step_size is None else check_positive("step_size", step_size)
         with quiet_device_message():
-            torchattacks.PGD.__init__(self, model, eps=eps_value, alpha=alpha, steps=steps,
+            torchattacks.PGD.__init__(self, model, eps=eps_value, alpha=step_size, steps=steps,
                                       random_start=bool(random_start))
+        self.step_size = step_size  # torchattacks calls it alpha; here alpha is the certificate's error level
         self._setup(eps=eps, norm="linf", seed=seed)
         self.restarts = check_positive("restarts", restarts, integer=True)
 
     def perturb(self, images, labels):
         if labels is None:
             raise ValueError("PGD needs labels [B, H, W] (ground truth, or the target mask in targeted mode)")
-        return self.ascend(images, objective=ce_objective(self, images, labels), alpha=self.alpha,
+        return self.ascend(images, objective=ce_objective(self, images, labels), step_size=self.step_size,
                            steps=self.steps, start_random=self.random_start, restarts=self.restarts)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchattacks.attack import Attack
 
-from .base import SegmentationAttack, check_norm, check_positive, default_alpha, per_sample_ce, quiet_device_message
+from .base import SegmentationAttack, check_norm, check_positive, default_step_size, per_sample_ce, quiet_device_message
 
 
 def segpgd_lambda(t: int, steps: int) -> float:
@@ -45,7 +45,7 @@ class SegPGD(SegmentationAttack):
     model: segmenter ``[B, C, H, W] in [0, 1] -> logits [B, K, H, W]``.
     norm:  "linf" (default, as in the paper) or "l2".
     eps:   budget (default 8/255 for linf as in the paper, 0.5 for l2).
-    alpha: step size (default ``2.5 * eps / steps``).  steps: T (default 20).
+    step_size: step size (default ``2.5 * eps / steps``).  steps: T (default 20).
     random_start: default True.  restarts: default 1 (the best iterate per image, by
     the plain mean cross-entropy, over all runs is returned).  seed: fixes the random starts (default 0).
 
@@ -56,14 +56,14 @@ class SegPGD(SegmentationAttack):
     threat = "base"
     norms = ("l2", "linf")
 
-    def __init__(self, model, norm: str = "linf", eps: float | None = None, alpha: float | None = None,
+    def __init__(self, model, norm: str = "linf", eps: float | None = None, step_size: float | None = None,
                  steps: int = 20, random_start: bool = True, restarts: int = 1, seed: int | None = 0):
         with quiet_device_message():
             Attack.__init__(self, "SegPGD", model)
         norm = check_norm(norm)
         self._setup(eps=(8 / 255 if norm == "linf" else 0.5) if eps is None else eps, norm=norm, seed=seed)
         self.steps = check_positive("steps", steps, integer=True)
-        self.alpha = default_alpha(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
+        self.step_size = default_step_size(self.eps, self.steps) if step_size is None else check_positive("step_size", step_size)
         self.random_start = bool(random_start)
         self.restarts = check_positive("restarts", restarts, integer=True)
 
@@ -78,5 +78,5 @@ class SegPGD(SegmentationAttack):
         def score(adv):  # the weights change with t: iterates are compared by the plain mean CE
             return per_sample_ce(self.check_logits(self.get_logits(adv), adv), labels)
 
-        return self.ascend(images, objective=loss, score=score, alpha=self.alpha, steps=self.steps,
+        return self.ascend(images, objective=loss, score=score, step_size=self.step_size, steps=self.steps,
                            start_random=self.random_start, generator=self.generator(), restarts=self.restarts)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torchattacks.attack import Attack
 
-from .base import (SegmentationAttack, check_norm, check_positive, default_alpha, quiet_device_message,
+from .base import (SegmentationAttack, check_norm, check_positive, default_step_size, quiet_device_message,
                    validate_labels)
 
 
@@ -47,7 +47,7 @@ class TargetedPGD(SegmentationAttack):
             the lesion") or an int64 mask ``[H, W]`` or ``[B, H, W]`` in ``0..K-1``.
     norm:   "linf" (default) or "l2".
     eps:    budget in [0, 1] pixel units (default 8/255 for linf, 0.5 for l2).
-    alpha:  step size (default ``2.5 * eps / steps``).  steps: default 20.
+    step_size:  step size (default ``2.5 * eps / steps``).  steps: default 20.
     kappa:  confidence margin (default 0: a pixel stops pulling once it is the target).
     cap:    largest margin a pixel counts with (default 10 logits).
     random_start: default True.  restarts: default 1.  seed: fixes the random starts (default 0).
@@ -62,14 +62,14 @@ class TargetedPGD(SegmentationAttack):
     norms = ("l2", "linf")
 
     def __init__(self, model, target: int | torch.Tensor = 0, norm: str = "linf", eps: float | None = None,
-                 alpha: float | None = None, steps: int = 20, random_start: bool = True,
+                 step_size: float | None = None, steps: int = 20, random_start: bool = True,
                  restarts: int = 1, kappa: float = 0.0, cap: float = 10.0, seed: int | None = 0):
         with quiet_device_message():
             Attack.__init__(self, "TargetedPGD", model)
         norm = check_norm(norm)
         self._setup(eps=(8 / 255 if norm == "linf" else 0.5) if eps is None else eps, norm=norm, seed=seed)
         self.steps = check_positive("steps", steps, integer=True)
-        self.alpha = default_alpha(self.eps, self.steps) if alpha is None else check_positive("alpha", alpha)
+        self.step_size = default_step_size(self.eps, self.steps) if step_size is None else check_positive("step_size", step_size)
         self.random_start = bool(random_start)
         self.restarts = check_positive("restarts", restarts, integer=True)
         if not float(kappa) >= 0:
@@ -129,5 +129,5 @@ class TargetedPGD(SegmentationAttack):
                                  f"{logits.shape[1]} classes")
             return -target_margin(logits, target, self.kappa, self.cap)
 
-        return self.ascend(images, objective=loss, alpha=self.alpha, steps=self.steps,
+        return self.ascend(images, objective=loss, step_size=self.step_size, steps=self.steps,
                            start_random=self.random_start, generator=self.generator(), restarts=self.restarts)

@@ -1,11 +1,11 @@
 """certframe: certify medical image segmentation models with randomized smoothing."""
 from certframe.hookspecs import hookimpl
-from certframe.interfaces import (ABSTAIN, Certifier, CertifyRequest, Denoiser, Sample,
+from certframe.interfaces import (ABSTAIN, Certifier, CertifyRequest, Denoiser, NoiseKey, Sample,
                                   SegmentationDataset, Segmenter, VoteSource, class_labels)
 from certframe.results import Certificate
 from certframe.smoothing import SmoothedSegmenter
 
 __version__ = "0.1.0"
-__all__ = ["ABSTAIN", "Certificate", "Certifier", "CertifyRequest", "Denoiser", "Sample",
+__all__ = ["ABSTAIN", "Certificate", "Certifier", "CertifyRequest", "Denoiser", "NoiseKey", "Sample",
            "SegmentationDataset", "Segmenter", "SmoothedSegmenter", "VoteSource", "class_labels",
            "hookimpl", "__version__"]

@@ -110,7 +110,7 @@ def test_pgd_lowers_dice_of_undefended_segmenter(lung):
     seg, x, y = lung
     eps = 8 / 255
     clean = _dice(seg, x, y)
-    attacked = _dice(seg, PGD(seg, eps=eps, alpha=2 / 255, steps=10)(x, y), y)
+    attacked = _dice(seg, PGD(seg, eps=eps, step_size=2 / 255, steps=10)(x, y), y)
     g = torch.Generator().manual_seed(0)
     random_sign = (x + eps * torch.randint(0, 2, x.shape, generator=g).mul(2).sub(1)).clamp(0, 1)
     noisy = _dice(seg, random_sign, y)
@@ -131,7 +131,7 @@ def test_targeted_attack_moves_predictions_toward_target(lung):
     seg, x, y = lung
     before = seg.predict(x)
     # erase the lungs: target all background
-    adv = TargetedPGD(seg, target=0, eps=16 / 255, alpha=1 / 255, steps=40)(x, y)
+    adv = TargetedPGD(seg, target=0, eps=16 / 255, step_size=1 / 255, steps=40)(x, y)
     after = seg.predict(adv)
     lungs_before, lungs_after = (before == 1).float().mean().item(), (after == 1).float().mean().item()
     assert lungs_after < 0.85 * lungs_before, (lungs_before, lungs_after)
@@ -149,7 +149,7 @@ def test_targeted_attack_moves_predictions_toward_target(lung):
 def test_torchattacks_targeted_api_composes(lung):
     """torchattacks' own targeted mode: the labels given are the target mask."""
     seg, x, _ = lung
-    atk = PGD(seg, eps=16 / 255, alpha=1 / 255, steps=40)
+    atk = PGD(seg, eps=16 / 255, step_size=1 / 255, steps=40)
     atk.set_mode_targeted_by_label(quiet=True)
     target = torch.zeros(2, 64, 64, dtype=torch.long)
     lungs_before = (seg.predict(x) == 1).float().mean().item()
@@ -399,7 +399,8 @@ def test_cli_attack_writes_rows(tmp_path):
     assert len(json.loads((out / "robustness.json").read_text())) == 3  # l2 0.05, l2 0.3, linf 1/255
     assert "empirical vs certified Dice" in result.output and "not tested" in result.output
     # the same folder again without --overwrite: a clear error, nothing lost
-    again = CliRunner().invoke(main, ["attack", "-o", str(out), "--dataset-option", "count=1"])
+    again = CliRunner().invoke(main, ["attack", "-o", str(out), "--dataset-option", "count=1",
+                                      "--segmenter-option", "weights=synthetic-lung-noise0.25"])
     assert again.exit_code != 0 and "already holds results" in again.output
 
 
@@ -594,8 +595,8 @@ def test_target_margin_golden():
 
 def test_pgd_default_step_scales_with_eps_and_best_iterate_is_kept():
     seg = ThresholdSegmenter()
-    assert PGD(seg, eps=0.5, steps=10).alpha == pytest.approx(0.125)
-    assert PGD(seg, eps=1 / 255, steps=10).alpha == pytest.approx(2.5 / 2550)
+    assert PGD(seg, eps=0.5, steps=10).step_size == pytest.approx(0.125)
+    assert PGD(seg, eps=1 / 255, steps=10).step_size == pytest.approx(2.5 / 2550)
     # a too-large step oscillates between 0.4 and 0.6 around the optimum 0.55: the best iterate is kept
     attack = PGD(seg, eps=0.2)
     x = torch.full((1, 1, 2, 2), 0.6)
@@ -603,8 +604,8 @@ def test_pgd_default_step_scales_with_eps_and_best_iterate_is_kept():
     def objective(adv, t):
         return -(adv - 0.55).pow(2).flatten(1).sum(dim=1)
 
-    best = attack.ascend(x, objective=objective, alpha=0.2, steps=3, start_random=False)
-    last = attack.ascend(x, lambda adv, t: -2 * (adv - 0.55), alpha=0.2, steps=3, start_random=False)
+    best = attack.ascend(x, objective=objective, step_size=0.2, steps=3, start_random=False)
+    last = attack.ascend(x, lambda adv, t: -2 * (adv - 0.55), step_size=0.2, steps=3, start_random=False)
     assert torch.allclose(best, x) and torch.allclose(last, torch.full_like(x, 0.4))
     # restarts: more runs never end with a lower objective
     one = objective(attack.ascend(x, objective=objective, alpha=0.07, steps=2, start_random=True,

@@ -30,6 +30,8 @@ def describe(err: BaseException) -> str:
         return f"{text} (`certframe plugins` lists what is installed and any plugin that failed to load)"
     if isinstance(err, PluginError):
         return text
+    if isinstance(err, ImportError):
+        return f"{text} (a plugin needs a package that is not installed: see its extra, e.g. pip install 'certframe[smp]')"
     if isinstance(err, PermissionError):
         where = f" {err.filename!r}" if err.filename else ""
         return f"permission denied writing or reading{where}: choose a folder you can write (--output)"

@@ -48,7 +48,13 @@ def print_summary(summary, console, title="summary"):
             shared.insert(0, str(summary["certifier"].iloc[0]))
     if shared:
         title = f"{title}\n{', '.join(shared)}"
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    caption = None
+    if "empty_truth_images" in summary.columns and summary["empty_truth_images"].fillna(0).sum() > 0:
+        counts = sorted({int(v) for v in summary["empty_truth_images"].fillna(0)})
+        caption = (f"{'/'.join(map(str, counts))} image(s) without foreground: they score Dice 1.0 when nothing "
+                   f"is certified as foreground there (even all ABSTAIN); see the abstain column")
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
     table.add_column("method", overflow="fold", ratio=1, min_width=12)
     rows = [[cell(r, key, fmt) for key, _, fmt in cols] for _, r in summary.iterrows()]
     for i, (_, header, _) in enumerate(cols):

@@ -10,6 +10,7 @@ the run's sigma, :func:`denoiser_record`), ``versions``, ``command``, ``created`
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from certframe.run.build import Plugins, method_label, plugin_record, plugin_rec
 from certframe.run.provenance import provenance
 from certframe.run.spec import AttackSpec, RunSpec
 from certframe.runs import FORMAT, dataset_identity, now, package_versions
+
+log = logging.getLogger("certframe.run")
 
 
 def command_line() -> str:
@@ -49,6 +52,22 @@ def denoiser_record(spec: RunSpec, plugins: Plugins) -> list[dict] | None:
     return quality_records(table)
 
 
+def tuning_record(spec: RunSpec, plugins: Plugins) -> dict:
+    """What the segmenter was tuned for (its checkpoint's record) and a warning when this run differs.
+
+    Certifying a segmenter fine-tuned on one denoiser and sigma with another is valid but
+    not what it was tuned for (:func:`certframe.tuning.check_tuning`); the warning is logged
+    and kept in the manifest.
+    """
+    from certframe.tuning import segmenter_tuning_warning, tuned_for
+
+    config = getattr(plugins.segmenter, "checkpoint_config", None)
+    warning = segmenter_tuning_warning(plugins.segmenter, spec.denoiser, plugins.denoiser, spec.sigma)
+    if warning:
+        log.warning("%s", warning)
+    return {"tuned_for": tuned_for(config if isinstance(config, dict) else None), "warning": warning}
+
+
 def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
     """The manifest of a ``certframe certify`` run."""
     from certframe.accelerate import Acceleration
@@ -63,7 +82,7 @@ def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
             "device": str(device), "plugins": records, "provenance": provenance(spec, plugins),
             "correction": correction(plugins.certifier, records["certifier"]["options"]),
             "dataset": dataset_identity(plugins.dataset), "classes": list(plugins.dataset.class_names),
-            "denoiser_quality": denoiser_record(spec, plugins),
+            "denoiser_quality": denoiser_record(spec, plugins), "tuning": tuning_record(spec, plugins),
             "versions": package_versions(), "command": command_line(), "created": now()}
 
 
@@ -77,7 +96,7 @@ def attack_manifest(spec: AttackSpec, plugins: Plugins, registry) -> dict:
         records["attacks"][name] = record
     return {"format": FORMAT, "kind": "attack", "config": spec.config(),
             "device": str(resolve_device(spec.device)), "plugins": records,
-            "provenance": provenance(spec, plugins),
+            "provenance": provenance(spec, plugins), "tuning": tuning_record(spec, plugins),
             "correction": correction(plugins.certifier, records["certifier"]["options"]),
             "dataset": dataset_identity(plugins.dataset), "classes": list(plugins.dataset.class_names),
             "versions": package_versions(), "command": command_line(), "created": now()}

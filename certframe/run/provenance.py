@@ -58,13 +58,10 @@ def file_identity(path: str | Path) -> dict:
 
 
 def state_hash(module: torch.nn.Module) -> str:
-    """SHA-256 over ``module.state_dict()``: every tensor's name, dtype, shape and bytes, in order."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """SHA-256 over ``module.state_dict()`` (:func:`certframe.tuning.module_hash`: names, dtypes, shapes, bytes)."""
+    from certframe.tuning import module_hash
+
+    return module_hash(module)
 
 
 def model_identity(model: Any) -> dict | None:
