@@ -36,7 +36,8 @@ def attack_cli(out, segmenter: str, options: dict, denoiser: str = "none",
     """``certframe attack --attack pgdl2 -n 10 --n0 5`` on one synthetic-lung image; returns results.csv."""
     args = ["attack", "--dataset", "synthetic-lung", "--dataset-option", "count=1", "--dataset-option", "size=64",
             *plugin_args("segmenter", segmenter, options), *plugin_args("denoiser", denoiser, denoiser_options or {}),
-            "--attack", "pgdl2", "-n", "10", "--n0", "5", "--output", str(out), "--device", "cpu", "--quiet"]
+            "--attack", "pgdl2", "--no-falsify", "-n", "10", "--n0", "5", "--output", str(out), "--device", "cpu",
+            "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out / "results.csv")

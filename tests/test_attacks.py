@@ -61,7 +61,7 @@ def _dice(seg, images, masks):
 
 
 # ------------------------------------------------------------------ norm ball and box
-ALL = [("fgsm", "linf", {}), ("pgd", "linf", {"alpha": 4 / 255}), ("pgdl2", "l2", {"alpha": 0.5}),
+ALL = [("fgsm", "linf", {}), ("pgd", "linf", {"step_size": 4 / 255}), ("pgdl2", "l2", {"step_size": 0.5}),
        ("targeted-pgd", "linf", {}), ("targeted-pgd", "l2", {}), ("segpgd", "linf", {}), ("segpgd", "l2", {}),
        ("eot-pgdl2", "l2", {"num_draws": 2, "steps": 3}), ("eot-pgd", "linf", {"num_draws": 2, "steps": 3})]
 
@@ -414,7 +414,8 @@ def test_cli_attack_writes_rows(tmp_path):
 ])
 def test_cli_bad_values(tmp_path, args, match):
     result = CliRunner().invoke(main, ["attack", "--dataset-option", "count=1", "--dataset-option", "size=32",
-                                       "-n", "10", "-o", str(tmp_path / "r"), *args], terminal_width=200)
+                                       "--segmenter-option", "weights=synthetic-lung", "-n", "10",
+                                       "-o", str(tmp_path / "r"), *args], terminal_width=200)
     assert result.exit_code != 0
     assert match in " ".join(result.output.split()), result.output
 
@@ -608,9 +609,9 @@ def test_pgd_default_step_scales_with_eps_and_best_iterate_is_kept():
     last = attack.ascend(x, lambda adv, t: -2 * (adv - 0.55), step_size=0.2, steps=3, start_random=False)
     assert torch.allclose(best, x) and torch.allclose(last, torch.full_like(x, 0.4))
     # restarts: more runs never end with a lower objective
-    one = objective(attack.ascend(x, objective=objective, alpha=0.07, steps=2, start_random=True,
+    one = objective(attack.ascend(x, objective=objective, step_size=0.07, steps=2, start_random=True,
                                 generator=torch.Generator().manual_seed(0)), 0)
-    three = objective(attack.ascend(x, objective=objective, alpha=0.07, steps=2, start_random=True, restarts=3,
+    three = objective(attack.ascend(x, objective=objective, step_size=0.07, steps=2, start_random=True, restarts=3,
                                   generator=torch.Generator().manual_seed(0)), 0)
     assert float(three) >= float(one)
 

@@ -158,7 +158,7 @@ def test_plugins_command_lists_kinds_details_and_required_options():
     assert result.exit_code == 0
     out = " ".join(result.output.split())
     assert "segmenter monai" in out and "options (--segmenter-option KEY=VALUE):" in out
-    assert "weights None" in out and "Options: weights (path or bundled name)" in out
+    assert "weights None" in out and 'Options: weights (path, bundled name or "random")' in out
     result = CliRunner().invoke(main, ["plugins", "segmenter", "nope"], env=env)
     assert result.exit_code == 1 and "unknown segmenter 'nope'; available segmenters: monai" in result.output
     result = CliRunner().invoke(main, ["plugins", "widget"], env=env)

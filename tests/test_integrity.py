@@ -63,7 +63,8 @@ def test_manifest_records_hashes_absolute_paths_and_the_checkpoint_configuration
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["config"]["segmenter_options"]["weights"] == str(weights.resolve())
     seg = manifest["provenance"]["segmenter"]
-    assert len(seg["model"]["state_sha256"]) == 64 and seg["model"]["in_channels"] == 1
+    assert seg["model"]["state_sha256"].startswith("sha256:") and len(seg["model"]["state_sha256"]) == 71
+    assert seg["model"]["in_channels"] == 1
     assert seg["files"]["weights"]["path"] == str(weights.resolve())
     assert len(seg["files"]["weights"]["sha256"]) == 64
     config = json.loads((WEIGHTS_DIR / "synthetic-lung.json").read_text())

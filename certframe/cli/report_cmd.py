@@ -35,6 +35,7 @@ def report(runs, output, reporters, overlay_images, title, allow_incomplete, qui
         options["title"] = title
     table, written = make_report(runs, output, reporters=reporters, reporter_options=options,
                                  allow_incomplete=allow_incomplete, registry=get_registry())
-    print_comparison(table, console)
+    if len(table):
+        print_comparison(table, console)
     for path in written:
         log.info("wrote %s", path)

@@ -117,7 +117,13 @@ def build_dataset(spec: RunSpec, registry) -> SegmentationDataset:
 
 
 def build_plugins(spec: RunSpec, registry, dataset: SegmentationDataset | None = None) -> Plugins:
-    """Create the four plugins of ``spec`` through ``registry`` (the ``none`` denoiser is kept as an object)."""
+    """Create the four plugins of ``spec`` through ``registry`` (the ``none`` denoiser is kept as an object).
+
+    Every name is looked up before anything is built, so an unknown certifier is reported
+    before a model is loaded.
+    """
+    for kind in PLUGIN_KINDS:
+        registry.get(kind, getattr(spec, kind))
     data = dataset if dataset is not None else build_dataset(spec, registry)
     built: dict[str, Any] = {kind: build_plugin(registry, kind, getattr(spec, kind), spec.options(kind))
                              for kind in PLUGIN_KINDS if kind != "dataset"}
