@@ -391,3 +391,51 @@ def test_falsify_all_orders_certificates_then_multiples(block_image):
     assert [r.violations is None for r in results] == [False, True, False, True]
     with pytest.raises(ValueError, match="radius_multiples is empty"):
         falsify_all(sm, block_image, certs, radius_multiples=())
+
+
+# ------------------------------------------------------------------ the same controls through a whole attack run
+def test_an_attack_run_with_default_options_catches_an_overclaiming_certifier_plugin(block_image, tmp_path):
+    """``run_attack`` (what ``certframe attack`` calls) with its DEFAULT falsification: a certifier plugin
+    that claims 2x SegCertify's radius is caught (violations in the rows, the manifest and the table),
+    the honest plugin on the same image gives 0 violations with the tested pixels shown."""
+    from certframe import hookimpl
+    from certframe.interfaces import SegmentationDataset, Sample
+    from certframe.registry import get_registry
+    from certframe.run import AttackSpec, run_attack
+    from certframe.runs import RunFolder
+
+    class Block(SegmentationDataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            if i != 0:
+                raise IndexError(i)
+            return Sample(block_image.clone(), (block_image[0] > 0.5).long(), "block")
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(self, register):
+            register("block", Block)
+
+        @hookimpl
+        def register_segmenters(self, register):
+            register("threshold", ThresholdSegmenter)
+
+        @hookimpl
+        def register_certifiers(self, register):
+            register("overclaim-x2", lambda: Overclaiming(SegCertify(), 2))
+
+    reg = get_registry(load_entrypoints=False, plugins=[("controls", Plugin())])
+    base = dict(dataset="block", segmenter="threshold", sigma=SIGMA, n0=20, n=500, attacks=("pgdl2",),
+                attack_options={"pgdl2": {"steps": 5}}, device="cpu")
+    table = run_attack(AttackSpec(certifier="overclaim-x2", **base), tmp_path / "false", quiet=True, registry=reg)
+    rows = RunFolder(tmp_path / "false").results(require_complete=False)
+    caught = rows[rows.attack == "falsify"]
+    assert int(caught.tested.iloc[0]) == 8 and int(caught.violations.iloc[0]) >= 1
+    assert RunFolder(tmp_path / "false").manifest()["violations"] >= 1 and table.violations.sum() >= 1
+    run_attack(AttackSpec(certifier="segcertify", **base), tmp_path / "honest", quiet=True, registry=reg)
+    honest = RunFolder(tmp_path / "honest")
+    rows = honest.results(require_complete=False)
+    assert (rows.tested > 0).all() and (rows.violations == 0).all()
+    assert honest.manifest()["violations"] == 0 and honest.manifest()["tested"] > 0
