@@ -18,9 +18,9 @@ Synthetic lungs (64x64 grey) with the bundled Gaussian-trained UNet
 Reported per certifier: images, images with at least one covered pixel, share of
 tested images with a caught violation (honest: false alarms), violations / tested
 pixels, the smallest Clopper-Pearson upper bound seen, and seconds per image of the
-falsification test. Kvasir-SEG is not run: no Gaussian-trained Kvasir UNet is
-bundled, and training one (``benchmarks/kvasir_segmenters.py``) takes about 7 CPU
-minutes on its own. Results: ``benchmarks/results/attack_power.txt`` (first line:
+falsification test. ``--kvasir ROOT --weights W --size 128 --sigma S`` runs the
+test split of Kvasir-SEG with a Gaussian-trained UNet instead (train one with
+``certframe train segmenter --dataset kvasir-seg ... --noise-sigma S``). Results: ``benchmarks/results/attack_power.txt`` (first line:
 the command). Timings are wall clock on a shared machine; nothing here asserts a verdict.
 """
 from __future__ import annotations
@@ -50,13 +50,24 @@ def main(argv=None) -> None:
     ap.add_argument("--factors", type=float, nargs="+", default=[1.5, 2, 4, 10])
     ap.add_argument("--empirical", action="store_true", help="also run the minimal-norm search")
     ap.add_argument("--output", type=Path, default=OUT)
+    ap.add_argument("--kvasir", type=Path, default=None,
+                    help="Kvasir-SEG root (images/, masks/): run on its test split instead of synthetic lungs")
+    ap.add_argument("--weights", default="synthetic-lung-noise0.25", help="monai segmenter weights")
+    ap.add_argument("--size", type=int, default=64, help="image size (Kvasir-SEG)")
+    ap.add_argument("--sigma", type=float, default=0.25)
     args = ap.parse_args(argv)
     command = "python benchmarks/attack_power.py " + " ".join(sys.argv[1:] if argv is None else argv)
     torch.manual_seed(0)
     registry = get_registry()
-    seg = registry.create("segmenter", "monai", weights="synthetic-lung-noise0.25").eval()
-    data = registry.create("dataset", "synthetic-lung", count=args.images, size=64)
-    sigma = 0.25
+    seg = registry.create("segmenter", "monai", weights=args.weights).eval()
+    if args.kvasir is None:
+        data = registry.create("dataset", "synthetic-lung", count=args.images, size=64)
+        what = f"synthetic-lung 64x64, monai:{Path(args.weights).stem}"
+    else:
+        full = registry.create("dataset", "kvasir-seg", root=str(args.kvasir), size=args.size, split="test")
+        data = [full[i] for i in range(min(args.images, len(full)))]
+        what = f"Kvasir-SEG test split {args.size}x{args.size}, monai:{Path(args.weights).stem}"
+    sigma = args.sigma
     smoothed = SmoothedSegmenter(seg, None, sigma)
     certifiers = {"segcertify": registry.create("certifier", "segcertify"),
                   "adaptive": registry.create("certifier", "adaptive"),
@@ -81,7 +92,7 @@ def main(argv=None) -> None:
                   f"min U {r.min_upper_bound} {r.falsify_seconds:.1f}s", flush=True)
     df = pd.DataFrame(rows)
     lines = [command, "",
-             f"synthetic-lung 64x64, monai:synthetic-lung-noise0.25, sigma {sigma}, no denoiser; certify n0=10 "
+             f"{what}, sigma {sigma}, no denoiser; certify n0=10 "
              f"n={args.n} alpha=0.001 tau=0.75; falsify defaults (8 pixels, 20 steps x 2 restarts, 8 EOT draws, "
              f"n_test from level 0.001, Holm); empirical search {'on' if args.empirical else 'off'}",
              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}", ""]

@@ -13,7 +13,7 @@ from certframe.contract import check_segmenter  # noqa: E402
 from certframe.plugins.segmenters.nnunet import NNUNetSegmenter, read_nnunet_checkpoint  # noqa: E402
 
 from nnunet_fixture import INTENSITY, arch_kwargs, make_results_folder  # noqa: E402
-from routes import certify_cli  # noqa: E402
+from routes import attack_cli, certify_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,7 @@ def test_contract_and_certify_from_the_cli(ct_folder, tmp_path):
     check_segmenter(NNUNetSegmenter, options={"model": str(ct_folder)}, image_size=(32, 48),
                     bad_options=[{"model": str(tmp_path)}, {"tile_step_size": 0}])
     certify_cli(tmp_path / "certify", "nnunet", {"model": str(ct_folder)})
+    attack_cli(tmp_path / "attack", "nnunet", {"model": str(ct_folder)})   # gradients flow through the wrapper
 
 
 def test_missing_library_names_the_extra(ct_folder, monkeypatch):
