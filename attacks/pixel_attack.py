@@ -71,7 +71,19 @@ def project_l2_box(x: torch.Tensor, z: torch.Tensor, budget: torch.Tensor) -> to
     delta = z - x
     norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
     delta = delta * torch.clamp(radius / norm, max=1.0).view(-1, 1, 1, 1)
-    return (x + delta).clamp(0, 1)
+    out = (x + delta).clamp(0, 1)
+    # float32 rounding of x + delta over many values can leave the ball by ~1e-5 (relative): measure the
+    # perturbation actually made in float64 and pull it back towards x (a convex combination stays in
+    # [0, 1]) until it lies strictly inside
+    limit = radius.double()
+    for _ in range(8):
+        actual = (out.double() - x.double()).flatten(1).norm(dim=1)
+        over = actual >= limit
+        if not bool(over.any()):
+            break
+        shrink = torch.where(over, limit / actual * (1 - 16 * RADIUS_MARGIN), torch.ones_like(actual))
+        out = x + (out - x) * shrink.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+    return out
 
 
 def soft_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.Tensor, pixels: torch.Tensor,
