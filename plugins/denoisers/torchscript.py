@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from certframe.interfaces import Denoiser
-from certframe.plugins.segmenters.torchscript import input_stats, load_torchscript
+from certframe.plugins.segmenters.torchscript import attach_normalization, load_torchscript
 
 
 class TorchScriptDenoiser(Denoiser):
@@ -38,11 +38,7 @@ class TorchScriptDenoiser(Denoiser):
         self.net = load_torchscript(path, device)
         self.in_channels = int(in_channels)
         self.takes_sigma, self.clip = bool(takes_sigma), bool(clip)
-        stats = input_stats(normalize, self.in_channels)
-        self.normalized = stats is not None
-        mean, std = stats or (torch.zeros(1, self.in_channels, 1, 1), torch.ones(1, self.in_channels, 1, 1))
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        attach_normalization(self, normalize, self.in_channels)
         self.to(device)
 
     def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -55,6 +55,16 @@ def input_stats(normalize, in_channels: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
+
+def attach_normalization(module: torch.nn.Module, normalize: dict | None, in_channels: int) -> None:
+    """Register ``mean`` / ``std`` buffers ``[1, C, 1, 1]`` from ``normalize`` (see :func:`input_stats`) on
+    ``module`` and set ``module.normalized``; identity buffers when ``normalize`` is None."""
+    stats = input_stats(normalize, in_channels)
+    module.normalized = stats is not None
+    mean, std = stats or (torch.zeros(1, in_channels, 1, 1), torch.ones(1, in_channels, 1, 1))
+    module.register_buffer("mean", mean)
+    module.register_buffer("std", std)
+
 class TorchScriptSegmenter(Segmenter):
     """A TorchScript model as a segmenter.
 
@@ -80,11 +90,7 @@ class TorchScriptSegmenter(Segmenter):
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
         self.config = {"segmenter": "torchscript", "path": self.path, "num_classes": self.num_classes,
                        "in_channels": self.in_channels, "normalize": normalize}
-        stats = input_stats(normalize, self.in_channels)
-        self.normalized = stats is not None
-        mean, std = stats or (torch.zeros(1, self.in_channels, 1, 1), torch.ones(1, self.in_channels, 1, 1))
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        attach_normalization(self, normalize, self.in_channels)
         self.to(device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
