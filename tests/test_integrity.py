@@ -211,3 +211,16 @@ def test_a_denoiser_beyond_its_trained_range_is_refused_before_writing(tmp_path)
             "--sigma", "3.0", "--output", out, ok=False)
     one_line_error(r, "ddpm-synthetic-lung", "largest sigma")
     assert not out.exists()
+
+
+def test_every_example_experiment_file_expands():
+    """The files of examples/configs parse and expand (names unique, outputs distinct); the data set
+    files run the paper's Gaussian and DDPM rows plus the denoised-fine-tuned row at every sigma."""
+    from certframe.config import load_experiment
+
+    for path in sorted((ROOT / "examples" / "configs").glob("*.toml")):
+        runs = load_experiment(path)
+        assert len({r["output"] for r in runs}) == len(runs) and runs, path.name
+        if path.stem != "synthetic-lung":
+            names = {r["name"] for r in runs}
+            assert {f"ddpm-finetuned-sigma{s}" for s in (0.25, 0.5, 1.0)} <= names, (path.name, names)
