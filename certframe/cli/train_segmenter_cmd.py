@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 
 from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
@@ -40,8 +41,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def build_trainable(registry, segmenter: str, options: dict, in_channels: int, num_classes: int,
-                    init: str | Path | None = None):
-    """The segmenter to train, through the registry: untrained (``weights=random``) or from ``init``."""
+                    init: str | Path | None = None, seed: int = 0):
+    """The segmenter to train, through the registry: untrained (``weights=random``) or from ``init``.
+
+    The random initial weights come from torch's generator seeded with ``seed`` (the caller's
+    random state is left as it was), so a training run is reproducible whatever ran before it.
+    """
     entry = registry.get("segmenter", segmenter)
     accepted = entry.options()
     missing = [k for k in ("weights", "in_channels", "num_classes") if k not in accepted]
@@ -61,7 +66,9 @@ def build_trainable(registry, segmenter: str, options: dict, in_channels: int, n
     else:
         opts.setdefault("in_channels", in_channels)
         opts.setdefault("num_classes", num_classes)
-        model = registry.create("segmenter", segmenter, **{**opts, "weights": RANDOM})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = registry.create("segmenter", segmenter, **{**opts, "weights": RANDOM})
     if not hasattr(model, "net") or not isinstance(getattr(model, "config", None), dict):
         raise ValueError(f"the {segmenter} segmenter cannot be trained by certframe: it must keep its network "
                          f"in .net and its configuration in .config")
@@ -110,7 +117,7 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
     dev = resolve_device(device)
     train = registry.create("dataset", dataset, **dataset_options, split="train")
     val = registry.create("dataset", dataset, **dataset_options, split="val")
-    model = build_trainable(registry, segmenter, options, train.in_channels, train.num_classes, init)
+    model = build_trainable(registry, segmenter, options, train.in_channels, train.num_classes, init, seed=seed)
     den, record = None, None
     if denoiser is not None:
         den = registry.create("denoiser", denoiser, **(denoiser_options or {}))

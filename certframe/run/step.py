@@ -185,26 +185,30 @@ class AttackStep(CertifyStep):
             options.update(sigma=self.request.sigma, denoiser=self.smoothed.denoiser)
         return job.factory(**options)
 
-    def test_at(self, adv: torch.Tensor, cert: Certificate, l2: float, multiple: float | None, image_id: str,
-                phase: str) -> dict:
-        """The sound check of one certificate at one attacked image ``adv [C, H, W]``.
+    def fresh_counts(self, adv: torch.Tensor, image_id: str, phase: str) -> torch.Tensor:
+        """``n`` fresh votes ``[K, H, W]`` at the attacked image ``adv [C, H, W]``, under a phase of their own
+        (independent of every certificate's draws); drawn once per x' and shared by its certificates."""
+        from certframe.attacks.falsification import fresh_votes
+
+        return fresh_votes(self.smoothed, adv, seed=self.seed, image_id=image_id,
+                           batch_size=self.batch_size).counts(phase, self.request.n)
+
+    def test_at(self, counts: torch.Tensor, cert: Certificate, l2: float, multiple: float | None) -> dict:
+        """The sound check of one certificate at one attacked image, from its fresh votes ``counts [K, H, W]``.
 
         Covered pixels: certified, with ``k R_i > ||x' - x||_2`` (k = the job's radius multiple,
-        1 for a fixed budget). ``n`` fresh draws at x' (phase ``phase``: independent of the
-        certificate's draws) give each covered pixel's votes for its certified class; the exact
+        1 for a fixed budget). Each covered pixel's votes for its certified class go into the exact
         one-sided test of ``p(c_i | x') >= 1/2`` with Holm over the covered pixels at
-        ``test_level`` (:func:`certframe.attacks.flip_test.flip_test`) rejects the violations.
+        ``test_level`` (:func:`certframe.attacks.flip_test.flip_test`); rejections are violations.
         Returns the check columns plus ``_majority`` (g's majority vote at x', [H, W]).
         """
-        from certframe.attacks.falsification import covered_pixels, fresh_votes
+        from certframe.attacks.falsification import covered_pixels
         from certframe.attacks.flip_test import flip_test
 
         k = 1.0 if multiple is None else float(multiple)
         claimed, radius = covered_pixels(cert)
         covered = claimed & (k * radius > l2)
         n = self.request.n
-        counts = fresh_votes(self.smoothed, adv, seed=self.seed, image_id=image_id,
-                             batch_size=self.batch_size).counts(phase, n)
         majority = counts.argmax(dim=0)
         m = int(covered.sum())
         row = {"covered": m, "tested": m, "violations": None, "flips_beyond_claim": None, "not_tested": m == 0,
@@ -287,10 +291,10 @@ class AttackStep(CertifyStep):
                 d = (adv.double() - x.double()).flatten()
                 l2, linf = float(d.norm(p=2)), float(d.abs().max())
                 base_robust = metrics.mean_dice(self.clean_prediction(adv), y, K)
+                counts = self.fresh_counts(adv, sample.id, phase=f"falsification-image-{j}-{b}")
                 for t in ([b] if per_cert else range(len(certs))):
                     cert = certs[t]
-                    check = self.test_at(adv, cert, l2, job.radius_multiple, sample.id,
-                                         phase=f"falsification-image-{j}-{t}")
+                    check = self.test_at(counts, cert, l2, job.radius_multiple)
                     smoothed_robust = metrics.mean_dice(check["_majority"].cpu(), y, K)
                     add(j, t, cert, job, eps, check, l2=l2, linf=linf, base_robust=base_robust,
                         smoothed_robust=smoothed_robust, seconds=seconds)
