@@ -11,7 +11,10 @@ Files written for ``checkpoint="out/model.safetensors"``:
 * ``out/model.safetensors`` + ``out/model.json``: the best epoch by validation Dice,
   weights as safetensors with the configuration in its metadata (see
   :mod:`certframe.checkpoint`); it loads back with the ``monai`` segmenter plugin
-  (``weights=out/model.safetensors``).
+  (``weights=out/model.safetensors``). When the run ends, the JSON also gets the
+  whole run's ``epochs_run``, ``stopped_early``, ``total_seconds`` and
+  ``total_cpu_seconds`` under ``training`` (the safetensors metadata keeps the
+  best epoch's own record).
 * ``out/model.resume/``: the state after the last finished epoch, for
   ``resume=True``: ``epoch-N.weights.safetensors``, ``epoch-N.optimizer.safetensors``
   (Adam's moments and step counts) and ``state.json`` (epoch, best Dice, history,
@@ -23,6 +26,7 @@ Files written for ``checkpoint="out/model.safetensors"``:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -54,12 +58,17 @@ def stack(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor]:
 @dataclass
 class TrainResult:
     """best_dice: best validation Dice (mean foreground Dice over images); best_epoch: its epoch
-    (0-based); history: one ``{"epoch", "loss", "val_dice"}`` per epoch; checkpoint: the best file."""
+    (0-based); history: one ``{"epoch", "loss", "val_dice"}`` per epoch; checkpoint: the best file;
+    stopped_early: whether ``patience`` ended the run before ``epochs``; seconds, cpu_seconds: wall and
+    CPU time of the whole training (validation included, resumes added up)."""
 
     best_dice: float
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def evaluate_dice(model: Segmenter, images: torch.Tensor, masks: torch.Tensor, num_classes: int,
@@ -104,6 +113,19 @@ def _save_state(folder: Path, epoch: int, net: torch.nn.Module, optim, config: d
             old.unlink()
 
 
+def _record_total(checkpoint: Path, result: "TrainResult") -> None:
+    """Add the whole run's cost and length to the best checkpoint's JSON (``training``: ``epochs_run``,
+    ``stopped_early``, ``total_seconds``, ``total_cpu_seconds``): the cost of a model is the
+    whole run, not the run up to its best epoch."""
+    side = checkpoint.with_suffix(".json")
+    if not side.is_file():
+        return
+    info = json.loads(side.read_text())
+    info.setdefault("training", {}).update({"epochs_run": len(result.history), "stopped_early": result.stopped_early,
+                                            "total_seconds": result.seconds, "total_cpu_seconds": result.cpu_seconds})
+    side.write_text(json.dumps(info, indent=2))
+
+
 def load_resume_state(checkpoint: str | Path) -> dict:
     """The ``state.json`` of a resumable run (raises FileNotFoundError naming the folder)."""
     path = resume_dir(checkpoint) / "state.json"
@@ -142,7 +164,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                     denoiser_record: dict | None = None,
                     on_epoch: Callable[[dict], None] | None = None,
                     resume: bool = False, progress: bool = False, console=None,
-                    save_state: bool = True) -> TrainResult:
+                    save_state: bool = True, patience: int | None = None) -> TrainResult:
     """Train ``model`` (a :class:`Segmenter` holding an ``nn.Module`` in ``.net``) in place.
 
     train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``).
@@ -166,14 +188,21 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     progress: show a rich progress bar (epochs and batches, last validation Dice).
     save_state: write the resumable state after each epoch (needs ``checkpoint``);
     False for one-off runs whose output folder should hold only the best checkpoint.
+    patience: early stopping: end the run once the validation Dice has not improved for this
+    many epochs (None: run all ``epochs``). "Trained until its validation Dice stops
+    improving" is what a fair baseline needs (a Gaussian-trained model stopped early looks
+    worse than it is); ``epochs`` then only caps the run.
+    The wall and CPU seconds of training (validation included, cumulative over resumes)
+    are in the result and the checkpoint's ``training`` section.
     Returns the best epoch's Dice, its index and the per-epoch history.
     """
     from monai.losses import DiceCELoss
 
     sigmas = noise_sigmas(noise_sigma)
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, noise_sigma >= 0; got epochs={epochs}, "
-                         f"batch_size={batch_size}, lr={lr}, noise_sigma={noise_sigma}")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or (patience is not None and patience < 1):
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, noise_sigma >= 0, patience >= 1 (or None); "
+                         f"got epochs={epochs}, batch_size={batch_size}, lr={lr}, noise_sigma={noise_sigma}, "
+                         f"patience={patience}")
     if denoiser is not None and min(sigmas) <= 0:
         raise ValueError(f"denoised training needs noise sigma(s) > 0, got {sigmas}")
     if train.num_classes != val.num_classes:
@@ -212,6 +241,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                                                   record.get("hash"), sigmas)
     result = TrainResult(best_dice=-1.0, best_epoch=-1)
     start = 0
+    spent = (0.0, 0.0)  # wall, CPU seconds of earlier runs of a resumed training
     if resume:
         state = load_resume_state(checkpoint)
         clash = {k: (state["training"].get(k), training.get(k)) for k in RESUME_KEYS
@@ -236,12 +266,25 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
         if checkpoint is not None and Path(checkpoint).is_file():
             result.checkpoint = Path(checkpoint)
         start = state["epoch"] + 1
+        spent = (float(state.get("seconds", 0.0)), float(state.get("cpu_seconds", 0.0)))
+        result.seconds, result.cpu_seconds = spent
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+
+    def elapsed() -> tuple[float, float]:
+        return (round(spent[0] + time.perf_counter() - wall0, 1), round(spent[1] + time.process_time() - cpu0, 1))
+
+    def patience_ran_out(epoch: int) -> bool:
+        return patience is not None and epoch - result.best_epoch >= patience
+
     batches = (len(images) + batch_size - 1) // batch_size
     bar = training_progress(console, enabled=progress)
     with bar:
         epoch_task = bar.add_task("epochs", total=epochs, completed=start, info="")
         batch_task = bar.add_task("batches", total=batches, info="")
         for epoch in range(start, epochs):
+            if patience_ran_out(epoch - 1):  # a resumed run that had already stopped
+                result.stopped_early = True
+                break
             model.train()
             bar.reset(batch_task, total=batches)
             order = torch.randperm(len(images), generator=g)
@@ -265,22 +308,30 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                 total += loss.item() * len(idx)
                 bar.update(batch_task, advance=1, info=f"loss {loss.item():.3f}")
             dice = evaluate_dice(model, val_images, val_masks, train.num_classes, batch_size, device)
+            seconds, cpu_seconds = result.seconds, result.cpu_seconds = elapsed()
             record = {"epoch": epoch, "loss": total / len(images), "val_dice": dice}
             result.history.append(record)
             if dice > result.best_dice:
                 result.best_dice, result.best_epoch = dice, epoch
                 if checkpoint is not None:
                     cfg = dict(model_config)
-                    cfg["training"] = {**training, "best_epoch": epoch, "val_dice": dice}
+                    cfg["training"] = {**training, "best_epoch": epoch, "val_dice": dice,
+                                       "seconds": seconds, "cpu_seconds": cpu_seconds}
                     result.checkpoint = save_checkpoint(checkpoint, net, cfg)
             if checkpoint is not None and save_state:
                 _save_state(resume_dir(checkpoint), epoch, net, optim, {**model_config, "training": training},
                             {"training": training, "best_dice": result.best_dice,
                              "best_epoch": result.best_epoch, "history": result.history,
+                             "seconds": seconds, "cpu_seconds": cpu_seconds,
                              "generator": encode_state(g.get_state()), "torch_rng": encode_state(torch.get_rng_state())})
             bar.update(epoch_task, advance=1,
                        info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ epoch {result.best_epoch + 1})")
             if on_epoch is not None:
                 on_epoch(record)
+            if patience_ran_out(epoch):
+                result.stopped_early = True
+                break
+    if checkpoint is not None and result.checkpoint is not None and result.history:
+        _record_total(Path(checkpoint), result)
     model.eval()
     return result

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from certframe.interfaces import NoiseKey
-from certframe.plugins.denoisers.ddpm_training import (build_scheduler, build_unet, default_checkpoint_every,
+from certframe.plugins.denoisers.ddpm_training import (build_scheduler, build_unet, default_checkpoint_every, random_crops,
                                                        max_timestep, resume_dir, save_diffusion_folder,
                                                        train_diffusion)
 from certframe.plugins.datasets.synthetic import SyntheticLung
@@ -351,6 +351,29 @@ def test_training_range_accounts_for_the_resize_and_the_schedule(tmp_path):
     assert den.sigma_in_range(1.0, (16, 16)) is False  # the same sigma on the model's own size is beyond it
     meta = json.loads((tmp_path / "m" / "certframe.json").read_text())
     assert meta["training"]["data_size"] == [32, 32] and meta["training"]["cpu_seconds"] >= 0
+
+
+def test_crop_training_keeps_the_whole_image_model(tmp_path):
+    data = SyntheticLung(count=4, size=32, split="train")
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 32 * 32, dtype=torch.float32).view(2, 1, 32, 32)
+    patches = random_crops(x, 16, g)
+    assert patches.shape == (2, 1, 16, 16)
+    for i in range(2):  # each patch is a contiguous window of its own image
+        r, c = divmod(int(patches[i, 0, 0, 0] - x[i, 0, 0, 0]), 32)
+        assert torch.equal(patches[i], x[i, :, r:r + 16, c:c + 16])
+    res = train_diffusion(data, tmp_path / "m", crop=16, block_out_channels=(8, 16), steps=2, batch_size=2)
+    meta = json.loads((tmp_path / "m" / "certframe.json").read_text())["training"]
+    assert meta["crop"] == 16 and meta["size"] == 32 and res.t_max == timestep_for_sigma(build_scheduler().alphas_cumprod, 1.25)
+    den = DDPMDenoiser(model=str(tmp_path / "m"))
+    assert den.diffusion.sample_size == (32, 32) and den.sigma_in_range(1.0, (32, 32))  # no resize at inference
+    assert den(torch.rand(1, 1, 32, 32), 0.5).shape == (1, 1, 32, 32)
+    with pytest.raises(ValueError, match="different settings.*crop"):
+        train_diffusion(data, tmp_path / "m", crop=8, block_out_channels=(8, 16), steps=3, batch_size=2, resume=True)
+    with pytest.raises(ValueError, match="crop must be in 1..32 .* divisible by 2"):
+        train_diffusion(data, tmp_path / "x", crop=15, block_out_channels=(8, 16), steps=1)
+    with pytest.raises(ValueError, match="fully convolutional"):
+        train_diffusion(data, tmp_path / "x", crop=16, attention=True, block_out_channels=(8, 16), steps=1)
 
 
 def test_default_checkpoint_cadence():

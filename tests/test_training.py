@@ -70,7 +70,11 @@ def test_best_checkpoint_loads_as_segmenter_plugin_with_same_outputs(data, train
     model, res, path = trained
     assert res.checkpoint == path and path.is_file()
     config = read_config(path)
-    assert json.loads(path.with_suffix(".json").read_text()) == config
+    side = json.loads(path.with_suffix(".json").read_text())
+    totals = {k: side["training"].pop(k) for k in ("epochs_run", "stopped_early", "total_seconds", "total_cpu_seconds")}
+    assert side == config  # the JSON is the metadata plus the whole run's totals
+    assert totals["epochs_run"] == 4 and totals["stopped_early"] is False
+    assert totals["total_cpu_seconds"] >= config["training"]["cpu_seconds"] > 0
     assert config["training"]["best_epoch"] == res.best_epoch and config["class_names"] == ["background", "lungs"]
     loaded = get_registry().create("segmenter", "monai", weights=str(path))
     assert (loaded.in_channels, loaded.num_classes) == (1, 2)
@@ -107,6 +111,23 @@ def test_resume_refuses_other_settings_and_missing_state(data, trained, tmp_path
         train_segmenter(model, *data, resume=True)
     with pytest.raises(ValueError, match="need epochs >= 1"):
         train_segmenter(model, *data, epochs=0)
+
+
+def test_patience_stops_when_validation_dice_stops_improving(data, tmp_path):
+    # lr 1e-9: the weights barely move, the hard-label Dice of epoch 0 is never beaten
+    path = tmp_path / "p.safetensors"
+    model = fresh()
+    res = train_segmenter(model, *data, epochs=50, batch_size=8, lr=1e-9, checkpoint=path, patience=2,
+                          config=model.config)
+    assert res.best_epoch == 0 and len(res.history) == 3 and res.stopped_early  # epochs 1 and 2 did not improve
+    assert json.loads(path.with_suffix(".json").read_text())["training"]["epochs_run"] == 3
+    again = train_segmenter(fresh(), *data, epochs=50, batch_size=8, lr=1e-9, checkpoint=path, patience=2,
+                            resume=True)
+    assert again.stopped_early and again.history == res.history  # a stopped run resumes as stopped
+    learning = train_segmenter(fresh(), *data, epochs=3, batch_size=8, lr=3e-3, patience=1)
+    assert not learning.stopped_early or learning.best_epoch == len(learning.history) - 2
+    with pytest.raises(ValueError, match="patience >= 1"):
+        train_segmenter(fresh(), *data, epochs=2, patience=0)
 
 
 def test_noise_training_validates_on_noisy_images(data):

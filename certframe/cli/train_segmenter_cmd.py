@@ -85,7 +85,8 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
                         network: dict | None = None, denoiser: str | None = None,
                         denoiser_options: dict | None = None, init: str | Path | None = None,
                         resume: bool = False, overwrite: bool = False, device: str = "auto", seed: int = 0,
-                        quiet: bool = False, registry=None, console=None) -> TrainResult:
+                        patience: int | None = None, quiet: bool = False, registry=None,
+                        console=None) -> TrainResult:
     """Build the train/val splits, the model (and denoiser), train, return the :class:`TrainResult`.
 
     arch, network: the ``--arch`` / ``--network-option`` shorthands for the segmenter options
@@ -139,10 +140,12 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
     result = train_segmenter(model, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
                              noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], seed=seed, device=dev,
                              checkpoint=output, config=config, denoiser=den, denoiser_record=record,
-                             resume=resume, progress=not quiet, console=console,
+                             resume=resume, progress=not quiet, console=console, patience=patience,
                              on_epoch=lambda r: console.print(
                                  f"epoch {r['epoch'] + 1}/{epochs}: loss {r['loss']:.4f}, "
                                  f"val Dice {r['val_dice']:.4f}"))
+    if result.stopped_early:
+        console.print(f"stopped after epoch {len(result.history)}: no better val Dice for {patience} epochs")
     console.print(f"best val Dice {result.best_dice:.4f} at epoch {result.best_epoch + 1}: {result.checkpoint}")
     return result
 
@@ -162,7 +165,11 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
 @click.option("--init", default=None,
               help="Fine-tune from these weights (a .safetensors file of the same segmenter plugin, or a "
                    "bundled name such as synthetic-lung).")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True,
+              help="Epochs to run (with --patience: the most epochs to run).")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Early stopping: stop once the validation Dice has not improved for this many epochs "
+                   "(train until it stops improving; a fair Gaussian-trained baseline needs it).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--noise-sigma", type=float, multiple=True,
@@ -177,7 +184,7 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
 @seed_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
 def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, arch, network_options,
-              denoiser_name, denoiser_options, init, epochs, batch_size, lr, noise_sigma, output, resume, overwrite,
+              denoiser_name, denoiser_options, init, epochs, patience, batch_size, lr, noise_sigma, output, resume, overwrite,
               device, seed, quiet):
     """Train a segmenter (Dice + cross-entropy, Adam) on a data set, optionally on noisy or denoised images."""
     try:
@@ -190,6 +197,7 @@ def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, 
                             denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
                             init=init, epochs=epochs, batch_size=batch_size, lr=lr,
                             noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], output=output,
-                            resume=resume, overwrite=overwrite, device=device, seed=seed, quiet=quiet)
+                            resume=resume, overwrite=overwrite, device=device, seed=seed, patience=patience,
+                            quiet=quiet)
     except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as err:
         raise click.ClickException(str(err)) from err
