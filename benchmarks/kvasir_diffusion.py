@@ -71,66 +71,63 @@ def paired_bootstrap_ci(a, b, *, n_boot: int = 10_000, level: float = 0.95, seed
     return float(d.mean()), float(lo), float(hi)
 
 
-def segmenter_path(out: Path, sigma: float) -> Path:
+def segmenter_path(out: Path, sigma: float | str) -> Path:
     return out / ("kvasir-unet-clean.safetensors" if sigma == 0 else f"kvasir-unet-noise{sigma}.safetensors")
 
 
-def costs_file(out: Path) -> Path:
-    return out / "training-costs.json"
-
-
-def record_cost(out: Path, name: str, cpu_seconds: float, wall_seconds: float) -> None:
-    path = costs_file(out)
-    costs = json.loads(path.read_text()) if path.is_file() else {}
-    costs[name] = {"cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(wall_seconds, 1)}
-    path.write_text(json.dumps(costs, indent=1) + "\n")
-
-
-def cost_of(out: Path, name: str) -> float | None:
-    path = costs_file(out)
-    return (json.loads(path.read_text()).get(name) or {}).get("cpu_seconds") if path.is_file() else None
+def finetuned_path(out: Path, ddpm_dir: Path) -> Path:
+    return out / f"kvasir-unet-denoised-{ddpm_dir.name}.safetensors"
 
 
 def finished(path: Path) -> bool:
-    """A checkpoint whose training reached its last epoch (no resume state left behind, or at the end)."""
-    from certframe.training import resume_dir
-
-    if not path.is_file():
-        return False
-    state = resume_dir(path) / "state.json"
-    if not state.is_file():
-        return True
-    s = json.loads(state.read_text())
-    return s["epoch"] + 1 >= s["training"].get("epochs", 0)
+    """A checkpoint whose training ended (its JSON holds the whole run's totals)."""
+    return path.is_file() and "total_cpu_seconds" in json.loads(path.with_suffix(".json").read_text()).get("training", {})
 
 
-def train_segmenter_here(sigma, data, args, log):
+def training_cost(path: Path) -> float | None:
+    """CPU seconds of the whole training run that wrote ``path`` (None: not recorded)."""
+    return json.loads(path.with_suffix(".json").read_text()).get("training", {}).get("total_cpu_seconds")
+
+
+def train_segmenter_here(path: Path, sigma, data, args, log, *, init: Path | None = None, denoiser=None,
+                         denoiser_record=None):
+    """Train (or fine-tune from ``init``) the benchmark's UNet until its validation Dice stops improving."""
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
     from certframe.training import resume_dir, train_segmenter
 
-    path = segmenter_path(args.out, sigma)
     torch.manual_seed(args.seed)
-    model = MonaiSegmenter(weights="random", arch="unet", in_channels=3, num_classes=2, network=SEG_NETWORK)
+    if init is None:
+        model = MonaiSegmenter(weights="random", arch="unet", in_channels=3, num_classes=2, network=SEG_NETWORK)
+    else:
+        model = MonaiSegmenter(weights=str(init))
     config = {**model.config, "class_names": list(data["train"].class_names), "dataset": "kvasir-seg",
               "dataset_options": {"size": args.size, "seed": args.seed}}
-    wall, cpu = time.perf_counter(), time.process_time()
-    res = train_segmenter(model, data["train"], data["val"], epochs=args.seg_epochs, batch_size=16, lr=1e-3,
-                          noise_sigma=sigma, seed=args.seed, checkpoint=path, config=config,
-                          resume=(resume_dir(path) / "state.json").is_file())
-    record_cost(args.out, path.name, time.process_time() - cpu, time.perf_counter() - wall)
-    log(f"trained {path.name} here: {args.seg_epochs} epochs, best val Dice {res.best_dice:.4f} at epoch "
-        f"{res.best_epoch + 1}, {time.perf_counter() - wall:.0f} s")
+    if init is not None:
+        config["init"] = {"weights": str(init)}
+    res = train_segmenter(model, data["train"], data["val"], epochs=args.seg_epochs, batch_size=16, lr=args.seg_lr,
+                          noise_sigma=sigma, seed=args.seed, checkpoint=path, config=config, denoiser=denoiser,
+                          denoiser_record=denoiser_record, patience=args.seg_patience,
+                          resume=(resume_dir(path) / "state.json").is_file(),
+                          on_epoch=lambda r: print(f"  {path.name} epoch {r['epoch'] + 1}: val Dice "
+                                                   f"{r['val_dice']:.4f}", flush=True))
+    log(f"trained {path.name} here: {len(res.history)} epochs, best val Dice {res.best_dice:.4f} at epoch "
+        f"{res.best_epoch + 1}, {res.cpu_seconds:.0f} CPU s")
     return path
 
 
 def training_note(path: Path) -> str:
-    """Best epoch and whether the validation Dice was still improving at the last epoch."""
-    meta = json.loads(path.with_suffix(".json").read_text()).get("training", {})
-    best, epochs = meta.get("best_epoch"), meta.get("epochs")
-    if best is None or epochs is None:
+    """Best epoch, how the run ended and its CPU cost."""
+    info = json.loads(path.with_suffix(".json").read_text())
+    meta = info.get("training", {})
+    best, ran = meta.get("best_epoch"), meta.get("epochs_run")
+    if best is None or ran is None:
         return "best epoch not recorded"
-    flag = " (STILL IMPROVING at the last epoch: train longer)" if best + 1 >= epochs else ""
-    return f"best val Dice {meta.get('val_dice', float('nan')):.4f} at epoch {best + 1} of {epochs}{flag}"
+    how = (f"stopped: no better val Dice for {ran - best - 1} epochs" if meta.get("stopped_early")
+           else f"ran all {ran} epochs (STILL IMPROVING near the end: train longer)" if best + 3 >= ran
+           else f"ran all {ran} epochs")
+    init = " (fine-tuned from the clean UNet)" if info.get("init") else ""
+    return (f"best val Dice {meta.get('val_dice', float('nan')):.4f} at epoch {best + 1} of {ran}{init}; {how}; "
+            f"{meta.get('total_cpu_seconds', float('nan')):.0f} CPU s")
 
 
 def get_ddpm(args, data, log) -> Path:
@@ -148,7 +145,7 @@ def get_ddpm(args, data, log) -> Path:
     log(f"DDPM: training {folder.name}: UNet2DModel {args.ddpm_channels} at {args.ddpm_size}x{args.ddpm_size}, "
         f"{args.ddpm_steps} steps of batch 16, t up to t*(1.25 x max sigma after the resize); log {folder}/train.log")
     trainer = get_registry().get("denoiser", "ddpm").factory.trainer
-    trainer(data["train"], folder, size=args.ddpm_size, block_out_channels=[int(c) for c in args.ddpm_channels.split(",")],
+    trainer(data["train"], folder, size=args.ddpm_size, crop=args.ddpm_crop, block_out_channels=[int(c) for c in args.ddpm_channels.split(",")],
             steps=args.ddpm_steps, batch_size=16, lr=1e-3, max_sigma=max(SIGMAS), seed=args.seed,
             checkpoint_every=max(1, args.ddpm_steps // 10), resume=state.is_file(),
             info={"dataset": "kvasir-seg", "dataset_options": {"size": args.size}},
@@ -165,10 +162,25 @@ def main(argv=None):
     p.add_argument("--ddpm-channels", default="16,32,64,64")
     p.add_argument("--ddpm-steps", type=int, default=3000)
     p.add_argument("--ddim-steps", type=int, default=2)
-    p.add_argument("--seg-epochs", type=int, default=40, help="for segmenters not found in --out")
+    p.add_argument("--ddpm-crop", type=int, default=None, help="train the DDPM on random crops of this size")
+    p.add_argument("--seg-epochs", type=int, default=60, help="most epochs of a segmenter trained here")
+    p.add_argument("--seg-patience", type=int, default=5,
+                   help="stop a segmenter's training once its val Dice has not improved for this many epochs")
+    p.add_argument("--seg-lr", type=float, default=1e-3)
     p.add_argument("--gaussian-sigmas", default="0.25,0.5,1.0")
+    p.add_argument("--gaussian-models", choices=["one", "per-sigma"], default="one",
+                   help="one Gaussian-trained UNet for all --gaussian-sigmas (each batch draws one, like the "
+                        "denoised-fine-tuned UNet), or one per sigma")
+    p.add_argument("--gaussian-from", choices=["clean", "scratch"], default="clean",
+                   help="Gaussian-trained UNets fine-tune the clean UNet (like the denoised-fine-tuned row) "
+                        "or train from random weights")
+    p.add_argument("--finetune-sigmas", default="0.25,0.5,1.0",
+                   help="sigmas of the one denoised-fine-tuned UNet trained here (each batch draws one)")
     p.add_argument("--finetuned", action="append", default=[], metavar="SIGMA=WEIGHTS",
-                   help="segmenter fine-tuned on DDPM outputs at SIGMA (repeatable)")
+                   help="use this segmenter fine-tuned on DDPM outputs at SIGMA instead (repeatable)")
+    p.add_argument("--stage", choices=["segmenters", "all"], default="all",
+                   help="segmenters: only train the clean and Gaussian UNets (to run beside the DDPM's training)")
+    p.add_argument("--sigmas", default="0.25,0.5,1.0", help="smoothing sigmas to certify at")
     p.add_argument("--certify-images", type=int, default=50)
     p.add_argument("--quality-images", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=55)
@@ -177,6 +189,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=HERE / "out" / "kvasir")
     p.add_argument("--results", type=Path, default=HERE / "results" / "kvasir_diffusion.txt")
     args = p.parse_args(argv)
+    sigmas_cert = tuple(float(s) for s in args.sigmas.split(",") if s.strip())
 
     from certframe.denoiser_quality import denoiser_quality
     from certframe.run import Names, certify_dataset
@@ -207,51 +220,74 @@ def main(argv=None):
         f"{len(data['test'])} test images (seeded split, seed {args.seed}); torch {torch.__version__}, "
         f"{args.threads} thread(s), {platform.processor() or platform.machine()}")
 
+    gauss_sigmas = [float(s) for s in args.gaussian_sigmas.split(",") if s.strip()]
+    seg_paths = {}
+    groups = [[0.0]] + ([gauss_sigmas] if args.gaussian_models == "one" else [[s] for s in gauss_sigmas])
+    for sigmas in groups:
+        path = segmenter_path(args.out, sigmas[0] if len(sigmas) == 1 else "-".join(f"{s:g}" for s in sigmas))
+        init = None if sigmas == [0.0] or args.gaussian_from == "scratch" else seg_paths[0.0]
+        if not finished(path):
+            train_segmenter_here(path, sigmas if len(sigmas) > 1 else sigmas[0], data, args, log, init=init)
+        seg_paths.update({s: path for s in sigmas})
+        log(f"segmenter {path.name}: {training_note(path)}")
+    if args.stage == "segmenters":
+        return
+
     ddpm_dir = get_ddpm(args, data, log)
     ddpm = registry.create("denoiser", "ddpm", model=str(ddpm_dir))
     ddim = registry.create("denoiser", "ddim", model=str(ddpm_dir), steps=args.ddim_steps)
-    for sigma in SIGMAS:
+    for sigma in sigmas_cert:
         ddpm.check_sigma(sigma, (args.size, args.size))  # refuses before hours of certification
     ddpm_meta = json.loads((ddpm_dir / "certframe.json").read_text()).get("training", {})
     ddpm_cpu = ddpm_meta.get("cpu_seconds")
+    log(f"DDPM {ddpm_dir.name}: UNet2DModel {ddpm_meta.get('block_out_channels')} at {ddpm_meta.get('size')}px"
+        f"{' on ' + str(ddpm_meta['crop']) + 'px crops' if ddpm_meta.get('crop') else ''}, {ddpm_meta.get('steps')} "
+        f"steps of batch {ddpm_meta.get('batch_size')}, t in 0..{ddpm_meta.get('t_max')}, {ddpm_cpu} CPU s")
 
-    gauss_sigmas = [float(s) for s in args.gaussian_sigmas.split(",") if s.strip()]
-    seg_paths = {}
-    for sigma in [0.0, *gauss_sigmas]:
-        path = segmenter_path(args.out, sigma)
-        seg_paths[sigma] = path if finished(path) else train_segmenter_here(sigma, data, args, log)
-        log(f"segmenter {path.name}: {training_note(seg_paths[sigma])}")
+    if not finetuned:
+        from certframe.tuning import module_hash
+
+        ft_sigmas = [float(s) for s in args.finetune_sigmas.split(",") if s.strip()]
+        path = finetuned_path(args.out, ddpm_dir)
+        if not finished(path):
+            record = {"name": "ddpm", "options": {"model": str(ddpm_dir)}, "hash": module_hash(ddpm)}
+            train_segmenter_here(path, ft_sigmas, data, args, log, init=seg_paths[0.0], denoiser=ddpm,
+                                 denoiser_record=record)
+        log(f"segmenter {path.name} (on DDPM one-shot outputs, sigma {ft_sigmas}): {training_note(path)}")
+        finetuned = {sigma: path for sigma in ft_sigmas}
 
     test = data["test"]
     k = min(args.certify_images, len(test))
     if k < 50:
         log(f"NOTE: {k} test images, fewer than the protocol's 50")
     log("")
-    quality = denoiser_quality(ddpm, test, SIGMAS, segmenter=MonaiSegmenter(weights=str(seg_paths[0.0])),
+    quality = denoiser_quality(ddpm, test, sigmas_cert, segmenter=MonaiSegmenter(weights=str(seg_paths[0.0])),
                                limit=args.quality_images, seed=args.seed)
     log(f"Denoiser quality ({ddpm_dir.name}, first {args.quality_images} test images, one noise draw each):")
     log(quality.drop(columns=["note"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
     certifier = registry.create("certifier", "segcertify")
     clean = MonaiSegmenter(weights=str(seg_paths[0.0]))
-    clean_cpu = cost_of(args.out, seg_paths[0.0].name)
+    clean_cpu = training_cost(seg_paths[0.0])
     per_image: dict[tuple[str, float], list[float]] = {}
     rows = []
 
     def add(cpu_a, cpu_b):
         return None if cpu_a is None or cpu_b is None else cpu_a + cpu_b
 
-    for sigma in SIGMAS:
+    for sigma in sigmas_cert:
         g_sigma = min(gauss_sigmas, key=lambda s: (abs(s - sigma), -s))
+        g_label = (f"sigma {g_sigma}" if args.gaussian_models == "per-sigma"
+                   else "sigma " + "/".join(f"{s:g}" for s in gauss_sigmas))
         methods = [("clean + none", clean, None, 1, clean_cpu),
-                   (f"Gaussian-trained (sigma {g_sigma})", MonaiSegmenter(weights=str(seg_paths[g_sigma])), None, 1,
-                    cost_of(args.out, seg_paths[g_sigma].name)),
+                   (f"Gaussian-trained ({g_label})", MonaiSegmenter(weights=str(seg_paths[g_sigma])), None, 1,
+                    add(training_cost(seg_paths[g_sigma]), clean_cpu if args.gaussian_from == "clean" else 0)),
                    ("clean + DDPM one-shot", clean, ddpm, 2, add(clean_cpu, ddpm_cpu)),
                    (f"clean + DDIM {args.ddim_steps} steps", clean, ddim, 1 + args.ddim_steps,
                     add(clean_cpu, ddpm_cpu))]
         if sigma in finetuned:
             methods.append(("denoised-fine-tuned + DDPM", MonaiSegmenter(weights=str(finetuned[sigma])), ddpm, 2,
-                            None))
+                            add(add(training_cost(finetuned[sigma]), clean_cpu), ddpm_cpu)))
         for label, seg, den, calls, cpu in methods:
             start = time.perf_counter()
             res = list(certify_dataset(test, seg, den, certifier, sigma=sigma, n0=10, n=100, alpha=0.001,
@@ -289,7 +325,7 @@ def main(argv=None):
         log(f"{r['method']:<34} {r['sigma']:>5.2f} {r['radius']:>6.3f} {r['certified_dice']:>10.4f} "
             f"{r['abstain']:>7.3f} {r['calls']:>5d} {r['ms_per_sample']:>9.2f} {cpu:>11}  {ci}")
     log("")
-    for sigma in (0.5, 1.0):
+    for sigma in [s for s in (0.5, 1.0) if s in sigmas_cert]:
         best = max((r for r in rows if r["sigma"] == sigma and not r.get("missing")
                     and r["key"] not in ("Gaussian-trained", "clean + none")), key=lambda r: r["certified_dice"])
         gauss = next(r for r in rows if r["sigma"] == sigma and r.get("key") == "Gaussian-trained")

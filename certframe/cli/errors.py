@@ -55,8 +55,8 @@ class CertframeGroup(click.Group):
         except KeyboardInterrupt:
             if debug_enabled(ctx):
                 raise
-            click.echo("Interrupted. Rows of finished images are kept: run the same command again with "
-                       "--resume to continue.", err=True)
+            click.echo("Interrupted. What was finished is kept (the rows of finished images, or a training "
+                       "run's last checkpoint): run the same command again with --resume to continue.", err=True)
             ctx.exit(130)
         except Exception as err:
             if debug_enabled(ctx):

@@ -130,8 +130,8 @@ def denoiser(dataset_name, dataset_options, denoiser_name, size, crop, channels,
                            ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
                            resume=resume, overwrite=overwrite, device=device, seed=seed, crop=crop, quiet=quiet)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: the training state and the current EMA model are saved; continue with the "
+        click.echo(f"Interrupted: the training state and the current EMA model are saved; continue with the "
                    f"same command and --resume (log: {output / 'train.log'})", err=True)
-        raise
+        click.get_current_context().exit(130)
     except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         raise click.ClickException(str(err)) from err
