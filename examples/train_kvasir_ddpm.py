@@ -2,6 +2,8 @@
 
     python examples/train_kvasir_ddpm.py --root /path/to/Kvasir-SEG            # resumes if interrupted
     python examples/train_kvasir_ddpm.py --root ... --steps 600 --output runs/ddpm-kvasir-short
+    python examples/train_kvasir_ddpm.py --root ... --ddpm-size 64 --crop 32 --steps 2500 \
+        --output benchmarks/out/kvasir/ddpm-kvasir-64      # the CPU model of benchmarks/kvasir_diffusion.py
 
 The same run as a command (what this script calls, through the library):
 
@@ -14,6 +16,14 @@ Choices, for a model worth its CPU time:
 * **Resolution = the segmenter's** (128x128, the data set's ``size``): no resize
   in front of the DDPM, so it sees the smoothing noise at its full std and its
   output needs no upsampling.
+* **On a CPU**, a 128x128 DDPM (channels 16-32-64-64) costs about 150 ms per noisy
+  copy on one loaded core of this project's machine, so the 50-image benchmark (110
+  draws per image, 3 sigma, 4 DDPM calls per draw over its diffusion rows) would
+  spend about 3 hours denoising, its fine-tuning more. The benchmark's CPU model therefore
+  works at ``--ddpm-size 64`` (the denoiser resizes 128 -> 64 -> 128, and
+  ``t*`` accounts for the noise the resize averages away) and trains on random
+  ``--crop 32`` patches (a quarter of the pixels per step; the UNet is fully
+  convolutional and denoises whole images). On a GPU, train the default 128x128 model.
 * **Only the timesteps certification uses**: ``t`` uniform in ``0 .. t*(1.25)``
   (sigma up to 1.0 with a 25 % margin; t_max = 440 for the linear schedule). The
   ddpm/ddim denoisers refuse larger sigma with this model, instead of
@@ -46,6 +56,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--size", type=int, default=128, help="the segmenter's resolution (data set size option)")
+    p.add_argument("--ddpm-size", type=int, default=None,
+                   help="the DDPM's resolution (default --size; smaller is faster, see above)")
+    p.add_argument("--crop", type=int, default=None, help="train on random CROP x CROP patches")
     p.add_argument("--channels", default="16,32,64,64")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=16)
@@ -72,7 +85,8 @@ def main(argv=None):
         (HERE.parent / "benchmarks" / "out" / ".gitignore").write_text("*\n")  # checkpoints stay out of git
     print(f"Kvasir-SEG train split: {len(train)} images at {args.size}x{args.size}; log: {args.output}/train.log",
           flush=True)
-    result = trainer(train, args.output, block_out_channels=[int(c) for c in args.channels.split(",")],
+    result = trainer(train, args.output, size=args.ddpm_size, crop=args.crop,
+                     block_out_channels=[int(c) for c in args.channels.split(",")],
                      steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_sigma=args.max_sigma,
                      margin=0.25, seed=args.seed, checkpoint_every=args.checkpoint_every, resume=state.is_file(),
                      info={"dataset": "kvasir-seg", "dataset_options": {"size": args.size, "seed": args.seed},
