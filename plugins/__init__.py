@@ -73,6 +73,11 @@ def register_datasets(register):
     register("ph2", ph2.PH2)
     register("folder", folder.FolderDataset)
 
+    from certframe.plugins.datasets import nifti_folder, synthetic_volume
+
+    register("synthetic-volume", synthetic_volume.SyntheticVolume)
+    register("nifti-folder", nifti_folder.NiftiFolder)  # nibabel is imported only when built
+
 
 @hookimpl
 def register_reporters(register):
