@@ -44,14 +44,15 @@ RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed", "denoiser")
 
 
 def stack(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images ``[N, C, H, W]`` and masks ``[N, H, W]`` of a (small) data set."""
+    """All images ``[N, C, *S]`` and masks ``[N, *S]`` of a (small) data set (``S = H, W`` for
+    images, ``D, H, W`` for volumes)."""
     if len(dataset) == 0:
         raise ValueError(f"the data set {dataset.identity()} is empty: nothing to train or validate on")
     items = [dataset[i] for i in range(len(dataset))]
     shapes = {tuple(s.image.shape) for s in items}
     if len(shapes) > 1:
         raise ValueError(f"images of different shapes {sorted(shapes)} cannot be batched; give the "
-                         f"data set a size option so that every item is resized")
+                         f"data set a size option (a shape option for volumes) so that every item has one size")
     return torch.stack([s.image for s in items]), torch.stack([s.mask for s in items])
 
 
@@ -73,7 +74,8 @@ class TrainResult:
 
 def evaluate_dice(model: Segmenter, images: torch.Tensor, masks: torch.Tensor, num_classes: int,
                   batch_size: int = 32, device="cpu") -> float:
-    """Mean over images of the mean foreground Dice of ``model`` (images ``[N, C, H, W]``)."""
+    """Mean over images of the mean foreground Dice of ``model`` (images ``[N, C, H, W]`` or
+    volumes ``[N, C, D, H, W]``; Dice over all pixels / voxels of each item)."""
     model.eval()
     scores = []
     with torch.inference_mode():
@@ -167,7 +169,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                     save_state: bool = True, patience: int | None = None) -> TrainResult:
     """Train ``model`` (a :class:`Segmenter` holding an ``nn.Module`` in ``.net``) in place.
 
-    train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``).
+    train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``; or
+    volumes ``[C, D, H, W]``, masks ``[D, H, W]``, for a 3-D model).
     epochs: total number of epochs (a resumed run continues up to this number).
     noise_sigma: std of the Gaussian augmentation in [0, 1] pixel units (0 = clean), or a
     list of stds: each batch then draws one of them uniformly (one model for several sigmas).
@@ -180,8 +183,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     Validation Dice (mean foreground Dice, :func:`certframe.metrics.mean_dice`) is
     measured after every epoch on clean images for clean training and on one fixed
     noisy copy per image for noise training (image i at sigma ``sigmas[i % len(sigmas)]``),
-    denoised once before the first epoch for denoised training. Each batch is flipped left-right with
-    probability 1/2. checkpoint: where the best epoch is saved (with ``config`` plus
+    denoised once before the first epoch for denoised training. Each batch is flipped along its last axis (W:
+    left-right, for volumes too) with probability 1/2. checkpoint: where the best epoch is saved (with ``config`` plus
     a ``training`` section); the resumable state goes to :func:`resume_dir`.
     resume: continue from the state saved by an earlier run with the same
     checkpoint path and the same batch_size, lr, noise_sigma and seed.
@@ -221,8 +224,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     if noisy:
         g = torch.Generator().manual_seed(seed + 1)
         val_sigmas = [sigmas[i % len(sigmas)] for i in range(len(val_images))]
-        val_images = val_images + torch.tensor(val_sigmas).view(-1, 1, 1, 1) * torch.randn(val_images.shape,
-                                                                                              generator=g)
+        per_image = torch.tensor(val_sigmas).view(-1, *([1] * (val_images.dim() - 1)))  # [N, 1, 1, 1(, 1)]
+        val_images = val_images + per_image * torch.randn(val_images.shape, generator=g)
         if denoiser is not None:
             val_images = denoise_batches(denoiser, val_images, val_sigmas, batch_size, device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -253,7 +256,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
         from certframe.checkpoint import load_checkpoint
 
         saved_config, weights = load_checkpoint(folder / state["weights"])
-        for key in ("arch", "in_channels", "num_classes", "network"):
+        for key in ("arch", "in_channels", "num_classes", "network", "spatial_dims"):
             if key in model_config and key in saved_config and saved_config[key] != model_config[key]:
                 raise ValueError(f"cannot resume: the saved model has {key}={saved_config[key]!r}, "
                                  f"this one {key}={model_config[key]!r}")

@@ -41,11 +41,15 @@ def file_sha256(path: str | Path) -> str:
 
 
 def build_trainable(registry, segmenter: str, options: dict, in_channels: int, num_classes: int,
-                    init: str | Path | None = None, seed: int = 0):
+                    init: str | Path | None = None, seed: int = 0, spatial_shape: tuple[int, ...] | None = None):
     """The segmenter to train, through the registry: untrained (``weights=random``) or from ``init``.
 
     The random initial weights come from torch's generator seeded with ``seed`` (the caller's
     random state is left as it was), so a training run is reproducible whatever ran before it.
+    spatial_shape: the size ``(H, W)`` or ``(D, H, W)`` of the training items. For volumes, a
+    segmenter that takes the options ``spatial_dims`` and ``roi_size`` (monai) gets
+    ``spatial_dims=3`` and ``roi_size=spatial_shape`` unless given: the checkpoint then records
+    the patch it was trained on, and larger volumes are predicted by sliding window.
     """
     entry = registry.get("segmenter", segmenter)
     accepted = entry.options()
@@ -66,12 +70,23 @@ def build_trainable(registry, segmenter: str, options: dict, in_channels: int, n
     else:
         opts.setdefault("in_channels", in_channels)
         opts.setdefault("num_classes", num_classes)
+        if spatial_shape is not None and len(spatial_shape) == 3:
+            if "spatial_dims" in accepted:
+                opts.setdefault("spatial_dims", 3)
+            if "roi_size" in accepted:
+                opts.setdefault("roi_size", list(spatial_shape))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = registry.create("segmenter", segmenter, **{**opts, "weights": RANDOM})
     if not hasattr(model, "net") or not isinstance(getattr(model, "config", None), dict):
         raise ValueError(f"the {segmenter} segmenter cannot be trained by certframe: it must keep its network "
                          f"in .net and its configuration in .config")
+    dims = getattr(model, "spatial_dims", 2)
+    if spatial_shape is not None and isinstance(dims, int) and dims != len(spatial_shape):
+        kind = {2: "images [C, H, W]", 3: "volumes [C, D, H, W]"}
+        raise ValueError(f"the {segmenter} segmenter is {dims}-D (spatial_dims={dims}) but the data set yields "
+                         f"{kind.get(len(spatial_shape), list(spatial_shape))}"
+                         + (f"; pass --segmenter-option spatial_dims={len(spatial_shape)}" if init is None and "spatial_dims" in accepted else ""))
     if (model.in_channels, model.num_classes) != (in_channels, num_classes):
         raise ValueError(f"the {segmenter} segmenter takes {model.in_channels} channels and predicts "
                          f"{model.num_classes} classes; the data set has {in_channels} channels and "
@@ -118,7 +133,8 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
     dev = resolve_device(device)
     train = registry.create("dataset", dataset, **dataset_options, split="train")
     val = registry.create("dataset", dataset, **dataset_options, split="val")
-    model = build_trainable(registry, segmenter, options, train.in_channels, train.num_classes, init, seed=seed)
+    model = build_trainable(registry, segmenter, options, train.in_channels, train.num_classes, init, seed=seed,
+                            spatial_shape=tuple(train[0].image.shape[1:]) if len(train) else None)
     den, record = None, None
     if denoiser is not None:
         den = registry.create("denoiser", denoiser, **(denoiser_options or {}))
@@ -151,7 +167,8 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
 
 
 @click.command("segmenter")
-@plugin_option("dataset", None, "Data set plugin (kvasir-seg, jsrt, folder, synthetic-lung, ...).")
+@plugin_option("dataset", None, "Data set plugin (kvasir-seg, jsrt, folder, synthetic-lung, synthetic-volume, "
+                                "nifti-folder, ...).")
 @plugin_option("segmenter", "monai", "Segmenter plugin to train (monai, smp, or a trainable third-party one).")
 @click.option("--arch", default=None,
               help="Shorthand for --segmenter-option arch=... (monai: unet, basicunet, attentionunet, segresnet "
