@@ -44,6 +44,29 @@ for _name, _module, _extra in (("smp", "segmentation_models_pytorch", "smp"),
         SKIP[("segmenter", _name)] = f"{_module} is not installed (pip install 'certframe[{_extra}]')"
 
 
+def _contract_takes_volumes() -> bool:
+    """Whether certframe/contract/dataset.py accepts volume items ``[C, D, H, W]`` on this branch."""
+    from certframe.plugins.datasets.synthetic_volume import SyntheticVolume
+
+    try:
+        check_dataset(SyntheticVolume, options={"count": 1, "size": 16}, max_items=1)
+    except ContractError as err:
+        if err.rule == "sample":
+            return False
+        raise
+    return True
+
+
+if not _contract_takes_volumes():
+    for _name in ("synthetic-volume", "nifti-folder"):
+        SKIP[("dataset", _name)] = ("the dataset contract's sample rule still assumes [C, H, W] images (the volume "
+                                    "core generalises it); tests/test_volume_data.py checks this data set")
+try:
+    __import__("nibabel")
+except ImportError:
+    SKIP[("dataset", "nifti-folder")] = "nibabel is not installed (pip install 'certframe[nifti]')"
+
+
 def _torchscript_segmenter(tmp_path) -> dict:
     torch.jit.script(nn.Conv2d(1, 2, 3, padding=1)).save(str(tmp_path / "seg.pt"))
     return {"path": str(tmp_path / "seg.pt")}
@@ -77,6 +100,13 @@ def _folder_fixture(tmp_path) -> dict:
     return {"root": str(tmp_path), "size": 32, "split": "all"}
 
 
+def _nifti_fixture(tmp_path) -> dict:
+    """Three tiny CT cases in the nnU-Net v2 raw layout (tests/nifti_fixture.py)."""
+    from nifti_fixture import write_fixture
+
+    return {"root": str(write_fixture(tmp_path)), "split": "all", "window": "ct:-300,1400"}
+
+
 def _tiny_diffusion_model(tmp_path) -> dict:
     """A randomly initialised 16x16 grey diffusers UNet2DModel + DDPMScheduler folder."""
     from diffusers import DDPMScheduler, UNet2DModel
@@ -98,6 +128,8 @@ OPTIONS = {
     ("segmenter", "nnunet"): _nnunet_folder,
     ("denoiser", "torchscript"): _torchscript_denoiser,
     ("dataset", "folder"): _folder_fixture,
+    ("dataset", "nifti-folder"): _nifti_fixture,
+    ("dataset", "synthetic-volume"): {"count": 3, "size": 16},
     ("denoiser", "ddpm"): _tiny_diffusion_model,
     ("denoiser", "ddim"): _tiny_diffusion_model,
 }
@@ -116,6 +148,8 @@ BAD_OPTIONS = {
     ("denoiser", "torchscript"): [{"path": "/no/such/file.pt"}],
     ("dataset", "synthetic-lung"): [{"count": 0}, {"split": "holdout"}],
     ("dataset", "folder"): [{"root": "/no/such/folder"}, {"mask_mode": "rgb"}],
+    ("dataset", "synthetic-volume"): [{"size": 8}, {"split": "holdout"}],
+    ("dataset", "nifti-folder"): [{"root": "/no/such/folder"}, {"window": "ct:40"}, {"spacing": [1, 2]}],
     ("certifier", "segcertify"): [{"correction": "sidak"}],
     ("denoiser", "ddpm"): [{"model": "/no/such/diffusers-folder"}],
 }

@@ -1,12 +1,13 @@
 """Volume data sets: the seeded 3-D phantom and NIfTI folders in the MSD / nnU-Net raw layout.
 
-The NIfTI tests write their own tiny fixture with nibabel: 12 x 10 x 8 voxels of 1 x 2 x 3 mm
+The NIfTI tests write their own tiny fixture with nibabel (tests/nifti_fixture.py): 12 x 10 x 8 voxels of 1 x 2 x 3 mm
 whose first axis points to the patient's LEFT (affine diag(-1, 2, 3)), so that canonical
 (RAS+) orientation flips it, and a marker voxel (400 HU, label 2) at the stored index
 (i, j, k) = (0, 2, 5): in the tensor order [D, H, W] = [S, A, R] it lands at (5, 2, 11).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -20,13 +21,10 @@ from certframe.plugins.datasets.synthetic_volume import SyntheticVolume
 from certframe.registry import get_registry
 from certframe.runs import dataset_identity
 
-nib = pytest.importorskip("nibabel")
+from nifti_fixture import AFFINE, CLASSES, MARKER_DHW, SHAPE, image_array, label_array, save_nifti, write_fixture
 
-SHAPE = (12, 10, 8)  # stored (i, j, k)
-AFFINE = np.array([[-1.0, 0, 0, 20.0], [0, 2.0, 0, -10.0], [0, 0, 3.0, 5.0], [0, 0, 0, 1]])
-MARKER = (0, 2, 5)
-MARKER_DHW = (5, 2, 11)  # (k, j, 11 - i)
-CLASSES = ["background", "organ", "marker"]
+needs_nibabel = pytest.mark.skipif(importlib.util.find_spec("nibabel") is None,
+                                   reason="nibabel is not installed (pip install 'certframe[nifti]')")
 
 
 # ------------------------------------------------------------------------ phantom
@@ -88,47 +86,11 @@ def test_phantom_passes_the_dataset_contract():
 
 # ------------------------------------------------------------------------- NIfTI
 
-def _image(case: int) -> np.ndarray:
-    """HU: air -1000, a body box of 40 + case, the marker voxel 400."""
-    a = np.full(SHAPE, -1000, dtype=np.int16)
-    a[2:10, 2:9, 1:7] = 40 + case
-    a[MARKER] = 400
-    return a
-
-
-def _label() -> np.ndarray:
-    m = np.zeros(SHAPE, dtype=np.uint8)
-    m[3:9, 3:8, 2:6] = 1
-    m[MARKER] = 2
-    return m
-
-
-def _save(array, path, affine=AFFINE):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, affine), str(path))
-
-
-def write_fixture(root, layout: str = "nnunet", cases: int = 3):
-    """MSD (``case.nii.gz``, labels ``{"0": name}``) or nnU-Net v2 (``case_0000.nii.gz``,
-    labels ``{name: 0}``) raw layout with ``cases`` tiny CT cases."""
-    for c in range(cases):
-        image = root / "imagesTr" / (f"case_{c:03d}_0000.nii.gz" if layout == "nnunet" else f"case_{c:03d}.nii.gz")
-        _save(_image(c), image)
-        _save(_label(), root / "labelsTr" / f"case_{c:03d}.nii.gz")
-    if layout == "nnunet":
-        meta = {"channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(CLASSES)},
-                "numTraining": cases, "file_ending": ".nii.gz"}
-    else:
-        meta = {"name": "Tiny", "modality": {"0": "CT"}, "labels": {str(i): n for i, n in enumerate(CLASSES)}}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    (root / "imagesTr" / "._case_000.nii.gz").write_bytes(b"macOS resource fork")  # as in the MSD tars
-    return root
-
-
 def nifti(root, **kw):
     return get_registry().create("dataset", "nifti-folder", root=str(root), **{"split": "all", **kw})
 
 
+@needs_nibabel
 @pytest.mark.parametrize("layout", ["nnunet", "msd"])
 def test_nifti_layouts_orientation_and_ct_window_golden(tmp_path, layout):
     ds = nifti(write_fixture(tmp_path, layout), window="ct:-300,1400")
@@ -144,7 +106,7 @@ def test_nifti_layouts_orientation_and_ct_window_golden(tmp_path, layout):
     # CT window golden (level -300, width 1400): -1000 -> 0, 40 + 1 HU -> 1041 / 1400
     inside = s.mask == 1
     assert torch.allclose(s.image[0][inside], torch.tensor(1041 / 1400))
-    np.testing.assert_array_equal(s.mask.numpy(), np.transpose(_label()[::-1], (2, 1, 0)))
+    np.testing.assert_array_equal(s.mask.numpy(), np.transpose(label_array()[::-1], (2, 1, 0)))
 
 
 def test_window_golden_values():
@@ -165,11 +127,14 @@ def test_window_golden_values():
             Window.parse(bad)
 
 
+@needs_nibabel
 def test_nifti_percentile_window_spacing_and_shape(tmp_path):
     root = write_fixture(tmp_path)
     ds = nifti(root)  # default window: percentile 0.5, 99.5 per volume
     s = ds[0]
     assert 0.0 <= float(s.image.min()) and float(s.image.max()) <= 1.0
+    import nibabel as nib
+
     raw = np.asarray(nib.as_closest_canonical(nib.load(str(root / "imagesTr/case_000_0000.nii.gz"))).dataobj)
     lo, hi = np.percentile(raw, [0.5, 99.5])
     assert s.image[0, 3, 4, 5].item() == pytest.approx(np.clip((40 - lo) / (hi - lo), 0, 1), abs=1e-6)
@@ -197,6 +162,7 @@ def test_resample_helpers():
     assert pad_or_crop(vol, (2, 6, 4)).shape == (2, 2, 6, 4)
 
 
+@needs_nibabel
 def test_nifti_identity_records_the_preprocessing(tmp_path):
     ds = nifti(write_fixture(tmp_path), window="ct:-300,1400", spacing=[3, 2, 2], shape=8, split="test", seed=1)
     ident = dataset_identity(ds)  # what the run manifest stores
@@ -209,6 +175,7 @@ def test_nifti_identity_records_the_preprocessing(tmp_path):
     assert mr["intensity"]["kind"] == "percentile" and mr["intensity"]["percentiles"] == [0.5, 99.5]
 
 
+@needs_nibabel
 def test_nifti_splits_are_seeded_and_disjoint(tmp_path):
     root = write_fixture(tmp_path, cases=10)
     parts = {sp: nifti(root, split=sp, seed=3).item_ids() for sp in ("train", "val", "test")}
@@ -217,9 +184,10 @@ def test_nifti_splits_are_seeded_and_disjoint(tmp_path):
     assert nifti(root, split="test", seed=3).item_ids() == parts["test"]
 
 
+@needs_nibabel
 def test_nifti_label_shape_mismatch_names_the_case_and_both_shapes(tmp_path):
     root = write_fixture(tmp_path)
-    _save(_label()[:, :, :7], root / "labelsTr" / "case_001.nii.gz")
+    save_nifti(label_array()[:, :, :7], root / "labelsTr" / "case_001.nii.gz")
     ds = nifti(root)
     with pytest.raises(ValueError, match=r"case 'case_001': the label map .*case_001.nii.gz' has shape "
                                          r"\[12, 10, 7\], its image .*case_001_0000.nii.gz' has shape \[12, 10, 8\]"):
@@ -227,23 +195,25 @@ def test_nifti_label_shape_mismatch_names_the_case_and_both_shapes(tmp_path):
     ds[0]  # the other cases still read
 
 
+@needs_nibabel
 def test_nifti_label_affine_mismatch_names_both_affines(tmp_path):
     root = write_fixture(tmp_path)
     shifted = AFFINE.copy()
     shifted[0, 3] += 1.0
-    _save(_label(), root / "labelsTr" / "case_002.nii.gz", affine=shifted)
+    save_nifti(label_array(), root / "labelsTr" / "case_002.nii.gz", affine=shifted)
     with pytest.raises(ValueError, match=r"case 'case_002': the affines of the image .* differ by up to 1 mm "
                                          r"\(tolerance 0.001\); image affine \[\[-1.0, 0.0, 0.0, 20.0\], .*label affine \[\[-1.0, 0.0, 0.0, 21.0\]"):
         nifti(root)[2]
     tiny = AFFINE.copy()
     tiny[0, 3] += 1e-5  # float32 round-off in real files: within the tolerance
-    _save(_label(), root / "labelsTr" / "case_002.nii.gz", affine=tiny)
+    save_nifti(label_array(), root / "labelsTr" / "case_002.nii.gz", affine=tiny)
     assert nifti(root)[2].mask.shape == (8, 10, 12)
 
 
+@needs_nibabel
 def test_nifti_missing_label_missing_channel_and_non_3d_images(tmp_path):
     root = write_fixture(tmp_path)
-    _save(_image(7), root / "imagesTr" / "case_007_0000.nii.gz")
+    save_nifti(image_array(7), root / "imagesTr" / "case_007_0000.nii.gz")
     with pytest.raises(FileNotFoundError, match=r"1 case\(s\) in .* have no label map \(case_007\): expected "
                                                 r"labelsTr/case_007.nii.gz"):
         nifti(root)
@@ -251,44 +221,47 @@ def test_nifti_missing_label_missing_channel_and_non_3d_images(tmp_path):
     (root / "imagesTr" / "case_001_0000.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match=r"case 'case_001' has the label map .* but no image"):
         nifti(root)
-    _save(np.zeros((12, 10), np.int16), root / "imagesTr" / "case_001_0000.nii.gz")
+    save_nifti(np.zeros((12, 10), np.int16), root / "imagesTr" / "case_001_0000.nii.gz")
     with pytest.raises(ValueError, match=r"label map .* has shape \[12, 10, 8\], its image .* has shape \[12, 10\]"):
         nifti(root)[1]
-    _save(np.zeros(SHAPE + (2,), np.int16), root / "imagesTr" / "case_001_0000.nii.gz")
+    save_nifti(np.zeros(SHAPE + (2,), np.int16), root / "imagesTr" / "case_001_0000.nii.gz")
     with pytest.raises(ValueError, match=r"has shape \[12, 10, 8, 2\]; expected a 3-D volume \[X, Y, Z\]"):
         nifti(root)[1]
     with pytest.raises(FileNotFoundError, match="nifti-folder root: expected a folder"):
         nifti(tmp_path / "absent")
 
 
+@needs_nibabel
 def test_nifti_labels_outside_the_declared_classes(tmp_path):
     root = write_fixture(tmp_path)
-    bad = _label()
+    bad = label_array()
     bad[0, 0, 0] = 5
-    _save(bad, root / "labelsTr" / "case_000.nii.gz")
+    save_nifti(bad, root / "labelsTr" / "case_000.nii.gz")
     with pytest.raises(ValueError, match=r"case 'case_000': the label map .* has labels \[0, 1, 2, 5\], the data "
                                          r"set declares classes \[0, 1, 2\] \(background, organ, marker\)"):
         nifti(root)[0]
 
 
+@needs_nibabel
 def test_nifti_multichannel_nnunet_and_msd_4d(tmp_path):
     nn = tmp_path / "nn"
     write_fixture(nn, cases=2)
     for c in range(2):
-        _save(_image(c) + 1000, nn / "imagesTr" / f"case_{c:03d}_0001.nii.gz")
+        save_nifti(image_array(c) + 1000, nn / "imagesTr" / f"case_{c:03d}_0001.nii.gz")
     (nn / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"},
                                                  "labels": {n: i for i, n in enumerate(CLASSES)}}))
     s = nifti(nn, window="ct:-300,1400")[0]
     assert s.image.shape == (1 * 2, 8, 10, 12) and s.image[1, 5, 2, 11].item() == 1.0
     msd = tmp_path / "msd"
     write_fixture(msd, "msd", cases=1)
-    _save(np.stack([_image(0), _image(0)], axis=-1), msd / "imagesTr" / "case_000.nii.gz")
+    save_nifti(np.stack([image_array(0), image_array(0)], axis=-1), msd / "imagesTr" / "case_000.nii.gz")
     (msd / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w"},
                                                   "labels": {str(i): n for i, n in enumerate(CLASSES)}}))
     s = nifti(msd)[0]
     assert s.image.shape == (2, 8, 10, 12) and torch.equal(s.image[0], s.image[1])
 
 
+@needs_nibabel
 def test_missing_nibabel_says_how_to_install_it(tmp_path, monkeypatch):
     root = write_fixture(tmp_path)
     monkeypatch.setitem(sys.modules, "nibabel", None)  # import nibabel now raises ImportError
@@ -297,6 +270,7 @@ def test_missing_nibabel_says_how_to_install_it(tmp_path, monkeypatch):
         nifti(root)
 
 
+@needs_nibabel
 def test_nifti_folder_without_dataset_json_uses_the_options(tmp_path):
     root = write_fixture(tmp_path)
     (root / "dataset.json").unlink()

@@ -96,8 +96,8 @@ def test_2d_weights_refuse_to_load_as_3d():
     assert MonaiSegmenter(weights="synthetic-lung").spatial_dims == 2  # written before volumes: 2-D
 
 
-@pytest.mark.parametrize("name, sigma, threshold", [("synthetic-volume", 0.0, 0.85),
-                                                    ("synthetic-volume-noise0.25", 0.25, 0.6)])
+@pytest.mark.parametrize("name, sigma, threshold", [("synthetic-volume", 0.0, 0.94),  # measured 0.969
+                                                    ("synthetic-volume-noise0.25", 0.25, 0.87)])  # 0.908
 def test_bundled_3d_unets_segment_the_phantom_test_split(name, sigma, threshold):
     """The bundled models (plugins/weights/README.md) on the phantom's test split, size 32:
     clean model on clean volumes, Gaussian-trained model on one seeded noisy copy each."""
