@@ -21,8 +21,9 @@ means and is recorded in the data set's ``identity()`` (hence in the run manifes
   orientation, see :mod:`certframe.plugins.datasets._nifti`).
 * :func:`pad_or_crop` brings it to a fixed shape (centred), so that volumes batch.
 
-MONAI transforms do the intensity scaling (``ScaleIntensityRange``,
-``ScaleIntensityRangePercentiles``) and the centred crop/pad (``ResizeWithPadOrCrop``).
+MONAI does the fixed window (``ScaleIntensityRange``), the percentiles (its numpy / torch
+``percentile``, numpy above a million voxels) and the centred crop/pad
+(``ResizeWithPadOrCrop``).
 """
 from __future__ import annotations
 
@@ -73,18 +74,26 @@ class Window:
 
     def apply(self, volume: torch.Tensor) -> torch.Tensor:
         """``[C, *S]`` raw intensities -> float32 ``[C, *S]`` in ``[0, 1]`` (clipped)."""
-        from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+        from monai.transforms import ScaleIntensityRange
 
         x = volume.float()
         if self.kind == "ct":
             lo, hi = self.a - self.b / 2, self.a + self.b / 2
             out = ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)(x)
         else:
-            flat = x.reshape(len(x), -1)
-            if bool((flat.amax(1) == flat.amin(1)).any()):  # a constant channel: no range to scale
-                return torch.zeros_like(x)
-            out = ScaleIntensityRangePercentiles(self.a, self.b, 0.0, 1.0, clip=True, channel_wise=True)(x)
+            out = torch.cat([self._percentile_window(c) for c in x.split(1)])
         return plain(out).float().clamp_(0.0, 1.0).contiguous()
+
+    def _percentile_window(self, channel: torch.Tensor) -> torch.Tensor:
+        """One channel ``[1, *S]``: percentile a -> 0, b -> 1, clipped. When the two percentiles
+        coincide (a constant channel, or one mostly of one value) there is no range to scale:
+        voxels above it become 1, the others 0."""
+        from monai.transforms.utils_pytorch_numpy_unification import percentile
+
+        lo, hi = (float(v) for v in percentile(channel.flatten(), torch.tensor([self.a, self.b])))
+        if hi <= lo:
+            return (channel > lo).float()
+        return ((channel - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
     def identity(self) -> dict:
         """What the window is, and what a radius of 1.0 in ``[0, 1]`` space means."""

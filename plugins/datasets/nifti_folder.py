@@ -75,9 +75,15 @@ def channel_names_from(meta: dict) -> tuple[str, ...] | None:
 
 
 class NiftiFolder(SegmentationDataset):
-    """NIfTI volumes in the MSD / nnU-Net raw layout (see the module docstring).
+    """NIfTI volumes in the Medical Segmentation Decathlon / nnU-Net raw layout (needs nibabel).
 
-    Items are ``Sample(image float32 [C, D, H, W] in [0, 1], mask int64 [D, H, W], id=case)``.
+    ``root/imagesTr/CASE_0000.nii.gz`` (nnU-Net, one file per channel) or
+    ``root/imagesTr/CASE.nii.gz`` (MSD), ``root/labelsTr/CASE.nii.gz``, and
+    ``root/dataset.json`` with "labels" and "channel_names" / "modality". Items are
+    ``Sample(image float32 [C, D, H, W] in [0, 1], mask int64 [D, H, W], id=CASE)``, in RAS+
+    order: D inferior -> superior, H posterior -> anterior, W left -> right. The window,
+    spacing and shape are recorded in identity() (the run manifest): a certificate's
+    radius is an L2 norm over the volume in the windowed [0, 1] space.
 
     Options: root (required), split (train/val/test/all; "test"), seed (0), val_fraction (0.1),
     test_fraction (0.2) -- seeded splits as in the 2-D file data sets; window
@@ -174,8 +180,8 @@ class NiftiFolder(SegmentationDataset):
         channels = []
         for path in files:
             img = read_header(path)
+            vol = read_volume(path, self.in_channels if len(files) == 1 else 1, image=img)  # checks it is 3-D
             check_same_grid(case, img, label_img, path, label_path, self.affine_tolerance)
-            vol = read_volume(path, self.in_channels if len(files) == 1 else 1, image=img)
             channels.append(vol.data)
         data = np.concatenate(channels, axis=0)
         if data.shape[0] != self.in_channels:

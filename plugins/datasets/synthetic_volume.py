@@ -51,7 +51,11 @@ def _blob3(rng, grid, centre, radii, wobble: float, size: int) -> np.ndarray:
 
 
 class SyntheticVolume(SyntheticDataset):
-    """3-D abdominal phantom (background, liver, kidneys); see the module docstring.
+    """3-D abdominal phantom, seeded and generated on the fly (background, liver, kidneys).
+
+    Items: ``Sample(image float32 [1, size, size, size] in [0, 1], mask int64 [size]*3, id)``;
+    D inferior -> superior, H posterior -> anterior, W left -> right (the liver is on the
+    patient's right). Bundled 3-D UNets: weights=synthetic-volume, synthetic-volume-noise0.25.
 
     Options: count (16), size (32; voxels per side, >= 16), seed (0), split (train/val/test).
     """
