@@ -154,3 +154,21 @@ def test_cli_refuses_a_model_of_the_wrong_dimensionality(tmp_path):
                                   "--output", str(tmp_path / "v.safetensors"), "--epochs", "1"])
     assert r.exit_code == 1
     assert "is 2-D (spatial_dims=2) but the data set yields volumes [C, D, H, W]" in r.output
+
+
+def test_cli_trains_on_a_nifti_folder(tmp_path):
+    pytest.importorskip("nibabel")
+    from nifti_fixture import CLASSES, write_fixture
+
+    root = write_fixture(tmp_path / "data", cases=4)
+    out = tmp_path / "nifti.safetensors"
+    r = CliRunner().invoke(main, ["train", "segmenter", "--dataset", "nifti-folder", "--dataset-option", f"root={root}",
+                                  "--dataset-option", "window=ct:-300,1400", "--dataset-option", "shape=[8,8,8]",
+                                  "--dataset-option", "val_fraction=0.25", "--dataset-option", "test_fraction=0",
+                                  "--network-option", "channels=[4,8]", "--network-option", "strides=[2]",
+                                  "--epochs", "1", "--batch-size", "2", "--output", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "3 train / 1 val images, 3 classes" in r.output
+    cfg = read_config(out)
+    assert (cfg["spatial_dims"], cfg["roi_size"], cfg["class_names"]) == (3, [8, 8, 8], CLASSES)
+    assert cfg["dataset_identity"]["intensity"]["window"] == "ct:-300,1400"  # the window travels with the model
