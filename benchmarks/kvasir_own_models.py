@@ -44,24 +44,32 @@ the MONAI UNet of the same training budget: clean Dice, certified Dice at sigma
   not repeated here.
 
 Checkpoints go to ``--out`` (default ``benchmarks/out/kvasir/``, git-ignored) as
-``own-<arch>-clean.safetensors`` and ``own-<arch>-noise<sigma>.safetensors``; a finished
+``own-<arch>-clean.safetensors`` and ``own-<arch>-noise<sigma>.safetensors`` (``-first<N>``
+added with ``--train-limit``); a finished
 model (its JSON holds the budget and why it stopped) is reused when the budget, the
 epoch cap, patience and train limit are the same, an interrupted one resumes from its
 ``.resume/`` state. One intra-op thread by default (``--threads``). The report is
 printed and written to ``--results`` (default ``benchmarks/results/kvasir_own_models.txt``)
 with the command line at the top. Timings are wall-clock on the machine that ran it
-(shared, noisy); nothing here asserts.
+(shared, noisy), with the process's CPU seconds beside the speed figures; nothing here
+asserts.
 
-Cost on this project's CPU (x86_64, 2 cores shared; 1 thread; measured in the smoke
-run): UNet++ forward 1.28 s per batch of 16 (0.080 s/sample; a training step 4.9 s),
-MONAI UNet forward 0.13 s per batch of 16 (0.008 s/sample; a training step 0.29 s).
-Full run: training 4 models x 20 CPU min = 80 min plus the overshoot of the last
-epoch (up to one UNet++ epoch, 44 steps x 4.9 s + validation = ~4 min per UNet++
-model); certification 110 draws x 50 images x 2 sigmas x 2 models per architecture:
-UNet++ 22,000 x 0.080 s = ~30 min, UNet ~3 min; clean Dice on 200 test images x 4
-models ~1 min. About 2 h 15 min on one CPU core, hence meant for a GPU (``--device
-cuda``; the CPU-minute budget then buys far more epochs, see ``--budget-clock``) or a
-long CPU run.
+Cost on this project's CPU (x86_64, 1 thread; measured in the smoke run with the 2
+cores shared with other jobs, so CPU seconds of the process are quoted: wall time was
+about 2x): smp UNet++ forward 3.3 CPU s per batch of 16 (0.21 s/sample), training step
+9.7 s; MONAI UNet forward 0.14 s per batch (0.009 s/sample), training step 0.47 s
+(UNet++ / UNet: forward 24x, step 21x, parameters 16.0 M vs 0.21 M). A UNet++ epoch
+(44 steps + validation on 100 images) is ~7.5 CPU min, so 20 CPU minutes buy it 3
+epochs against ~50 for the UNet (~22 s an epoch, if patience does not stop it first):
+on a CPU the comparison is budget-bound for UNet++. Full run: training 2 x ~22.5 min
+(UNet++, the last epoch overshoots) + 2 x <= 20 min (UNet) ~ 85 min; certification
+110 draws x 50 images x 2 sigmas x 2 models = 22,000 forward samples per
+architecture: UNet++ 22,000 x 0.21 s ~ 76 min, UNet ~ 3 min of forwards + per-image
+work (2.2 s per image measured in all, ~8 min for its 200 image-sigma pairs); clean
+Dice on 200 test images x 4 models ~ 2 min. About 3 hours of one CPU core (5-6 hours
+of wall time on this project's shared 2-core machine): the full run is meant for a
+GPU (``--device cuda``; there the same budget buys far more epochs, and
+``--budget-clock wall`` budgets device time more directly) or a long CPU run.
 """
 from __future__ import annotations
 
@@ -176,6 +184,7 @@ def train_model(arch: str, sigma: float, init: Path | None, data, args, device, 
     budget = args.budget_cpu_minutes * 60
     if resume and load_resume_state(path)[clock] >= budget:  # interrupted after the budget stop
         finish_record(path, "budget", args)
+        log(f"{path.name}: its budget was spent in an earlier run (interrupted before the record was written)")
         return path
     label, plugin, options = ARCHS[arch]
     torch.manual_seed(args.seed)
