@@ -26,6 +26,7 @@ precision and device type. Runs record the resolved options in their manifest.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from certframe.interfaces import Denoiser, Sample, SegmentationDataset, Segmenter
+from certframe.interfaces import Denoiser, Sample, SegmentationDataset, Segmenter, model_spatial_dims
 from certframe.smoothing import SmoothedSegmenter
 
 log = logging.getLogger("certframe.accelerate")
@@ -41,7 +42,13 @@ log = logging.getLogger("certframe.accelerate")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_PIXEL_BUDGET = 32 * 256 * 256
-"""On CPU, draws per pass = this many input pixels (32 images of 256 x 256), at least 1."""
+"""On CPU, draws per pass = this many input pixels or voxels (32 images of 256 x 256, 8 volumes of
+64^3), at least 1."""
+
+
+def _memory_format(volume: bool) -> torch.memory_format:
+    """channels_last for 4-D tensors ``[B, C, H, W]``, channels_last_3d for 5-D ``[B, C, D, H, W]``."""
+    return torch.channels_last_3d if volume else torch.channels_last
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -110,10 +117,11 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
             raise ValueError("pass resolved options (Acceleration.resolve(device))")
         self.options = options
         self.max_batch: int | None = None
-        if options.channels_last:
-            segmenter.to(memory_format=torch.channels_last)
-            if denoiser is not None:
-                denoiser.to(memory_format=torch.channels_last)
+        if options.channels_last:   # a volume model's 5-D weights take the 3-D variant
+            for model in (segmenter, denoiser):
+                if model is not None:
+                    model.to(memory_format=_memory_format(3 in model_spatial_dims(model)
+                                                          and 2 not in model_spatial_dims(model)))
         self._pipeline = self._raw_logits
         if options.compile:
             self._pipeline = torch.compile(self._raw_logits, dynamic=True)
@@ -122,8 +130,8 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
         return super().base_logits(noisy)
 
     def _run(self, noisy: torch.Tensor) -> torch.Tensor:
-        if self.options.channels_last and noisy.dim() == 4:
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        if self.options.channels_last and noisy.dim() in (4, 5):
+            noisy = noisy.contiguous(memory_format=_memory_format(noisy.dim() == 5))
         if self.options.precision == "fp32":
             return self._pipeline(noisy)
         with torch.autocast(device_type=noisy.device.type, dtype=_DTYPES[self.options.precision]):
@@ -147,23 +155,27 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
 
 def auto_batch_size(smoothed: SmoothedSegmenter, image: torch.Tensor, limit: int,
                     memory_fraction: float = 0.8) -> int:
-    """Draws per forward pass for ``image`` ``[C, H, W]`` (on the model's device), at most ``limit``.
+    """Draws per forward pass for ``image`` ``[C, H, W]`` or volume ``[C, D, H, W]`` (on the model's
+    device), at most ``limit``.
 
     CUDA: run one probe pass of 2 draws, measure the peak memory it adds, and fit as
     many draws as ``memory_fraction`` of the free memory (``torch.cuda.mem_get_info``)
     holds; an out-of-memory error later still halves the batch
-    (:class:`AcceleratedSmoothedSegmenter`). CPU: ``CPU_PIXEL_BUDGET / (H * W)`` (32 at
-    256 x 256), since bigger CPU batches only add memory, not speed.
+    (:class:`AcceleratedSmoothedSegmenter`). The probe is a whole-image (whole-volume)
+    prediction, so a segmenter that runs a sliding window over a volume is measured with
+    its windows. CPU: ``CPU_PIXEL_BUDGET / (number of pixels or voxels)`` (32 at
+    256 x 256, 8 at 64^3, 1 from about 128^3), since bigger CPU batches only add memory,
+    not speed.
     """
     limit = max(1, int(limit))
-    C, H, W = image.shape
+    spatial = tuple(image.shape[1:])
     if image.device.type != "cuda":
-        return max(1, min(limit, CPU_PIXEL_BUDGET // (H * W)))
+        return max(1, min(limit, CPU_PIXEL_BUDGET // math.prod(spatial)))
     torch.cuda.synchronize(image.device)
     torch.cuda.reset_peak_memory_stats(image.device)
     before = torch.cuda.memory_allocated(image.device)
     with torch.inference_mode():
-        smoothed.base_labels(image.unsqueeze(0).expand(2, C, H, W).contiguous())
+        smoothed.base_labels(image.unsqueeze(0).expand(2, *image.shape).contiguous())
     torch.cuda.synchronize(image.device)
     per_draw = max(1, (torch.cuda.max_memory_allocated(image.device) - before) // 2)
     free, _ = torch.cuda.mem_get_info(image.device)
