@@ -37,7 +37,7 @@ def check_model_spatial_dims(model, kind: str, dims: int, shape: tuple | None = 
         return
     expected = " or ".join(f"{SPATIAL_NAMES[d][0]} ({SPATIAL_NAMES[d][1]}s)" for d in takes)
     layout, noun = SPATIAL_NAMES.get(dims, (f"{dims + 1}-D", "input"))
-    got = f"{where} gives {noun}s" if where else f"got a {noun}"
+    got = f"{where} gives {noun}s" if where else f"got {'an' if noun[0] in 'aeiou' else 'a'} {noun}"
     if shape is not None:
         got += f" of shape {list(shape)} ({layout})"
     declared = takes[0] if len(takes) == 1 else takes
