@@ -17,6 +17,8 @@ this module makes each pass cheap without changing what is certified.
   that scales with the image size).
 * :func:`prefetch`: loads (and on CUDA pins and copies) the next images in a
   background thread while the current one is certified.
+* :func:`sliding_windows`, :func:`certification_cost`: the draws x windows a volume
+  costs (``docs/volumes.md``).
 
 Mixed precision changes the base model f (its argmax may differ on near-ties), so
 the certificate is a certificate of the smoothed model of the pipeline *as run*: the
@@ -30,7 +32,7 @@ import math
 import queue
 import threading
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -183,6 +185,48 @@ def auto_batch_size(smoothed: SmoothedSegmenter, image: torch.Tensor, limit: int
     return max(1, min(limit, size))
 
 
+def sliding_windows(image_size: Sequence[int], roi_size: Sequence[int] | None = None,
+                    overlap: float | Sequence[float] = 0.25) -> int:
+    """Windows one whole-volume (or image) prediction runs when the segmenter uses MONAI's
+    ``sliding_window_inference(roi_size, overlap)``; 1 without a window (``roi_size`` None).
+
+    Per axis (MONAI's ``_get_scan_interval`` and ``dense_patch_slices``): the step is
+    ``int(roi * (1 - overlap))`` (at least 1; ``roi`` when roi = size), and the windows
+    ``ceil((size - roi) / step) + 1`` when size > roi, else 1 (the input is padded to roi).
+    The count is the product over the axes. Example: a 128 x 128 x 128 volume, roi 96^3,
+    overlap 0.25: step 72, ``ceil(32 / 72) + 1 = 2`` windows per axis, 8 per prediction.
+    """
+    if roi_size is None:
+        return 1
+    if len(roi_size) != len(image_size):
+        raise ValueError(f"roi_size {tuple(roi_size)} and image_size {tuple(image_size)} differ in length")
+    overlaps = [float(overlap)] * len(image_size) if isinstance(overlap, (int, float)) else list(overlap)
+    total = 1
+    for size, roi, o in zip(image_size, roi_size, overlaps):
+        size, roi = int(size), int(roi)
+        if size <= roi:
+            continue
+        step = max(1, int(roi * (1 - o)))
+        total *= math.ceil((size - roi) / step) + 1
+    return total
+
+
+def certification_cost(image_size: Sequence[int], *, n0: int, n: int, roi_size: Sequence[int] | None = None,
+                       overlap: float | Sequence[float] = 0.25) -> dict[str, int]:
+    """What certifying one image or volume costs, for sizing a run (see ``docs/volumes.md``).
+
+    draws: ``n0 + n`` noisy copies (the adaptive certifier draws at most this, often fewer);
+    windows: :func:`sliding_windows` per draw (1 for a whole-input segmenter);
+    window_passes: ``draws * windows``, the segmenter evaluations on one roi each (the
+    compute; ``--batch-size`` and the segmenter's own window batch only group them into
+    fewer, larger forward calls); voxels: per draw.
+    """
+    draws = int(n0) + int(n)
+    windows = sliding_windows(image_size, roi_size, overlap)
+    return {"draws": draws, "windows": windows, "window_passes": draws * windows,
+            "voxels": math.prod(int(v) for v in image_size)}
+
+
 def prefetch(dataset: SegmentationDataset, indices: Iterable[int], depth: int = 2,
              device: str | torch.device = "cpu") -> Iterator[tuple[int, Sample]]:
     """Yield ``(index, dataset[index])`` in order, loading up to ``depth`` items ahead in a thread.
@@ -236,4 +280,4 @@ def prefetch(dataset: SegmentationDataset, indices: Iterable[int], depth: int = 
 
 
 __all__ = ["Acceleration", "AcceleratedSmoothedSegmenter", "auto_batch_size", "prefetch",
-           "PRECISIONS"]
+           "PRECISIONS", "sliding_windows", "certification_cost"]

@@ -42,6 +42,8 @@ class VoxelThreshold(Segmenter):
     spatial_dims = 3
 
     def forward(self, images):
+        if images.dim() != 5 or images.shape[1] != self.in_channels:
+            raise ValueError(f"expected volumes [B, {self.in_channels}, D, H, W], got shape {tuple(images.shape)}")
         d = images[:, :1] - 0.5
         return torch.cat([-d, d], dim=1)
 
@@ -120,6 +122,59 @@ def test_the_adaptive_certifier_certifies_a_volume():
     assert cert.labels.shape == (8, 8, 8) and cert.pvalues.shape == (8, 8, 8)
     assert torch.equal(cert.labels, expected_golden_labels(x))
     assert 20 < cert.num_samples <= 420
+
+
+def test_certified_dice_per_volume_and_per_class():
+    """The same metric rows as for images: mean foreground Dice, one column per class for K > 2, the
+    empty-truth flags; abstained voxels count as errors."""
+    from certframe.metrics import metric_row
+
+    truth = torch.zeros(4, 4, 4, dtype=torch.long)
+    truth[:2, :2, :2] = 1                      # 8 voxels of class 1
+    truth[2:, 2:, 2:] = 2                      # 8 voxels of class 2
+    pred = truth.clone()
+    pred[0, 0, 0] = ABSTAIN                    # class 1: TP 7, FN 1 -> 14 / 15
+    pred[3, 3, 3] = 1                          # class 2: TP 7, FN 1; class 1: FP 1 -> 14 / 16
+    row = metric_row(pred, truth, ("background", "liver", "tumour"))
+    assert row["certified_dice_liver"] == pytest.approx(14 / 16)
+    assert row["certified_dice_tumour"] == pytest.approx(14 / 15)
+    assert row["certified_dice"] == pytest.approx((14 / 16 + 14 / 15) / 2)
+    assert row["empty_truth"] is False and row["empty_truth_tumour"] is False
+
+
+def test_batch_size_auto_counts_voxels_on_the_cpu():
+    from certframe.accelerate import auto_batch_size
+
+    sm = SmoothedSegmenter(VoxelThreshold(), None, SIGMA)
+    assert auto_batch_size(sm, torch.zeros(1, 64, 64, 64), limit=1000) == 8       # 32 x 256^2 voxels per pass
+    assert auto_batch_size(sm, torch.zeros(1, 128, 128, 128), limit=1000) == 1
+    assert auto_batch_size(sm, torch.zeros(1, 256, 256), limit=1000) == 32       # images: as before
+
+
+@pytest.mark.parametrize("size, roi, overlap", [((128, 128, 128), (96, 96, 96), 0.25), ((40, 200, 97), (32, 64, 64), 0.5),
+                                               ((16, 16, 16), (32, 32, 32), 0.25), ((100, 64, 70), (64, 64, 64), 0.0),
+                                               ((255, 255), (128, 128), 0.75)])
+def test_the_documented_window_count_is_monais(size, roi, overlap):
+    """docs/volumes.md: windows per axis ceil((size - roi) / int(roi (1 - overlap))) + 1, product over axes;
+    pinned against MONAI's own enumeration of the sliding-window patches."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    from certframe.accelerate import certification_cost, sliding_windows
+
+    padded = [max(s, r) for s, r in zip(size, roi)]     # sliding_window_inference pads up to the roi first
+    interval = _get_scan_interval(padded, roi, len(size), (overlap,) * len(size))
+    assert sliding_windows(size, roi, overlap) == len(dense_patch_slices(padded, roi, interval))
+    cost = certification_cost(size, n0=100, n=1000, roi_size=roi, overlap=overlap)
+    assert cost["window_passes"] == 1100 * cost["windows"] and cost["draws"] == 1100
+
+
+def test_the_plugin_contracts_accept_a_volume_segmenter_and_data_set():
+    from certframe.contract import check_dataset, check_segmenter
+
+    check_segmenter(VoxelThreshold, image_size=(4, 6, 8))
+    check_segmenter(VoxelThreshold)                                   # default volume size (16, 32, 48)
+    check_dataset(TinyVolumes, options={"count": 2})
 
 
 # ------------------------------------------------------------------ the guarantee on a volume
@@ -269,8 +324,8 @@ def cli(monkeypatch):
 
 
 VOLUME_BASE = ["--dataset", "tiny-volumes", "--segmenter", "voxel-threshold", "--sigma", SIGMA, "--n0", 20, "-n", 200,
-               "--alpha", 0.001, "--device", "cpu", "--prefetch", 0, "--quiet"]
-VOLUME_RUN = [*VOLUME_BASE, "--tau", 0.75, "--tau", 0.9]
+               "--alpha", 0.001, "--device", "cpu", "--quiet"]
+VOLUME_RUN = [*VOLUME_BASE, "--prefetch", 0, "--tau", 0.75, "--tau", 0.9]
 
 
 def test_certify_resume_and_report_a_volume_run(cli, tmp_path, one_thread):

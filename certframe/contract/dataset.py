@@ -19,8 +19,9 @@ def _check_sample(ck: _Checker, ds: SegmentationDataset, i: int, s) -> None:
     where = f"item {i} (id {s.id!r})"
     img, mask = s.image, s.mask
     if not isinstance(img, torch.Tensor) or img.dim() not in (3, 4) or img.shape[0] != ds.in_channels:
-        ck.fail("sample", f"{where}: image must be [C={ds.in_channels}, H, W] (or a volume "
-                          f"[C={ds.in_channels}, D, H, W]), got {_shape(img)}")
+        dims = img.dim() if isinstance(img, torch.Tensor) else 0
+        layout = {3: "H, W", 4: "D, H, W"}.get(dims, "H, W] (or a volume [C={}, D, H, W".format(ds.in_channels))
+        ck.fail("sample", f"{where}: image must be [C={ds.in_channels}, {layout}], got {_shape(img)}")
     if img.dtype != torch.float32:
         ck.fail("sample", f"{where}: image dtype must be float32, got {img.dtype}")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.int64:
