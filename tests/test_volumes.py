@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -23,11 +22,11 @@ from certframe.interfaces import (ABSTAIN, Certifier, CertifyRequest, NoiseKey, 
                                   Segmenter)
 from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
 from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.results import Certificate
-from certframe.sampler import NoiseVoter, gaussian_noise
+from certframe.sampler import gaussian_noise
 from certframe.smoothing import SmoothedSegmenter
 from certframe.statistics import certified_radius
 from conftest import ThresholdSegmenter
+from test_attacks import ALL as ATTACK_CASES
 from test_certifiers import ALPHA, BROKEN, SOUND, TAU, TRIALS, BinomialVotes, within_alpha, wrong_images
 
 SIGMA = 0.25
@@ -390,6 +389,30 @@ def test_wrong_pairings_fail_at_plugin_check_time(cli, tmp_path):
     assert ("the denoiser 'ddpm' (DDPMDenoiser) expects inputs of shape [C, H, W] (images), spatial_dims=2; "
             "the dataset 'tiny-volumes' gives volumes" in " ".join(r.output.split()))
     assert not (tmp_path / "b" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("name,norm,extra", ATTACK_CASES, ids=[f"{a}-{n}" for a, n, _ in ATTACK_CASES])
+def test_every_attack_stays_in_the_ball_of_the_whole_volume(name, norm, extra):
+    """Each built-in attack on volumes [B, C, D, H, W]: same shape, in [0, 1], inside the norm ball measured
+    over all C*D*H*W values of each volume, and it moves."""
+    from certframe.registry import get_registry
+
+    registry = get_registry(load_entrypoints=False)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 1, 6, 7, 8, generator=gen) * 1.6 - 0.3).clamp(0, 1)
+    y = (x[:, 0] > 0.5).long()
+    eps = 0.5 if norm == "l2" else 8 / 255
+    entry = registry.get("attack", name)
+    options = {"model": VoxelThreshold(), "eps": eps, **extra}
+    if getattr(entry.factory, "norms", None):
+        options["norm"] = norm
+    if entry.factory.threat == "smoothed":
+        options["sigma"] = SIGMA
+    adv = registry.create("attack", name, **options)(x, y)
+    assert adv.shape == x.shape and float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    d = (adv.double() - x.double()).flatten(1)
+    size = d.norm(dim=1) if norm == "l2" else d.abs().amax(dim=1)
+    assert bool((size <= eps + 1e-5).all()) and bool((size > 0.3 * eps).all()), size.tolist()
 
 
 def test_attack_a_volume_run_false_certificate_caught_honest_one_clean(cli, tmp_path):
