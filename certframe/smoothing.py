@@ -3,9 +3,10 @@
 Given a base segmenter f (optionally preceded by a denoiser D), the smoothed
 segmenter is ``g(x)_i = argmax_c P_eps(f(D(x + eps))_i = c)``, eps ~ N(0, sigma^2 I),
 x in [0, 1]^{C x H x W} (or a volume, [0, 1]^{C x D x H x W}: everything below
-holds with "pixel" read as "voxel" and the L2 norm taken over the whole volume). Certification (Fischer et al., ICML 2021) gives, with
-probability at least 1 - alpha over the sampling, a class per pixel (or ABSTAIN)
-that g keeps for every perturbation delta with ||delta||_2 < sigma * Phi^-1(tau).
+holds with "pixel" read as "voxel" and the L2 norm taken over the whole volume).
+Certification (Fischer et al., ICML 2021) gives, with probability at least 1 - alpha
+over the sampling, a class per pixel (or ABSTAIN) that g keeps for every perturbation
+delta with ||delta||_2 < sigma * Phi^-1(tau).
 Denoised smoothing: Salman et al. 2020; with a diffusion model: Carlini et al.
 ICLR 2023; for medical segmentation: Laousy et al. MICCAI 2023.
 """
@@ -29,8 +30,8 @@ def check_model_spatial_dims(model, kind: str, dims: int, shape: tuple | None = 
 
     dims: 2 for images ``[C, H, W]``, 3 for volumes ``[C, D, H, W]``. shape: the input's shape, for
     the message; where: what gave it (e.g. "the dataset 'x'"); name: the plugin's registered name.
-    The message says what the model
-    expects and what came, e.g. "the denoiser DDPMDenoiser takes [C, H, W] images (spatial_dims=2), ...".
+    The message says what the model expects and what came, e.g. "the denoiser 'ddpm' (DDPMDenoiser)
+    expects inputs of shape [C, H, W] (images), spatial_dims=2; the dataset 'v' gives volumes ...".
     """
     takes = model_spatial_dims(model)
     if dims in takes:
