@@ -6,6 +6,11 @@ Shapes and ranges (B = batch, C = channels, K = classes, H x W = size):
   space the smoothing noise is added in and the certified radii are measured in);
 * labels  int64 ``[B, H, W]`` in ``0..K-1`` (ground truth for untargeted attacks,
   the target mask for targeted ones);
+* volumes: everything holds with ``H, W`` read as ``D, H, W`` (images ``[B, C, D, H, W]``,
+  labels ``[B, D, H, W]``, logits ``[B, K, D, H, W]``); the L2 ball is then over all
+  C*D*H*W values of one volume. (torchattacks' own ``PGDL2.forward`` reshapes per-image
+  norms with ``view(B, 1, 1, 1)``, 4-D only; certframe's attacks use :meth:`ascend` and
+  :func:`per_sample`, which broadcast over any number of spatial dimensions.)
 * the model returns logits ``[B, K, H, W]``; torchattacks' ``nn.CrossEntropyLoss``
   is then the mean per-pixel cross-entropy, which is why FGSM, PGD and PGD-L2 work
   for segmentation unchanged.
@@ -83,12 +88,18 @@ def check_positive(name: str, value, *, integer: bool = False):
     return v
 
 
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values [B]`` viewed as ``[B, 1, ..., 1]`` to broadcast over ``like [B, ...]`` (images or volumes)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 def validate_images(images: torch.Tensor, in_channels: int | None = None) -> None:
-    """``images`` is float ``[B, C, H, W]``, finite, in ``[0, 1]``."""
+    """``images`` is float ``[B, C, H, W]`` (or volumes ``[B, C, D, H, W]``), finite, in ``[0, 1]``."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor [B, C, H, W], got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape [B, C, H, W], got shape {tuple(images.shape)}")
+    if images.dim() not in (4, 5):
+        raise ValueError(f"images must have shape [B, C, H, W] (or volumes [B, C, D, H, W]), "
+                         f"got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}")
     if in_channels is not None and images.shape[1] != in_channels:
@@ -102,12 +113,13 @@ def validate_images(images: torch.Tensor, in_channels: int | None = None) -> Non
 
 def validate_labels(labels: torch.Tensor, images: torch.Tensor, num_classes: int | None = None,
                     name: str = "labels") -> None:
-    """``labels`` is integer ``[B, H, W]`` matching ``images [B, C, H, W]``, values in ``0..K-1``."""
+    """``labels`` is integer ``[B, *S]`` matching ``images [B, C, *S]``, values in ``0..K-1``."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B, H, W] of class indices, got {type(labels).__name__}")
     expected = (images.shape[0], *images.shape[2:])
-    if labels.dim() != 3 or tuple(labels.shape) != expected:
-        raise ValueError(f"{name} must have shape [B, H, W] = {expected} to match the images "
+    axes = "[B, H, W]" if images.dim() == 4 else "[B, D, H, W]"
+    if labels.dim() != images.dim() - 1 or tuple(labels.shape) != expected:
+        raise ValueError(f"{name} must have shape {axes} = {expected} to match the images "
                          f"{tuple(images.shape)}, got {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
@@ -124,7 +136,7 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
         return delta.clamp(-eps, eps)
     flat = delta.flatten(1).norm(p=2, dim=1)
     factor = torch.clamp(eps / (flat + 1e-12), max=1.0)
-    return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+    return delta * per_sample(factor, delta)
 
 
 def perturbation_norms(images: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +158,7 @@ def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.G
         delta = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         r = torch.rand((images.shape[0],), generator=generator, device=images.device, dtype=images.dtype)
         n = delta.flatten(1).norm(p=2, dim=1) + 1e-12
-        delta = delta * (r * eps / n).view(-1, 1, 1, 1)
+        delta = delta * per_sample(r * eps / n, delta)
     return (images + delta).clamp(0, 1)
 
 
@@ -240,7 +252,7 @@ class SegmentationAttack(Attack):
         def keep(adv, value):
             nonlocal best
             better = value.detach().double() > best_value
-            best = torch.where(better.view(-1, 1, 1, 1), adv.detach(), best)
+            best = torch.where(per_sample(better, adv), adv.detach(), best)
             best_value[better] = value.detach().double()[better]
 
         for r in range(restarts):
@@ -262,7 +274,7 @@ class SegmentationAttack(Attack):
                     step = step_size * grad.sign()
                 else:
                     gnorm = grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-                    step = step_size * grad / gnorm.view(-1, 1, 1, 1)
+                    step = step_size * grad / per_sample(gnorm, grad)
                 delta = project(adv.detach() + step - images, self.eps, self.norm)
                 adv = (images + delta).clamp(0, 1).detach()
             if gradient is not None:
@@ -284,10 +296,11 @@ class SegmentationAttack(Attack):
         return gradient
 
     def check_logits(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        expected = (images.shape[0], images.shape[2], images.shape[3])
-        if logits.dim() != 4 or (logits.shape[0], *logits.shape[2:]) != expected:
+        expected = (images.shape[0], *images.shape[2:])
+        if logits.dim() != images.dim() or (logits.shape[0], *logits.shape[2:]) != expected:
+            axes = "H, W" if images.dim() == 4 else "D, H, W"
             raise ValueError(f"the model returned shape {tuple(logits.shape)}, expected logits "
-                             f"[B, K, H, W] with B, H, W = {expected}")
+                             f"[B, K, {axes}] with B, {axes} = {expected}")
         return logits
 
 
@@ -313,7 +326,7 @@ def quiet_device_message():
 
 
 def per_sample_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean per-pixel cross-entropy of each image: logits ``[B, K, H, W]``, labels ``[B, H, W]`` -> ``[B]``."""
+    """Mean per-pixel cross-entropy of each image: logits ``[B, K, *S]``, labels ``[B, *S]`` -> ``[B]``."""
     return F.cross_entropy(logits, labels, reduction="none").flatten(1).mean(dim=1)
 
 

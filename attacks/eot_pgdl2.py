@@ -93,7 +93,8 @@ def eot_value_and_gradient(pipeline: DenoisedSegmenter, adv: torch.Tensor, label
     same draws (the same direction, so the same normalised L2 and sign steps), the draws
     are taken from ``generator`` in the same order.
     """
-    B, C, H, W = adv.shape
+    B, item = adv.shape[0], tuple(adv.shape[1:])     # item: (C, H, W) or a volume's (C, D, H, W)
+    spatial = item[1:]
     x = adv.detach().clone().requires_grad_(True)
     if objective == "expected-loss":
         value = torch.zeros(B, dtype=adv.dtype, device=adv.device)
@@ -101,18 +102,18 @@ def eot_value_and_gradient(pipeline: DenoisedSegmenter, adv: torch.Tensor, label
         done = 0
         while done < num_draws:
             m = min(draw_batch, num_draws - done)
-            noise = torch.randn((m, B, C, H, W), generator=generator, device=x.device, dtype=x.dtype) * pipeline.sigma
-            logits = pipeline((x.unsqueeze(0) + noise).reshape(m * B, C, H, W))
-            target = labels.unsqueeze(0).expand(m, B, H, W).reshape(m * B, H, W)
-            ce = F.cross_entropy(logits, target, reduction="none").reshape(m, B, H * W).mean(dim=2)
+            noise = torch.randn((m, B, *item), generator=generator, device=x.device, dtype=x.dtype) * pipeline.sigma
+            logits = pipeline((x.unsqueeze(0) + noise).reshape(m * B, *item))
+            target = labels.unsqueeze(0).expand(m, B, *spatial).reshape(m * B, *spatial)
+            ce = F.cross_entropy(logits, target, reduction="none").reshape(m, B, -1).mean(dim=2)
             part = sign * ce.sum(dim=0) / num_draws
             grad += torch.autograd.grad(part.sum(), x)[0]
             value += part.detach()
             done += m
         return value, grad
     if objective == "smoothed-softmax":
-        noise = torch.randn((num_draws, B, C, H, W), generator=generator, device=x.device, dtype=x.dtype) * pipeline.sigma
-        probs = torch.softmax(pipeline((x.unsqueeze(0) + noise).reshape(num_draws * B, C, H, W)), dim=1)
+        noise = torch.randn((num_draws, B, *item), generator=generator, device=x.device, dtype=x.dtype) * pipeline.sigma
+        probs = torch.softmax(pipeline((x.unsqueeze(0) + noise).reshape(num_draws * B, *item)), dim=1)
         mean = probs.reshape(num_draws, B, *probs.shape[1:]).mean(dim=0)
         value = sign * F.nll_loss(torch.log(mean.clamp_min(1e-12)), labels, reduction="none").flatten(1).mean(dim=1)
         return value.detach(), torch.autograd.grad(value.sum(), x)[0]

@@ -29,6 +29,10 @@ own error, plus the test's). At k > 1 the attack is beyond the claim: rejections
 reported as ``flips_beyond_claim`` and ``violations`` is None (nothing was claimed
 there). With no covered pixel the result is "not tested" (``not_tested=True``,
 ``violations=None``), never 0.
+
+Volumes ``[C, D, H, W]`` take the same path voxel by voxel: the radius is over the whole
+volume (all C*D*H*W values), targets are (slice, row, col), and the per-pixel rows carry a
+``slice`` column (the index along D) beside ``row`` and ``col``.
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ DEFAULT_MAX_PIXELS = 8
 
 
 def fresh_votes(smoothed, x: torch.Tensor, *, seed: int, image_id: str, batch_size: int = 64):
-    """The ONE place the falsification test builds a vote source for an attacked image x' ``[C, H, W]``.
+    """The ONE place the falsification test builds a vote source for an attacked image x' ``[C, *S]``.
 
     Its draws are asked for under phase names ``"falsification-<j>"``, which no
     certifier uses, so they are independent of the certificate's draws. When the
@@ -112,7 +116,7 @@ class FalsificationResult:
         return row
 
     def pixel_rows(self) -> list[dict]:
-        """Per tested pixel: image_id, method, tau, radius_multiple, row, col, certified_class,
+        """Per tested pixel: image_id, method, tau, radius_multiple, (slice, for volumes) row, col, certified_class,
         certified_radius, budget, perturbation_l2, attack_estimate, votes, n_test, upper_bound,
         rejected, empirical_radius, empirical_upper."""
         base = {"image_id": self.image_id, "method": self.method, "tau": self.tau,
@@ -121,7 +125,7 @@ class FalsificationResult:
 
 
 def covered_pixels(certificate) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(covered bool [H, W], radius float64 [H, W])``: the pixels the claim covers and each one's radius."""
+    """``(covered bool [*S], radius float64 [*S])``: the pixels the claim covers and each one's radius."""
     labels = certificate.labels
     if certificate.pixel_radius is not None:
         radius = torch.as_tensor(certificate.pixel_radius, dtype=torch.float64).to(labels.device)
@@ -142,9 +146,10 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
     """Attack ``certificate``'s claim on ``x`` and test the attacked images; see the module docstring.
 
     smoothed: :class:`~certframe.smoothing.SmoothedSegmenter` (its ``base_logits`` is
-        differentiated; its ``voter`` gives the fresh draws). x: ``[C, H, W]`` in [0, 1] on
-        the model's device. certificate: :class:`~certframe.results.Certificate` of x at
-        ``smoothed.sigma``. estimation_counts: optional int ``[K, H, W]`` votes of the
+        differentiated; its ``voter`` gives the fresh draws). x: ``[C, H, W]`` (or a volume
+        ``[C, D, H, W]``) in [0, 1] on the model's device. certificate:
+        :class:`~certframe.results.Certificate` of x at ``smoothed.sigma``.
+        estimation_counts: optional int ``[K, *S]`` votes of the
         certificate's estimation phase (to pick the weakest pixels).
     radius_multiple: k > 0, the attack budget is ``k R_i`` (k > 1 is beyond the claim).
     max_pixels: targets per certificate (default 8). steps, restarts, num_draws: of the
@@ -163,9 +168,10 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
     if abs(float(certificate.sigma) - float(smoothed.sigma)) > 1e-12:
         raise ValueError(f"the certificate was made at sigma {certificate.sigma}, the smoothed segmenter "
                          f"has sigma {smoothed.sigma}: they are different smoothed segmenters")
-    if x.dim() != 3 or tuple(x.shape[1:]) != tuple(certificate.labels.shape):
-        raise ValueError(f"x must be [C, H, W] with H, W = {tuple(certificate.labels.shape)} (the certificate's "
-                         f"labels), got shape {tuple(x.shape)}")
+    if x.dim() not in (3, 4) or tuple(x.shape[1:]) != tuple(certificate.labels.shape):
+        axes = "H, W" if certificate.labels.dim() == 2 else "D, H, W"
+        raise ValueError(f"x must be [C, {axes}] with {axes} = {tuple(certificate.labels.shape)} (the "
+                         f"certificate's labels), got shape {tuple(x.shape)}")
     covered, radius = covered_pixels(certificate)
     n_covered = int(covered.sum())
     info = dict(image_id=str(image_id), method=str(certificate.method), sigma=float(certificate.sigma),
@@ -180,9 +186,9 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
                              pvalues=certificate.pvalues, pixel_radius=certificate.pixel_radius)
     m = len(targets)
     n = default_n_test(m, level) if n_test is None else int(n_test)
-    rows, cols = targets[:, 0], targets[:, 1]
-    classes = certificate.labels[rows, cols].to(x.device)
-    claimed = radius[rows, cols].cpu().numpy()
+    where = tuple(torch.as_tensor(targets[:, a]) for a in range(targets.shape[1]))   # (slice,) row, col
+    classes = certificate.labels[where].to(x.device)
+    claimed = radius[where].cpu().numpy()
     budget = torch.as_tensor(k * claimed, dtype=x.dtype, device=x.device)
     pix = torch.as_tensor(targets, device=x.device)
     gen = torch.Generator(device=x.device)
@@ -197,7 +203,7 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
     for j in range(m):
         source = fresh_votes(smoothed, res.adv[j], seed=seed, image_id=str(image_id), batch_size=batch_size)
         counts = source.counts(f"{FALSIFICATION_PHASE}-{k!r}-{j}", n)
-        votes[j] = int(counts[int(classes[j]), int(rows[j]), int(cols[j])])
+        votes[j] = int(counts[(int(classes[j]), *(int(v) for v in targets[j]))])
     rejected, upper = flip_test(votes, n, level)
     emp = np.full(m, np.nan)
     emp_upper = np.full(m, np.nan)
@@ -210,7 +216,8 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
                                      iterations=empirical_iterations, num_draws=num_draws, generator=egen)
         emp, emp_upper = er.radius, er.upper
     found = int(rejected.sum())
-    pixels = [{"row": int(rows[j]), "col": int(cols[j]), "certified_class": int(classes[j]),
+    names = ("slice", "row", "col")[-targets.shape[1]:]
+    pixels = [{**{a: int(v) for a, v in zip(names, targets[j])}, "certified_class": int(classes[j]),
                "certified_radius": float(claimed[j]), "budget": float(k * claimed[j]),
                "perturbation_l2": float(l2[j]), "attack_estimate": float(res.estimate[j]),
                "votes": int(votes[j]), "n_test": n, "upper_bound": float(upper[j]), "rejected": bool(rejected[j]),

@@ -44,7 +44,7 @@ def minimal_flip_radius(model, sigma: float, x: torch.Tensor, pixels, classes, u
                         seed: int = 0, generator: torch.Generator | None = None) -> EmpiricalRadii:
     """Bisection over the L2 budget with the pixel attack; see the module docstring.
 
-    model, sigma, x, pixels ``[P, 2]``, classes ``[P]``: as
+    model, sigma, x, pixels ``[P, 2]`` (``[P, 3]`` for a volume), classes ``[P]``: as
     :func:`~certframe.attacks.pixel_attack.attack_pixels`. upper: float ``[P]`` (or a
     scalar) > 0, the largest budget per pixel. iterations: bisection steps (default 5);
     steps / restarts / num_draws: of each attack; flip_draws: draws of the flip check.
@@ -52,7 +52,7 @@ def minimal_flip_radius(model, sigma: float, x: torch.Tensor, pixels, classes, u
     if generator is None:
         generator = torch.Generator(device=x.device)
         generator.manual_seed(int(seed))
-    pixels = torch.as_tensor(pixels, dtype=torch.long, device=x.device).reshape(-1, 2)
+    pixels = torch.as_tensor(pixels, dtype=torch.long, device=x.device).reshape(-1, x.dim() - 1)
     classes = torch.as_tensor(classes, dtype=torch.long, device=x.device).reshape(-1)
     P = pixels.shape[0]
     upper = torch.as_tensor(upper, dtype=x.dtype, device=x.device).reshape(-1).expand(P).clone()

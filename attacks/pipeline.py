@@ -62,7 +62,8 @@ def eot_gradient(pipeline: DenoisedSegmenter, adv: torch.Tensor, labels: torch.T
     loss of the smoothed soft classifier (Salman et al. 2019); all draws in one graph.
     ``sign=-1`` descends instead (targeted attacks). Fresh draws at every call.
     """
-    B, C, H, W = adv.shape
+    B, item = adv.shape[0], tuple(adv.shape[1:])     # item: (C, H, W) or a volume's (C, D, H, W)
+    spatial = item[1:]
     sigma = pipeline.sigma
     x = adv.detach().clone().requires_grad_(True)
     grad = torch.zeros_like(x)
@@ -70,17 +71,17 @@ def eot_gradient(pipeline: DenoisedSegmenter, adv: torch.Tensor, labels: torch.T
         done = 0
         while done < num_draws:
             m = min(draw_batch, num_draws - done)
-            noise = torch.randn((m, B, C, H, W), generator=generator, device=x.device, dtype=x.dtype) * sigma
-            noisy = (x.unsqueeze(0) + noise).reshape(m * B, C, H, W)
+            noise = torch.randn((m, B, *item), generator=generator, device=x.device, dtype=x.dtype) * sigma
+            noisy = (x.unsqueeze(0) + noise).reshape(m * B, *item)
             logits = pipeline(noisy)
-            target = labels.unsqueeze(0).expand(m, B, H, W).reshape(m * B, H, W)
+            target = labels.unsqueeze(0).expand(m, B, *spatial).reshape(m * B, *spatial)
             loss = F.cross_entropy(logits, target, reduction="mean") * (m / num_draws)
             grad += torch.autograd.grad(sign * loss, x)[0]
             done += m
         return grad
     if objective == "smoothed-softmax":
-        noise = torch.randn((num_draws, B, C, H, W), generator=generator, device=x.device, dtype=x.dtype) * sigma
-        probs = torch.softmax(pipeline((x.unsqueeze(0) + noise).reshape(num_draws * B, C, H, W)), dim=1)
+        noise = torch.randn((num_draws, B, *item), generator=generator, device=x.device, dtype=x.dtype) * sigma
+        probs = torch.softmax(pipeline((x.unsqueeze(0) + noise).reshape(num_draws * B, *item)), dim=1)
         mean = probs.reshape(num_draws, B, *probs.shape[1:]).mean(dim=0)
         loss = F.nll_loss(torch.log(mean.clamp_min(1e-12)), labels)
         return torch.autograd.grad(sign * loss, x)[0]

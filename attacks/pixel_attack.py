@@ -1,6 +1,7 @@
 """A pixel-focused attack on the SMOOTHED segmenter: SmoothAdv's objective with APGD's schedule.
 
-Target: one pixel i (row, col) certified as class c with an L2 budget R. The
+Target: one pixel i (row, col) certified as class c with an L2 budget R (for a volume
+``[C, D, H, W]``: one voxel (slice, row, col), the ball over all C*D*H*W values). The
 attack minimises the smoothed soft probability of c at i,
 
     L(x') = E_eps[ softmax(f(D(x' + eps)))_{c, i} ],   eps ~ N(0, sigma^2 I),
@@ -27,7 +28,7 @@ open ball the certificate covers, as the suite's default budgets), followed by
 clipping to ``[0, 1]`` (which only moves coordinates toward x, so stays in the ball).
 
 Batching: the P targets are attacked at once, each with its own ``x'`` in the batch
-dimension (``[P, C, H, W]``) and its own budget. Everything is seeded through one
+dimension (``[P, C, H, W]``, or ``[P, C, D, H, W]``) and its own budget. Everything is seeded through one
 ``torch.Generator`` (draws and random starts): a run is reproducible.
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ RHO = 0.75
 
 @dataclass
 class PixelAttackResult:
-    """adv: ``[P, C, H, W]`` in [0, 1]; estimate: ``[P]`` EOT estimate of the soft probability of
+    """adv: ``[P, C, *S]`` in [0, 1]; estimate: ``[P]`` EOT estimate of the soft probability of
     the target class at the best iterate; l2: ``[P]`` ``||x'_j - x||_2``; budget: ``[P]`` the radii R_j."""
 
     adv: torch.Tensor
@@ -66,11 +67,11 @@ def apgd_checkpoints(steps: int) -> list[int]:
 
 
 def project_l2_box(x: torch.Tensor, z: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """``z [P, C, H, W]`` onto ``||z - x||_2 <= budget_j (1 - 1e-6)`` then into ``[0, 1]``."""
+    """``z [P, C, *S]`` onto ``||z - x||_2 <= budget_j (1 - 1e-6)`` then into ``[0, 1]``."""
     radius = budget * (1 - RADIUS_MARGIN)
     delta = z - x
     norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    delta = delta * torch.clamp(radius / norm, max=1.0).view(-1, 1, 1, 1)
+    delta = delta * _per_target(torch.clamp(radius / norm, max=1.0), delta)
     out = (x + delta).clamp(0, 1)
     # float32 rounding of x + delta over many values can leave the ball by ~1e-5 (relative): measure the
     # perturbation actually made in float64 and pull it back towards x (a convex combination stays in
@@ -86,31 +87,43 @@ def project_l2_box(x: torch.Tensor, z: torch.Tensor, budget: torch.Tensor) -> to
     return out
 
 
+def _per_target(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values [P]`` as ``[P, 1, ..., 1]`` against ``like [P, C, *S]``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _at_targets(logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Logits ``[m, P, K, *S]`` -> ``[m, P, K]``: for target j its own pixel ``pixels[j]`` (``[P, len(S)]``)."""
+    P = logits.shape[1]
+    idx = torch.arange(P, device=logits.device)
+    spatial = list(range(3, logits.dim()))
+    return logits.permute(1, *spatial, 0, 2)[(idx, *pixels.unbind(1))].transpose(0, 1)
+
+
 def soft_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.Tensor, pixels: torch.Tensor,
                      classes: torch.Tensor, sigma: float, num_draws: int, generator: torch.Generator,
                      draw_batch: int = 8, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """EOT estimate ``[P]`` of ``E_eps softmax(model(x'_j + eps))_{c_j, i_j}`` and its gradient ``[P, C, H, W]``.
+    """EOT estimate ``[P]`` of ``E_eps softmax(model(x'_j + eps))_{c_j, i_j}`` and its gradient ``[P, C, *S]``.
 
-    adv ``[P, C, H, W]``; pixels int64 ``[P, 2]`` (row, col); classes int64 ``[P]``.
+    adv ``[P, C, *S]``; pixels int64 ``[P, len(S)]`` ((row, col), or (slice, row, col) for
+    volumes); classes int64 ``[P]``.
     ``num_draws`` draws per target, ``draw_batch`` of them per forward pass.
     """
     P = adv.shape[0]
     x = adv.detach().clone().requires_grad_(grad)
     total = torch.zeros(P, dtype=adv.dtype, device=adv.device)
     g = torch.zeros_like(adv) if grad else None
-    rows, cols = pixels[:, 0], pixels[:, 1]
     done = 0
     while done < num_draws:
         m = min(draw_batch, num_draws - done)
         noise = torch.randn((m, *adv.shape), generator=generator, device=adv.device, dtype=adv.dtype) * sigma
         with torch.set_grad_enabled(grad):
             logits = model((x.unsqueeze(0) + noise).reshape(m * P, *adv.shape[1:]))
-            if logits.dim() != 4 or logits.shape[0] != m * P or logits.shape[2:] != adv.shape[2:]:
+            if logits.dim() != adv.dim() or logits.shape[0] != m * P or logits.shape[2:] != adv.shape[2:]:
                 raise ValueError(f"the model returned shape {tuple(logits.shape)}, expected logits "
-                                 f"[{m * P}, K, {adv.shape[2]}, {adv.shape[3]}]")
+                                 f"[{m * P}, K, {', '.join(str(v) for v in adv.shape[2:])}]")
             logits = logits.reshape(m, P, *logits.shape[1:])
-            idx = torch.arange(P, device=adv.device)
-            picked = torch.softmax(logits.permute(1, 3, 4, 0, 2)[idx, rows, cols].transpose(0, 1), dim=-1)  # [m, P, K]
+            picked = torch.softmax(_at_targets(logits, pixels), dim=-1)  # [m, P, K]
             prob = picked.gather(-1, classes.view(1, P, 1).expand(m, P, 1)).squeeze(-1).sum(0) / num_draws
         if grad:
             g += torch.autograd.grad(prob.sum(), x)[0]
@@ -124,7 +137,6 @@ def hard_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.T
                      draw_batch: int = 32) -> torch.Tensor:
     """Share ``[P]`` of ``num_draws`` noise draws at ``x'_j`` whose argmax at pixel i_j is c_j (the vote estimate)."""
     P = adv.shape[0]
-    rows, cols = pixels[:, 0], pixels[:, 1]
     hits = torch.zeros(P, dtype=torch.float64, device=adv.device)
     done = 0
     with torch.no_grad():
@@ -133,8 +145,7 @@ def hard_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.T
             noise = torch.randn((m, *adv.shape), generator=generator, device=adv.device, dtype=adv.dtype) * sigma
             logits = model((adv.unsqueeze(0) + noise).reshape(m * P, *adv.shape[1:]))
             logits = logits.reshape(m, P, *logits.shape[1:])
-            idx = torch.arange(P, device=adv.device)
-            top = logits.permute(1, 3, 4, 0, 2)[idx, rows, cols].transpose(0, 1).argmax(dim=-1)  # [m, P]
+            top = _at_targets(logits, pixels).argmax(dim=-1)  # [m, P]
             hits += (top == classes.view(1, P)).sum(0).double()
             done += m
     return hits / num_draws
@@ -147,19 +158,20 @@ def attack_pixels(model: Callable[[torch.Tensor], torch.Tensor], sigma: float, x
                   start: torch.Tensor | None = None) -> PixelAttackResult:
     """Minimise the smoothed soft probability of ``classes[j]`` at ``pixels[j]``, one x' per target.
 
-    model: differentiable ``[B, C, H, W]`` noisy images -> logits ``[B, K, H, W]`` (e.g.
+    model: differentiable ``[B, C, *S]`` noisy images -> logits ``[B, K, *S]`` (e.g.
         ``SmoothedSegmenter.base_logits``; f(D(x + eps)) with eps added here, NOT clipped).
-    sigma: smoothing noise std (> 0). x: ``[C, H, W]`` in [0, 1].
-    pixels: int64 ``[P, 2]`` (row, col); classes: int64 ``[P]``; budget: float ``[P]`` > 0,
+    sigma: smoothing noise std (> 0). x: ``[C, H, W]`` or a volume ``[C, D, H, W]`` in [0, 1].
+    pixels: int64 ``[P, 2]`` (row, col), for a volume ``[P, 3]`` (slice, row, col);
+        classes: int64 ``[P]``; budget: float ``[P]`` > 0,
         the L2 radius of each target (the attack stays strictly inside).
     steps: APGD iterations per restart (default 20); restarts: default 2 (restart 0 from x
         or ``start``, the others from random points of the ball); num_draws: noise draws per
         step and target (default 8); seed / generator: all randomness.
-    start: optional ``[P, C, H, W]`` starting points for restart 0 (projected into the ball).
+    start: optional ``[P, C, *S]`` starting points for restart 0 (projected into the ball).
     """
-    if x.dim() != 3:
-        raise ValueError(f"x must be one image [C, H, W], got shape {tuple(x.shape)}")
-    pixels = torch.as_tensor(pixels, dtype=torch.long, device=x.device).reshape(-1, 2)
+    if x.dim() not in (3, 4):
+        raise ValueError(f"x must be one image [C, H, W] or one volume [C, D, H, W], got shape {tuple(x.shape)}")
+    pixels = torch.as_tensor(pixels, dtype=torch.long, device=x.device).reshape(-1, x.dim() - 1)
     classes = torch.as_tensor(classes, dtype=torch.long, device=x.device).reshape(-1)
     budget = torch.as_tensor(budget, dtype=x.dtype, device=x.device).reshape(-1)
     P = pixels.shape[0]
@@ -193,7 +205,7 @@ def attack_pixels(model: Callable[[torch.Tensor], torch.Tensor], sigma: float, x
         else:
             d = torch.randn(X.shape, generator=generator, device=x.device, dtype=x.dtype)
             u = torch.rand((P,), generator=generator, device=x.device, dtype=x.dtype)
-            d = d * (u * budget / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+            d = d * _per_target(u * budget / d.flatten(1).norm(dim=1).clamp_min(1e-12), d)
             x0 = project_l2_box(X, X + d, budget)
         adv, loss = _apgd(loss_grad, X, x0, budget, int(steps), checkpoints)
         better = loss < best_loss
@@ -205,7 +217,7 @@ def attack_pixels(model: Callable[[torch.Tensor], torch.Tensor], sigma: float, x
 def _apgd(loss_grad, X, x0, budget, steps, checkpoints):
     """APGD-L2 minimisation of ``loss_grad(adv) -> (loss [P], grad)``; returns (best x, best loss)."""
     P = X.shape[0]
-    view = (-1, 1, 1, 1)
+    view = (-1, *([1] * (X.dim() - 1)))
     eta = 2 * budget.clone()
     loss, grad = loss_grad(x0)
     best_x, best_loss, best_grad = x0.clone(), loss.clone(), grad.clone()

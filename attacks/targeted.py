@@ -82,7 +82,7 @@ class TargetedPGD(SegmentationAttack):
         self.set_target(target)
 
     def set_target(self, target: int | torch.Tensor) -> None:
-        """An int class in ``0..K-1``, or an integer mask ``[H, W]`` / ``[B, H, W]``."""
+        """An int class in ``0..K-1``, or an integer mask ``[*S]`` / ``[B, *S]`` (S = H, W or D, H, W)."""
         if isinstance(target, bool):
             raise ValueError(f"target must be a class index or a mask tensor, got {target!r}")
         if isinstance(target, int):
@@ -91,8 +91,9 @@ class TargetedPGD(SegmentationAttack):
                 raise ValueError(f"target class {target} is not a class of the model "
                                  f"(expected 0..{k - 1 if k else 'K-1'})")
         elif isinstance(target, torch.Tensor):
-            if target.dim() not in (2, 3) or target.is_floating_point() or target.dtype == torch.bool:
-                raise ValueError(f"a target mask must be an integer tensor [H, W] or [B, H, W], got "
+            if target.dim() not in (2, 3, 4) or target.is_floating_point() or target.dtype == torch.bool:
+                raise ValueError(f"a target mask must be an integer tensor [H, W] or [B, H, W] (volumes: "
+                                 f"[D, H, W] or [B, D, H, W]), got "
                                  f"dtype {target.dtype} and shape {tuple(target.shape)}")
         else:
             raise ValueError(f"target must be a class index (int) or a mask tensor, got {type(target).__name__}")
@@ -103,14 +104,14 @@ class TargetedPGD(SegmentationAttack):
         self._target_map_function = self.target_mask
 
     def target_mask(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The target mask ``[B, H, W]`` int64 for ``images [B, C, H, W]``."""
-        B, _, H, W = images.shape
+        """The target mask ``[B, *S]`` int64 for ``images [B, C, *S]``."""
+        B, spatial = images.shape[0], tuple(images.shape[2:])
         if isinstance(self.target, int):
-            mask = torch.full((B, H, W), self.target, dtype=torch.long, device=images.device)
+            mask = torch.full((B, *spatial), self.target, dtype=torch.long, device=images.device)
         else:
             mask = self.target.to(images.device).long()
-            if mask.dim() == 2:
-                mask = mask.unsqueeze(0).expand(B, H, W) if tuple(mask.shape) == (H, W) else mask.unsqueeze(0)
+            if mask.dim() == len(spatial):
+                mask = mask.unsqueeze(0).expand(B, *spatial) if tuple(mask.shape) == spatial else mask.unsqueeze(0)
         validate_labels(mask, images, self.num_classes, name="target mask")
         return mask
 

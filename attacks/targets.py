@@ -5,6 +5,9 @@ over the whole image, and the pixels most likely to be wrongly certified are tho
 whose certified class is least sure. The margin of pixel i is read, in order of
 preference, from
 
+Shapes are given for images; a volume's maps are ``[D, H, W]`` (counts ``[K, D, H, W]``)
+and its distances are taken in 3-D.
+
 1. ``estimation_counts`` (int ``[K, H, W]``, the certificate's estimation votes):
    the estimated probability ``k_i(c_i) / n_i`` of the certified class;
 2. the certificate's ``pvalues`` (float ``[H, W]``, SegCertify / adaptive: the
@@ -14,7 +17,7 @@ preference, from
 4. the Euclidean distance (in pixels) to the nearest pixel with another label
    (another class or ABSTAIN): pixels on a class boundary first.
 
-Ties are broken by the next criterion down the list, then by row-major index, so
+Ties are broken by the next criterion down the list, then by row-major (C-order) index, so
 the choice is deterministic.
 """
 from __future__ import annotations
@@ -41,31 +44,32 @@ def boundary_distance(labels: np.ndarray) -> np.ndarray:
 def weakest_pixels(labels: torch.Tensor, covered: torch.Tensor, max_pixels: int, *,
                    estimation_counts: torch.Tensor | None = None, pvalues: torch.Tensor | None = None,
                    pixel_radius: torch.Tensor | None = None) -> np.ndarray:
-    """Up to ``max_pixels`` covered pixels, weakest first: int64 ``[P, 2]`` (row, col).
+    """Up to ``max_pixels`` covered pixels, weakest first: int64 ``[P, 2]`` (row, col), for a volume
+    ``[P, 3]`` (slice, row, col).
 
-    labels: int ``[H, W]`` certified labels (ABSTAIN = -1). covered: bool ``[H, W]``,
-    the pixels the claim covers. The optional margins are described in the module
-    docstring; shapes must be ``[H, W]`` (``[K, H, W]`` for the counts).
+    labels: int ``[H, W]`` (``[D, H, W]``) certified labels (ABSTAIN = -1). covered: bool of the
+    same shape, the pixels the claim covers. The optional margins are described in the module
+    docstring; shapes must be the labels' (``[K, *S]`` for the counts).
     """
     labels_np = labels.detach().cpu().numpy()
-    H, W = labels_np.shape
+    shape = labels_np.shape
     cov = covered.detach().cpu().numpy().astype(bool)
-    if cov.shape != (H, W):
-        raise ValueError(f"covered must have the labels' shape {(H, W)}, got {cov.shape}")
+    if cov.shape != shape:
+        raise ValueError(f"covered must have the labels' shape {shape}, got {cov.shape}")
     if isinstance(max_pixels, bool) or int(max_pixels) != max_pixels or max_pixels < 1:
         raise ValueError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
     keys = []  # np.lexsort: the LAST key is the primary one
-    keys.append(-np.arange(H * W, dtype=np.float64).reshape(H, W))  # row-major order, last resort
+    keys.append(-np.arange(labels_np.size, dtype=np.float64).reshape(shape))  # row-major order, last resort
     keys.append(-boundary_distance(np.where(cov, labels_np, ABSTAIN)))
     if pixel_radius is not None:
-        r = _plane("pixel_radius", pixel_radius, (H, W))
+        r = _plane("pixel_radius", pixel_radius, shape)
         keys.append(-r)
     if pvalues is not None:
-        keys.append(_plane("pvalues", pvalues, (H, W)))
+        keys.append(_plane("pvalues", pvalues, shape))
     if estimation_counts is not None:
         counts = estimation_counts.detach().cpu().numpy()
-        if counts.ndim != 3 or counts.shape[1:] != (H, W):
-            raise ValueError(f"estimation_counts must be int [K, H, W] with H, W = {(H, W)}, got {counts.shape}")
+        if counts.ndim != len(shape) + 1 or counts.shape[1:] != shape:
+            raise ValueError(f"estimation_counts must be int [K, *S] with S = {shape}, got {counts.shape}")
         total = np.maximum(counts.sum(axis=0), 1)
         safe = np.clip(labels_np, 0, counts.shape[0] - 1)
         share = np.take_along_axis(counts, safe[None], axis=0)[0] / total
@@ -73,7 +77,7 @@ def weakest_pixels(labels: torch.Tensor, covered: torch.Tensor, max_pixels: int,
     # larger key = weaker; lexsort sorts ascending, so sort the negated keys
     order = np.lexsort([-k.ravel() for k in keys])
     order = order[cov.ravel()[order]][: int(max_pixels)]
-    return np.stack([order // W, order % W], axis=1).astype(np.int64)
+    return np.stack(np.unravel_index(order, shape), axis=1).astype(np.int64)
 
 
 def _plane(name: str, value, shape) -> np.ndarray:

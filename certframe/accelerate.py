@@ -17,6 +17,8 @@ this module makes each pass cheap without changing what is certified.
   that scales with the image size).
 * :func:`prefetch`: loads (and on CUDA pins and copies) the next images in a
   background thread while the current one is certified.
+* :func:`sliding_windows`, :func:`certification_cost`: the draws x windows a volume
+  costs (``docs/volumes.md``).
 
 Mixed precision changes the base model f (its argmax may differ on near-ties), so
 the certificate is a certificate of the smoothed model of the pipeline *as run*: the
@@ -26,14 +28,15 @@ precision and device type. Runs record the resolved options in their manifest.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from certframe.interfaces import Denoiser, Sample, SegmentationDataset, Segmenter
+from certframe.interfaces import Denoiser, Sample, SegmentationDataset, Segmenter, model_spatial_dims
 from certframe.smoothing import SmoothedSegmenter
 
 log = logging.getLogger("certframe.accelerate")
@@ -41,7 +44,13 @@ log = logging.getLogger("certframe.accelerate")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_PIXEL_BUDGET = 32 * 256 * 256
-"""On CPU, draws per pass = this many input pixels (32 images of 256 x 256), at least 1."""
+"""On CPU, draws per pass = this many input pixels or voxels (32 images of 256 x 256, 8 volumes of
+64^3), at least 1."""
+
+
+def _memory_format(volume: bool) -> torch.memory_format:
+    """channels_last for 4-D tensors ``[B, C, H, W]``, channels_last_3d for 5-D ``[B, C, D, H, W]``."""
+    return torch.channels_last_3d if volume else torch.channels_last
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -110,10 +119,11 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
             raise ValueError("pass resolved options (Acceleration.resolve(device))")
         self.options = options
         self.max_batch: int | None = None
-        if options.channels_last:
-            segmenter.to(memory_format=torch.channels_last)
-            if denoiser is not None:
-                denoiser.to(memory_format=torch.channels_last)
+        if options.channels_last:   # a volume model's 5-D weights take the 3-D variant
+            for model in (segmenter, denoiser):
+                if model is not None:
+                    model.to(memory_format=_memory_format(3 in model_spatial_dims(model)
+                                                          and 2 not in model_spatial_dims(model)))
         self._pipeline = self._raw_logits
         if options.compile:
             self._pipeline = torch.compile(self._raw_logits, dynamic=True)
@@ -122,8 +132,8 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
         return super().base_logits(noisy)
 
     def _run(self, noisy: torch.Tensor) -> torch.Tensor:
-        if self.options.channels_last and noisy.dim() == 4:
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        if self.options.channels_last and noisy.dim() in (4, 5):
+            noisy = noisy.contiguous(memory_format=_memory_format(noisy.dim() == 5))
         if self.options.precision == "fp32":
             return self._pipeline(noisy)
         with torch.autocast(device_type=noisy.device.type, dtype=_DTYPES[self.options.precision]):
@@ -147,28 +157,74 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
 
 def auto_batch_size(smoothed: SmoothedSegmenter, image: torch.Tensor, limit: int,
                     memory_fraction: float = 0.8) -> int:
-    """Draws per forward pass for ``image`` ``[C, H, W]`` (on the model's device), at most ``limit``.
+    """Draws per forward pass for ``image`` ``[C, H, W]`` or volume ``[C, D, H, W]`` (on the model's
+    device), at most ``limit``.
 
     CUDA: run one probe pass of 2 draws, measure the peak memory it adds, and fit as
     many draws as ``memory_fraction`` of the free memory (``torch.cuda.mem_get_info``)
     holds; an out-of-memory error later still halves the batch
-    (:class:`AcceleratedSmoothedSegmenter`). CPU: ``CPU_PIXEL_BUDGET / (H * W)`` (32 at
-    256 x 256), since bigger CPU batches only add memory, not speed.
+    (:class:`AcceleratedSmoothedSegmenter`). The probe is a whole-image (whole-volume)
+    prediction, so a segmenter that runs a sliding window over a volume is measured with
+    its windows. CPU: ``CPU_PIXEL_BUDGET / (number of pixels or voxels)`` (32 at
+    256 x 256, 8 at 64^3, 1 from about 128^3), since bigger CPU batches only add memory,
+    not speed.
     """
     limit = max(1, int(limit))
-    C, H, W = image.shape
+    spatial = tuple(image.shape[1:])
     if image.device.type != "cuda":
-        return max(1, min(limit, CPU_PIXEL_BUDGET // (H * W)))
+        return max(1, min(limit, CPU_PIXEL_BUDGET // math.prod(spatial)))
     torch.cuda.synchronize(image.device)
     torch.cuda.reset_peak_memory_stats(image.device)
     before = torch.cuda.memory_allocated(image.device)
     with torch.inference_mode():
-        smoothed.base_labels(image.unsqueeze(0).expand(2, C, H, W).contiguous())
+        smoothed.base_labels(image.unsqueeze(0).expand(2, *image.shape).contiguous())
     torch.cuda.synchronize(image.device)
     per_draw = max(1, (torch.cuda.max_memory_allocated(image.device) - before) // 2)
     free, _ = torch.cuda.mem_get_info(image.device)
     size = int(free * memory_fraction // per_draw)
     return max(1, min(limit, size))
+
+
+def sliding_windows(image_size: Sequence[int], roi_size: Sequence[int] | None = None,
+                    overlap: float | Sequence[float] = 0.25) -> int:
+    """Windows one whole-volume (or image) prediction runs when the segmenter uses MONAI's
+    ``sliding_window_inference(roi_size, overlap)``; 1 without a window (``roi_size`` None).
+
+    Per axis (MONAI's ``_get_scan_interval`` and ``dense_patch_slices``): the step is
+    ``int(roi * (1 - overlap))`` (at least 1; ``roi`` when roi = size), and the windows
+    ``ceil((size - roi) / step) + 1`` when size > roi, else 1 (the input is padded to roi).
+    The count is the product over the axes. Example: a 128 x 128 x 128 volume, roi 96^3,
+    overlap 0.25: step 72, ``ceil(32 / 72) + 1 = 2`` windows per axis, 8 per prediction.
+    """
+    if roi_size is None:
+        return 1
+    if len(roi_size) != len(image_size):
+        raise ValueError(f"roi_size {tuple(roi_size)} and image_size {tuple(image_size)} differ in length")
+    overlaps = [float(overlap)] * len(image_size) if isinstance(overlap, (int, float)) else list(overlap)
+    total = 1
+    for size, roi, o in zip(image_size, roi_size, overlaps):
+        size, roi = int(size), int(roi)
+        if size <= roi:
+            continue
+        step = max(1, int(roi * (1 - o)))
+        total *= math.ceil((size - roi) / step) + 1
+    return total
+
+
+def certification_cost(image_size: Sequence[int], *, n0: int, n: int, roi_size: Sequence[int] | None = None,
+                       overlap: float | Sequence[float] = 0.25) -> dict[str, int]:
+    """What certifying one image or volume costs, for sizing a run (see ``docs/volumes.md``).
+
+    draws: ``n0 + n`` noisy copies (the adaptive certifier draws at most this, often fewer);
+    windows: :func:`sliding_windows` per draw (1 for a whole-input segmenter);
+    window_passes: ``draws * windows``, the segmenter evaluations on one roi each (the
+    compute; ``--batch-size`` and the segmenter's own window batch only group them into
+    fewer, larger forward calls); voxels: per draw.
+    """
+    draws = int(n0) + int(n)
+    windows = sliding_windows(image_size, roi_size, overlap)
+    return {"draws": draws, "windows": windows, "window_passes": draws * windows,
+            "voxels": math.prod(int(v) for v in image_size)}
 
 
 def prefetch(dataset: SegmentationDataset, indices: Iterable[int], depth: int = 2,
@@ -224,4 +280,4 @@ def prefetch(dataset: SegmentationDataset, indices: Iterable[int], depth: int = 
 
 
 __all__ = ["Acceleration", "AcceleratedSmoothedSegmenter", "auto_batch_size", "prefetch",
-           "PRECISIONS"]
+           "PRECISIONS", "sliding_windows", "certification_cost"]

@@ -2,6 +2,11 @@
 
 The core of certframe knows no concrete model: it talks to these four kinds of
 object only. Shapes use B = batch, C = image channels, K = classes, H x W = size.
+Everything also holds for volumes: wherever ``H, W`` appears, the spatial dimensions
+``S`` may be ``H, W`` (images) or ``D, H, W`` (volumes), e.g. images ``[C, D, H, W]``,
+masks ``[D, H, W]``, logits ``[B, K, D, H, W]``, votes ``[K, D, H, W]``
+(:func:`spatial_shape`, :data:`SPATIAL_DIMS`). A model says which it handles with a
+``spatial_dims`` attribute (:func:`model_spatial_dims`; 2 when it says nothing).
 
 * :class:`Segmenter`  images ``[B, C, H, W]`` float in ``[0, 1]`` -> logits ``[B, K, H, W]``.
 * :class:`Denoiser`   noisy images ``[B, C, H, W]`` (``x + eps``, NOT clipped, so values
@@ -27,13 +32,38 @@ from torch import nn
 ABSTAIN = -1
 """Label of a pixel the certifier refuses to certify (int64 label maps)."""
 
+SPATIAL_DIMS = (2, 3)
+"""The spatial dimensionalities certframe handles: images ``[C, H, W]`` and volumes ``[C, D, H, W]``."""
+
+SPATIAL_NAMES = {2: ("[C, H, W]", "image"), 3: ("[C, D, H, W]", "volume")}
+"""Per spatial dimensionality: the layout of one input and its name (for error messages)."""
+
+
+def spatial_shape(image: torch.Tensor) -> tuple[int, ...]:
+    """The spatial size ``S`` of one image ``[C, *S]``: ``(H, W)`` or ``(D, H, W)``."""
+    return tuple(image.shape[1:])
+
+
+def model_spatial_dims(model) -> tuple[int, ...]:
+    """The spatial dimensionalities a model (segmenter, denoiser) handles, from its ``spatial_dims``.
+
+    ``spatial_dims`` may be an int (2: images ``[B, C, H, W]``; 3: volumes
+    ``[B, C, D, H, W]``) or a tuple of them (a model that takes both, e.g. a voxel-wise
+    one); a model without the attribute (every plugin written before volumes) handles 2.
+    """
+    value = getattr(model, "spatial_dims", 2)
+    dims = (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if not dims or any(isinstance(d, bool) or d not in SPATIAL_DIMS for d in dims):
+        raise ValueError(f"{type(model).__name__}.spatial_dims must be 2, 3 or a tuple of them, got {value!r}")
+    return dims
+
 
 @dataclass(frozen=True)
 class Sample:
     """One item of a segmentation data set.
 
-    image: float32 ``[C, H, W]`` in ``[0, 1]``.
-    mask:  int64 ``[H, W]`` with labels in ``range(len(class_names))``.
+    image: float32 ``[C, H, W]`` (or a volume ``[C, D, H, W]``) in ``[0, 1]``.
+    mask:  int64 ``[H, W]`` (``[D, H, W]``) with labels in ``range(len(class_names))``.
     id:    a stable, unique string (file stem, index); it seeds the noise draws.
     """
 
@@ -82,7 +112,7 @@ class SegmentationDataset(abc.ABC):
 
 
 def class_labels(logits: torch.Tensor) -> torch.Tensor:
-    """Hard labels ``[B, H, W]`` int64 from scores ``[B, K, H, W]``: the first largest class.
+    """Hard labels ``[B, *S]`` int64 from scores ``[B, K, *S]``: the first largest class.
 
     Identical to ``logits.argmax(dim=1)`` (ties to the lowest class, NaN counts as the
     maximum, the first NaN wins), computed without it: on CPU, torch's argmax over a
@@ -90,7 +120,7 @@ def class_labels(logits: torch.Tensor) -> torch.Tensor:
     for a 32 x 2 x 256 x 256 batch, most of the UNet's forward pass; see
     ``benchmarks/core.py overhead``). Two classes take one comparison (10x faster again).
     """
-    if logits.dim() == 4 and logits.shape[1] == 2:
+    if logits.dim() in (4, 5) and logits.shape[1] == 2:
         first, second = logits[:, 0], logits[:, 1]
         # second wins where it is larger or NaN (b <= a is False for either NaN), unless first is NaN
         return (~(second <= first) & ~first.isnan()).long()
@@ -101,20 +131,23 @@ class Segmenter(nn.Module, abc.ABC):
     """A base segmentation model: ``forward([B, C, H, W] in [0, 1]) -> logits [B, K, H, W]``.
 
     Subclasses set ``num_classes`` (K) and ``in_channels`` (C). Any input
-    normalisation the network needs happens inside ``forward``. The smoothed
+    normalisation the network needs happens inside ``forward``. A volume segmenter
+    sets ``spatial_dims = 3`` (``[B, C, D, H, W] -> [B, K, D, H, W]``); the run checks it
+    against the data set before sampling (:func:`model_spatial_dims`). The smoothed
     classifier only uses ``argmax`` over K, so logits, probabilities or
     log-probabilities all work.
     """
 
     num_classes: int = 2
     in_channels: int = 1
+    spatial_dims: int | tuple[int, ...] = 2
 
     @abc.abstractmethod
     def forward(self, images: torch.Tensor) -> torch.Tensor: ...
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Hard labels ``[B, H, W]`` int64."""
+        """Hard labels ``[B, *S]`` int64."""
         return class_labels(self(images))
 
 
@@ -122,8 +155,11 @@ class Denoiser(nn.Module, abc.ABC):
     """Removes Gaussian noise of known std ``sigma`` from images in ``[0, 1]`` space.
 
     ``forward(noisy [B, C, H, W], sigma: float) -> [B, C, H, W]``; ``noisy = x + eps``
-    with ``eps ~ N(0, sigma^2 I)`` and ``x`` in ``[0, 1]``.
+    with ``eps ~ N(0, sigma^2 I)`` and ``x`` in ``[0, 1]``. ``spatial_dims`` as for
+    :class:`Segmenter` (2 by default; a volume denoiser sets 3).
     """
+
+    spatial_dims: int | tuple[int, ...] = 2
 
     @abc.abstractmethod
     def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor: ...
@@ -133,7 +169,7 @@ class Denoiser(nn.Module, abc.ABC):
 class VoteSource(Protocol):
     """Where a certifier gets its Monte-Carlo votes from (see :mod:`certframe.sampler`).
 
-    ``counts(phase, n, start=0)`` returns int64 ``[K, H, W]`` class counts of the
+    ``counts(phase, n, start=0)`` returns int64 ``[K, *S]`` (``[K, H, W]`` or ``[K, D, H, W]``) class counts of the
     draws ``start .. start + n - 1`` of the named phase ("selection",
     "estimation", or any other name). Draws of different phases are independent;
     the same (phase, index) is the same draw every time it is asked for.

@@ -7,12 +7,15 @@ under Gaussian noise: ``g(x)_i = argmax_c P(f(x + eps)_i = c)``, ``eps ~ N(0, si
 
 Design points:
 
-* Votes accumulate as int64 class counts ``[K, H, W]`` on the model's device; the
-  n label maps are never stored, so memory does not grow with n.
+* Votes accumulate as int64 class counts ``[K, H, W]`` (``[K, D, H, W]`` for a volume
+  ``[C, D, H, W]``) on the model's device; the n label maps are never stored, so memory
+  does not grow with n.
 * The noise stream is counter-based: draw ``i`` of phase ``p`` for the image of a
   :class:`~certframe.interfaces.NoiseKey` ``(s, id)`` is a function of ``(s, id, p, i)``
   alone, so the counts are the same for every batch size and whichever process
   certifies the image (on the same device type), and no two draws of an image coincide.
+  A volume's draw is the same stream read for ``C * D * H * W`` values instead of
+  ``C * H * W``: the same key, the same counter start, nothing else changes.
 
   - CPU: numpy's Philox4x64-10 (Salmon et al., "Parallel random numbers: as easy as
     1, 2, 3", SC 2011). The 128-bit key is :func:`philox_key`, ``blake2b``
@@ -122,7 +125,7 @@ def gaussian_noise(shape, sigma: float, *, key: NoiseKey, phase: str, start: int
 
 
 def accumulate_votes(counts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Add the votes of label maps ``[B, H, W]`` (int) into ``counts [K, H, W]`` in place.
+    """Add the votes of label maps ``[B, *S]`` (int) into ``counts [K, *S]`` in place (S = H, W or D, H, W).
 
     One compare-and-sum per class (faster than ``bincount`` on CPU, and no host
     synchronisation on CUDA). Labels outside ``0..K-1`` are not counted: callers
@@ -166,9 +169,10 @@ class NoiseVoter:
 
     Implements :class:`certframe.interfaces.VoteSource`.
 
-    model: callable ``[B, C, H, W] -> int64 labels [B, H, W]`` (for instance
+    model: callable ``[B, C, *S] -> int64 labels [B, *S]`` (for instance
         :meth:`SmoothedSegmenter.base_labels`); called under inference mode.
-    x: float ``[C, H, W]`` in ``[0, 1]`` on the model's device.
+    x: float ``[C, *S]`` in ``[0, 1]`` on the model's device: an image ``[C, H, W]`` or a
+        volume ``[C, D, H, W]`` (the votes are then ``[K, D, H, W]``).
     key: :class:`~certframe.interfaces.NoiseKey` ``(seed, image_id)``: fixes every draw
         (required: there is no default image id).
     sigma: noise std in ``[0, 1]`` pixel units.
@@ -182,8 +186,8 @@ class NoiseVoter:
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, key: NoiseKey,
                  sigma: float, num_classes: int, batch_size: int = 32, checks: BatchChecks | None = None,
                  model_name: str | None = None):
-        if x.dim() != 3:
-            raise ValueError(f"expected one image [C, H, W], got shape {tuple(x.shape)}")
+        if x.dim() not in (3, 4):
+            raise ValueError(f"expected one image [C, H, W] or one volume [C, D, H, W], got shape {tuple(x.shape)}")
         if not isinstance(key, NoiseKey):
             raise TypeError(f"key must be a NoiseKey(seed, image_id) naming the image, got {key!r}")
         self.model = model
@@ -202,20 +206,20 @@ class NoiseVoter:
         self._generator = None if x.device.type == "cpu" else torch.Generator(device=x.device)
 
     def _noise(self, phase: str, start: int, count: int) -> torch.Tensor:
-        """Noise ``[count, C, H, W]`` of draws ``start .. start + count - 1`` (any thread)."""
+        """Noise ``[count, C, *S]`` of draws ``start .. start + count - 1`` (any thread)."""
         with torch.inference_mode():
             return gaussian_noise(tuple(self.x.shape), self.sigma, key=self.key, phase=phase, start=start,
                                   count=count, device=self.x.device, dtype=self.x.dtype,
                                   generator=self._generator)
 
-    def _check_labels(self, labels: torch.Tensor, b: int, H: int, W: int) -> None:
-        if not isinstance(labels, torch.Tensor) or labels.shape != (b, H, W):
+    def _check_labels(self, labels: torch.Tensor, b: int, spatial: tuple[int, ...]) -> None:
+        if not isinstance(labels, torch.Tensor) or labels.shape != (b, *spatial):
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise ModelOutputError(f"{self.model_name} returned labels of shape {shape}, expected {(b, H, W)}")
+            raise ModelOutputError(f"{self.model_name} returned labels of shape {shape}, expected {(b, *spatial)}")
         BatchChecks.same_device(labels, self.x, self.model_name, "labels")
 
     def counts(self, phase: str, n: int, start: int = 0) -> torch.Tensor:
-        """int64 ``[K, H, W]`` votes of draws ``start .. start + n - 1`` of ``phase``."""
+        """int64 ``[K, *S]`` votes of draws ``start .. start + n - 1`` of ``phase``."""
         n = check_count("number of samples", n)
         try:
             return self._counts(phase, n, start)
@@ -224,10 +228,10 @@ class NoiseVoter:
                                    f"{err}") from None
 
     def _counts(self, phase: str, n: int, start: int) -> torch.Tensor:
-        _, H, W = self.x.shape
+        spatial = tuple(self.x.shape[1:])
         if self.checks is not None:
             self.checks.reset()     # flags of calls outside this voter belong to no draw of it
-        counts = torch.zeros((self.num_classes, H, W), dtype=torch.int64, device=self.x.device)
+        counts = torch.zeros((self.num_classes, *spatial), dtype=torch.int64, device=self.x.device)
         batches = [(start + done, min(self.batch_size, n - done)) for done in range(0, n, self.batch_size)]
         # CPU: draw batch i + 1 in the helper thread while the model runs on batch i. Only one
         # task per voter is in flight.
@@ -243,7 +247,7 @@ class NoiseVoter:
                     else:
                         noise = self._noise(phase, first, b)
                     labels = self.model(noise.add_(self.x))
-                    self._check_labels(labels, b, H, W)
+                    self._check_labels(labels, b, spatial)
                     accumulate_votes(counts, labels)
                     self.forward_passes += 1
         finally:  # a failing model leaves no draw running for this voter

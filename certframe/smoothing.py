@@ -2,9 +2,11 @@
 
 Given a base segmenter f (optionally preceded by a denoiser D), the smoothed
 segmenter is ``g(x)_i = argmax_c P_eps(f(D(x + eps))_i = c)``, eps ~ N(0, sigma^2 I),
-x in [0, 1]^{C x H x W}. Certification (Fischer et al., ICML 2021) gives, with
-probability at least 1 - alpha over the sampling, a class per pixel (or ABSTAIN)
-that g keeps for every perturbation delta with ||delta||_2 < sigma * Phi^-1(tau).
+x in [0, 1]^{C x H x W} (or a volume, [0, 1]^{C x D x H x W}: everything below
+holds with "pixel" read as "voxel" and the L2 norm taken over the whole volume).
+Certification (Fischer et al., ICML 2021) gives, with probability at least 1 - alpha
+over the sampling, a class per pixel (or ABSTAIN) that g keeps for every perturbation
+delta with ||delta||_2 < sigma * Phi^-1(tau).
 Denoised smoothing: Salman et al. 2020; with a diffusion model: Carlini et al.
 ICLR 2023; for medical segmentation: Laousy et al. MICCAI 2023.
 """
@@ -14,24 +16,51 @@ from typing import Sequence
 
 import torch
 
-from certframe.interfaces import Certifier, CertifyRequest, Denoiser, NoiseKey, Segmenter, class_labels
+from certframe.interfaces import (SPATIAL_NAMES, Certifier, CertifyRequest, Denoiser, NoiseKey, Segmenter,
+                                  class_labels, model_spatial_dims)
 from certframe.results import Certificate
 from certframe.sampler import NoiseVoter
 from certframe.statistics import check_sigma
 from certframe.validation import BatchChecks, ModelOutputError, validate_image
 
 
+def check_model_spatial_dims(model, kind: str, dims: int, shape: tuple | None = None, where: str = "",
+                             name: str | None = None) -> None:
+    """Raise ValueError unless ``model`` (a segmenter or denoiser) handles ``dims`` spatial dimensions.
+
+    dims: 2 for images ``[C, H, W]``, 3 for volumes ``[C, D, H, W]``. shape: the input's shape, for
+    the message; where: what gave it (e.g. "the dataset 'x'"); name: the plugin's registered name.
+    The message says what the model expects and what came, e.g. "the denoiser 'ddpm' (DDPMDenoiser)
+    expects inputs of shape [C, H, W] (images), spatial_dims=2; the dataset 'v' gives volumes ...".
+    """
+    takes = model_spatial_dims(model)
+    if dims in takes:
+        return
+    expected = " or ".join(f"{SPATIAL_NAMES[d][0]} ({SPATIAL_NAMES[d][1]}s)" for d in takes)
+    layout, noun = SPATIAL_NAMES.get(dims, (f"{dims + 1}-D", "input"))
+    got = f"{where} gives {noun}s" if where else f"got {'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+    if shape is not None:
+        got += f" of shape {list(shape)} ({layout})"
+    declared = takes[0] if len(takes) == 1 else takes
+    hint = (" A volume model declares spatial_dims = 3." if dims == 3 else
+            " An image model declares spatial_dims = 2 (the default).")
+    who = type(model).__name__ if name is None else f"{name!r} ({type(model).__name__})"
+    raise ValueError(f"the {kind} {who} expects inputs of shape {expected}, "
+                     f"spatial_dims={declared}; {got}.{hint}")
+
+
 class SmoothedSegmenter:
     """g = smoothing of ``segmenter o denoiser`` at noise level ``sigma``.
 
-    segmenter: :class:`Segmenter` ([B, C, H, W] in [0, 1] -> logits [B, K, H, W]).
+    segmenter: :class:`Segmenter` ([B, C, *S] in [0, 1] -> logits [B, K, *S]; S = H, W, or
+               D, H, W for a volume segmenter, ``spatial_dims = 3``).
     denoiser:  :class:`Denoiser` or ``None`` (the Gaussian-trained baseline: the
                segmenter sees ``x + eps`` directly).
     sigma:     noise std in [0, 1] pixel units, finite and > 0.
 
     Every batch is checked (:class:`~certframe.validation.BatchChecks`, see
     :mod:`certframe.sampler`): denoiser outputs and logits must be finite and on the
-    input's device, logits ``[B, K, H, W]``; the error names the plugin's class and,
+    input's device, logits ``[B, K, *S]``; the error names the plugin's class and,
     through the voter, the image id.
     """
 
@@ -48,7 +77,7 @@ class SmoothedSegmenter:
         return seg if self.denoiser is None else f"{seg} behind the denoiser {type(self.denoiser).__name__}"
 
     def base_logits(self, noisy: torch.Tensor) -> torch.Tensor:
-        """``f(D(x + eps))``: ``[B, C, H, W]`` noisy images -> logits ``[B, K, H, W]`` (checked)."""
+        """``f(D(x + eps))``: ``[B, C, *S]`` noisy images -> logits ``[B, K, *S]`` (checked)."""
         x = noisy
         if self.denoiser is not None:
             x = self.denoiser(noisy, self.sigma)
@@ -62,22 +91,34 @@ class SmoothedSegmenter:
         return logits
 
     def base_labels(self, noisy: torch.Tensor) -> torch.Tensor:
-        """Hard labels ``[B, H, W]`` of the base pipeline on noisy images."""
+        """Hard labels ``[B, *S]`` of the base pipeline on noisy images ``[B, C, *S]``."""
         logits = self.base_logits(noisy)
-        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
+        if logits.dim() != noisy.dim() or logits.shape[1] != self.num_classes:
+            axes = "H, W" if noisy.dim() == 4 else "D, H, W"
             raise ModelOutputError(f"the segmenter {type(self.segmenter).__name__} returned shape "
-                                   f"{tuple(logits.shape)}, expected [B, {self.num_classes}, H, W] logits")
+                                   f"{tuple(logits.shape)}, expected [B, {self.num_classes}, {axes}] logits")
         return class_labels(logits)
 
+    def check_spatial_dims(self, x: torch.Tensor) -> None:
+        """The segmenter (and denoiser) take ``x``'s kind: an image ``[C, H, W]`` or a volume ``[C, D, H, W]``.
+
+        Read from each model's ``spatial_dims`` (:func:`~certframe.interfaces.model_spatial_dims`);
+        a mismatch raises ValueError naming the model, what it takes and what came.
+        """
+        check_model_spatial_dims(self.segmenter, "segmenter", x.dim() - 1, tuple(x.shape))
+        if self.denoiser is not None:
+            check_model_spatial_dims(self.denoiser, "denoiser", x.dim() - 1, tuple(x.shape))
+
     def voter(self, x: torch.Tensor, key: NoiseKey, *, batch_size: int = 32) -> NoiseVoter:
-        """A :class:`NoiseVoter` for image ``x`` ``[C, H, W]`` in [0, 1] under noise ``key``."""
+        """A :class:`NoiseVoter` for image ``x`` ``[C, H, W]`` (or volume ``[C, D, H, W]``) in [0, 1] under ``key``."""
         validate_image(x, in_channels=getattr(self.segmenter, "in_channels", None))
+        self.check_spatial_dims(x)
         return NoiseVoter(self.base_labels, x, key=key, sigma=self.sigma, num_classes=self.num_classes,
                           batch_size=batch_size, checks=self.checks, model_name=self.describe())
 
     def certify(self, x: torch.Tensor, certifier: Certifier, *, key: NoiseKey, n0: int, n: int,
                 alpha: float, taus: Sequence[float] = (0.75,), batch_size: int = 32) -> list[Certificate]:
-        """Certify one image ``x`` ``[C, H, W]``; one :class:`Certificate` per tau (same sampling pass).
+        """Certify one image ``x`` ``[C, H, W]`` or volume ``[C, D, H, W]``; one :class:`Certificate` per tau.
 
         key: the image's :class:`NoiseKey` ``(seed, image_id)`` (required).
         """
@@ -89,6 +130,6 @@ class SmoothedSegmenter:
         return certs
 
     def predict(self, x: torch.Tensor, n: int, *, key: NoiseKey, batch_size: int = 32) -> torch.Tensor:
-        """Monte-Carlo estimate of g(x) without a certificate: majority of n votes, [H, W]."""
+        """Monte-Carlo estimate of g(x) without a certificate: majority of n votes, ``[*S]``."""
         votes = self.voter(x, key, batch_size=batch_size)
         return votes.counts("prediction", n).argmax(dim=0)

@@ -9,11 +9,12 @@ from certframe.interfaces import Sample
 
 
 def validate_image(image: torch.Tensor, *, in_channels: int | None = None, name: str = "image") -> None:
-    """An image is float ``[C, H, W]`` with finite values in ``[0, 1]``."""
+    """An image is float ``[C, H, W]`` (or a volume ``[C, D, H, W]``) with finite values in ``[0, 1]``."""
     if not isinstance(image, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [C, H, W], got {type(image).__name__}")
-    if image.dim() != 3:
-        raise ValueError(f"{name} must have shape [C, H, W], got shape {tuple(image.shape)}")
+        raise TypeError(f"{name} must be a torch.Tensor [C, H, W] or [C, D, H, W], got {type(image).__name__}")
+    if image.dim() not in (3, 4):
+        raise ValueError(f"{name} must have shape [C, H, W] (an image) or [C, D, H, W] (a volume), "
+                         f"got shape {tuple(image.shape)}")
     if not image.is_floating_point():
         raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {image.dtype}")
     if in_channels is not None and image.shape[0] != in_channels:
@@ -30,11 +31,16 @@ def validate_image(image: torch.Tensor, *, in_channels: int | None = None, name:
 
 def validate_mask(mask: torch.Tensor, image_hw: Sequence[int], class_names: Sequence[str],
                   *, name: str = "mask") -> None:
-    """A mask is integer ``[H, W]`` of the image's size with declared labels only."""
+    """A mask is integer ``[H, W]`` (``[D, H, W]`` for a volume) of the image's size with declared labels only.
+
+    image_hw: the image's spatial size ``(H, W)`` or ``(D, H, W)``.
+    """
+    axes = "[H, W]" if len(image_hw) == 2 else "[D, H, W]"
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [H, W], got {type(mask).__name__}")
-    if mask.dim() != 2:
-        raise ValueError(f"{name} must have shape [H, W], got shape {tuple(mask.shape)}")
+        raise TypeError(f"{name} must be a torch.Tensor {axes}, got {type(mask).__name__}")
+    if mask.dim() != len(image_hw):
+        raise ValueError(f"{name} must have shape {axes} = {tuple(image_hw)} like its image, "
+                         f"got shape {tuple(mask.shape)}")
     if mask.is_floating_point():
         raise ValueError(f"{name} must hold integer labels, got dtype {mask.dtype}")
     if tuple(mask.shape) != tuple(image_hw):
@@ -50,7 +56,7 @@ def validate_sample(sample: Sample, class_names: Sequence[str], in_channels: int
     """Check one :class:`Sample`; errors name the sample id."""
     try:
         validate_image(sample.image, in_channels=in_channels)
-        validate_mask(sample.mask, sample.image.shape[-2:], class_names)
+        validate_mask(sample.mask, sample.image.shape[1:], class_names)
     except (ValueError, TypeError) as err:
         raise type(err)(f"sample {sample.id!r}: {err}") from None
 

@@ -159,8 +159,8 @@ def test_accumulate_votes_exact():
 
 
 def test_voter_checks_shapes(image):
-    with pytest.raises(ValueError, match=r"one image \[C, H, W\]"):
-        make_voter(image[None], 4)
+    with pytest.raises(ValueError, match=r"one image \[C, H, W\] or one volume \[C, D, H, W\]"):
+        make_voter(image[None, None], 4)     # 5-D ([1, C, H, W] is now a volume of depth 1)
     bad = NoiseVoter(lambda z: torch.zeros(z.shape[0], 3, 3, dtype=torch.long), image, key=NoiseKey(0, "i"),
                      sigma=0.5, num_classes=2)
     with pytest.raises(ValueError, match="labels of shape"):

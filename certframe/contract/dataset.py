@@ -18,15 +18,18 @@ def _check_sample(ck: _Checker, ds: SegmentationDataset, i: int, s) -> None:
         ck.fail("sample", f"{where} has id {s.id!r}, expected a non-empty str")
     where = f"item {i} (id {s.id!r})"
     img, mask = s.image, s.mask
-    if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != ds.in_channels:
-        ck.fail("sample", f"{where}: image must be [C={ds.in_channels}, H, W], got {_shape(img)}")
+    if not isinstance(img, torch.Tensor) or img.dim() not in (3, 4) or img.shape[0] != ds.in_channels:
+        dims = img.dim() if isinstance(img, torch.Tensor) else 0
+        layout = {3: "H, W", 4: "D, H, W"}.get(dims, "H, W] (or a volume [C={}, D, H, W".format(ds.in_channels))
+        ck.fail("sample", f"{where}: image must be [C={ds.in_channels}, {layout}], got {_shape(img)}")
     if img.dtype != torch.float32:
         ck.fail("sample", f"{where}: image dtype must be float32, got {img.dtype}")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.int64:
         ck.fail("sample", f"{where}: mask must be an int64 tensor, got "
                           f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
     if tuple(mask.shape) != tuple(img.shape[1:]):
-        ck.fail("sample", f"{where}: mask shape {_shape(mask)} differs from the image's [H, W] "
+        axes = "[H, W]" if img.dim() == 3 else "[D, H, W]"
+        ck.fail("sample", f"{where}: mask shape {_shape(mask)} differs from the image's {axes} "
                           f"{list(img.shape[1:])}")
     if img.device.type != "cpu" or mask.device.type != "cpu":
         ck.fail("sample", f"{where}: tensors must be on the CPU (the engine moves them), got "

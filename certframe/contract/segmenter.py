@@ -8,18 +8,20 @@ from torch import nn
 
 from certframe.contract._common import (ContractReport, _begin, _build, _check_bad_input, _check_bad_options,
                                         _check_module, _close, _images, _shape)
-from certframe.interfaces import Segmenter
+from certframe.interfaces import Segmenter, model_spatial_dims
 
 
 def check_segmenter(segmenter, *, options: dict | None = None, name: str | None = None,
-                    image_size: tuple[int, int] = (32, 48), batch_size: int = 2, seed: int = 0,
+                    image_size: tuple[int, ...] | None = None, batch_size: int = 2, seed: int = 0,
                     bad_options: Iterable[dict] = (), devices: str | Sequence[str] = "auto",
                     batch_tol: float = 1e-4) -> ContractReport:
     """Check a :class:`~certframe.interfaces.Segmenter` (instance or factory) against the contract.
 
     options: keyword arguments for the factory (ignored for an instance).
-    image_size: (H, W) of the test images; non-square by default so swapped axes show.
-        Use sizes the network supports (e.g. divisible by 2**depth for a UNet).
+    image_size: (H, W) of the test images, or (D, H, W) of test volumes for a volume segmenter
+        (``spatial_dims = 3``); default (32, 48), for a volume-only segmenter (16, 32, 48):
+        non-square so swapped axes show. Use sizes the network supports (e.g. divisible by
+        2**depth for a UNet).
     devices: ``"auto"`` (meta, plus CUDA when available) or a list such as ``["cuda"]``.
     batch_tol: relative tolerance between batched and one-by-one outputs.
     Raises :class:`ContractError` on the first broken rule; returns a :class:`ContractReport`.
@@ -30,18 +32,27 @@ def check_segmenter(segmenter, *, options: dict | None = None, name: str | None 
         ck.fail("type", f"in_channels must be an int >= 1, got {C!r}")
     if not isinstance(K, int) or isinstance(K, bool) or K < 2:
         ck.fail("type", f"num_classes must be an int >= 2 (background + at least one class), got {K!r}")
+    try:
+        dims = model_spatial_dims(seg)
+    except ValueError as err:
+        ck.fail("type", str(err))
     ck.ok("type")
-    H, W = image_size
+    if image_size is None:
+        image_size = (32, 48) if 2 in dims else (16, 32, 48)
+    size = tuple(int(v) for v in image_size)
+    if len(size) not in dims:
+        ck.fail("type", f"image_size {size} has {len(size)} spatial dimension(s); the segmenter declares "
+                        f"spatial_dims={dims[0] if len(dims) == 1 else dims}")
 
     def run(m, t):
         return m(t)
 
     def expected(t):
-        return (t.shape[0], K, t.shape[-2], t.shape[-1])
+        return (t.shape[0], K, *t.shape[2:])
 
-    x = _images((batch_size, C, H, W), seed)
+    x = _images((batch_size, C, *size), seed)
     out = _check_module(ck, seg, run, x, expected, batch_tol=batch_tol, devices=devices)
-    noisy = _images((batch_size, C, H, W), seed + 1, noise=0.5)
+    noisy = _images((batch_size, C, *size), seed + 1, noise=0.5)
     with torch.no_grad():
         out_noisy = ck.call("finite output", "forward on a noisy input outside [0, 1]", run, seg, noisy)
     if tuple(out_noisy.shape) != expected(noisy):
@@ -52,8 +63,9 @@ def check_segmenter(segmenter, *, options: dict | None = None, name: str | None 
                                  "[0, 1], which is what the smoothed segmenter feeds it)")
     ck.ok("finite output")
     labels = seg.predict(x)
-    if labels.dtype != torch.int64 or tuple(labels.shape) != (batch_size, H, W):
-        ck.fail("output shape", f"predict must give int64 [B, H, W] labels, got {labels.dtype} {_shape(labels)}")
+    if labels.dtype != torch.int64 or tuple(labels.shape) != (batch_size, *size):
+        axes = "H, W" if len(size) == 2 else "D, H, W"
+        ck.fail("output shape", f"predict must give int64 [B, {axes}] labels, got {labels.dtype} {_shape(labels)}")
     if factory is not None:
         twin = _build(ck, factory, options, seed).to("cpu").eval()
         with torch.no_grad():

@@ -11,7 +11,8 @@
   attack contradicts).
 * :func:`overlays`          per image: the image, its ground truth, the base
   segmenter's clean prediction and the certified prediction at each tau, with
-  abstained pixels in red (read from the run's ``certificates/*.npz``).
+  abstained pixels in red (read from the run's ``certificates/*.npz``); a volume as one
+  slice per axis through the centre of its foreground (:func:`representative_slices`).
 """
 from __future__ import annotations
 
@@ -145,21 +146,56 @@ def _colorize(base: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
     return out
 
 
+def representative_slices(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[(axis, index)]`` for a volume's mask ``[D, H, W]``: per axis (0 = D, 1 = H, 2 = W) the
+    slice through the centre of the foreground (the mean position of the labels > 0, rounded),
+    or the middle slice when the volume has no foreground."""
+    mask = np.asarray(mask)
+    where = np.argwhere(mask > 0)
+    centre = (where.mean(axis=0) if len(where) else (np.asarray(mask.shape) - 1) / 2)
+    return [(axis, int(min(max(round(float(centre[axis])), 0), mask.shape[axis] - 1))) for axis in range(mask.ndim)]
+
+
+def _overlay_rows(cert: dict, name: str) -> list[tuple[str, dict]]:
+    """The rows of the overlay figure for one saved certificate: ``(row label, 2-D maps)``.
+
+    An image gives one row; a volume (``image [C, D, H, W]``) one row per axis at its
+    :func:`representative_slices`. Maps: image ``[C, h, w]``, mask / clean ``[h, w]``,
+    labels ``[T, h, w]``.
+    """
+    if cert["image"].ndim == 3:
+        return [(name, cert)]
+    rows = []
+    for axis, index in representative_slices(cert["mask"]):
+        rows.append((f"{name}\n{'DHW'[axis]} = {index}", {
+            "image": np.take(cert["image"], index, axis=axis + 1),
+            "mask": np.take(cert["mask"], index, axis=axis),
+            "clean": np.take(cert["clean"], index, axis=axis),
+            "labels": np.take(cert["labels"], index, axis=axis + 1)}))
+    return rows
+
+
 def overlays(run, n_images: int = 4) -> Figure:
     """Rows: the first ``n_images`` images (by index) of ``run`` (a loaded
     :class:`~certframe.report.report.Run`); columns: image, ground truth, clean
-    prediction, certified prediction per tau (abstained pixels red)."""
+    prediction, certified prediction per tau (abstained pixels red).
+
+    A volume takes three rows: one slice per axis (D, H, W), each through the centre of
+    the volume's foreground (the middle slice when it has none;
+    :func:`representative_slices`); the abstain rate under a certified slice is the
+    slice's, the volume's own is in the results table."""
     indices = sorted(run.results["index"].unique())[:max(1, int(n_images))]
     certs = [run.folder.certificate(i) for i in indices]
     taus = certs[0]["taus"]
     num_classes = max(len(run.class_names),
                       int(max(max(c["mask"].max(), c["clean"].max(), c["labels"].max()) for c in certs)) + 1)
-    cols = 3 + len(taus)
-    fig = _new_figure(2.1 * cols, 2.1 * len(indices) + 0.6)
-    axes = fig.subplots(len(indices), cols, squeeze=False)
-    titles = ["image", "ground truth", "clean prediction"] + [f"certified τ={t:g}" for t in taus]
     ids = run.results.drop_duplicates("index").set_index("index")["image_id"]
-    for row, (index, cert) in enumerate(zip(indices, certs)):
+    rows = [row for index, cert in zip(indices, certs) for row in _overlay_rows(cert, str(ids.get(index, index)))]
+    cols = 3 + len(taus)
+    fig = _new_figure(2.1 * cols, 2.1 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    titles = ["image", "ground truth", "clean prediction"] + [f"certified τ={t:g}" for t in taus]
+    for row, (name, cert) in enumerate(rows):
         image = cert["image"].astype(np.float32) / 255.0
         base = np.repeat(image[0][..., None], 3, axis=2) if image.shape[0] == 1 else image[:3].transpose(1, 2, 0)
         panels = [base, _colorize(base, cert["mask"], num_classes), _colorize(base, cert["clean"], num_classes)]
@@ -173,7 +209,7 @@ def overlays(run, n_images: int = 4) -> Figure:
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
             if col == 0:
-                ax.set_ylabel(str(ids.get(index, index)), fontsize=7)
+                ax.set_ylabel(name, fontsize=7)
         for t in range(len(taus)):
             rate = float((cert["labels"][t] < 0).mean())
             axes[row, 3 + t].set_xlabel(f"abstain {rate:.1%}", fontsize=7)

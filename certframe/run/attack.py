@@ -47,7 +47,7 @@ def read_pixels(path: str | Path) -> pd.DataFrame:
     """``pixels.csv`` of an attack run folder; rows of an image written twice (a resumed run) kept once."""
     path = Path(path)
     frame = pd.read_csv(path / PIXELS if path.is_dir() else path)
-    keys = [c for c in ("index", "tau", "radius_multiple", "row", "col") if c in frame.columns]
+    keys = [c for c in ("index", "tau", "radius_multiple", "slice", "row", "col") if c in frame.columns]
     return frame.drop_duplicates(keys, keep="last").reset_index(drop=True)
 
 

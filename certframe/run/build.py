@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from certframe.interfaces import Certifier, Denoiser, SegmentationDataset, Segmenter
+from certframe.interfaces import SPATIAL_DIMS, Certifier, Denoiser, SegmentationDataset, Segmenter
 from certframe.run.spec import PLUGIN_KINDS, RunSpec
 
 
@@ -131,19 +131,38 @@ def build_plugins(spec: RunSpec, registry, dataset: SegmentationDataset | None =
 
 
 def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
-    """Checks that need the built plugins, made before anything is written.
+    """Checks that need the built plugins, made before anything is written or sampled.
 
-    The segmenter's classes match the data set's; the denoiser accepts the run's sigma
-    (a denoiser that exposes ``check_sigma(sigma, image_size)`` refuses a noise level beyond
-    what it was trained for at the data set's image size, naming the largest it supports).
+    The segmenter's classes match the data set's; the segmenter and the denoiser handle the
+    data set's kind of input (their ``spatial_dims``, 2 unless they say otherwise: a 2-D
+    segmenter or diffusion denoiser refuses volumes ``[C, D, H, W]``, a volume segmenter
+    refuses images ``[C, H, W]``, read from the first item); the denoiser accepts the run's
+    sigma (a denoiser that exposes ``check_sigma(sigma, image_size)`` refuses a noise level
+    beyond what it was trained for at the data set's image size, naming the largest it supports).
     """
+    from certframe.smoothing import check_model_spatial_dims
+
     if plugins.segmenter.num_classes != plugins.dataset.num_classes:
         raise ValueError(f"the segmenter {spec.segmenter!r} predicts {plugins.segmenter.num_classes} classes, the "
                          f"dataset {spec.dataset!r} declares {plugins.dataset.num_classes} "
                          f"({', '.join(plugins.dataset.class_names)})")
     check = getattr(plugins.denoiser, "check_sigma", None)
+    if len(plugins.dataset) == 0:
+        return
+    try:
+        first = plugins.dataset[0].image
+    except Exception:
+        if callable(check):
+            raise
+        return      # an unreadable item is reported by the step, with the run marked failed
+    dims = first.dim() - 1    # a malformed item ([H, W], ...) is reported by the step's validation
+    where = f"the dataset {spec.dataset!r}"
+    if dims in SPATIAL_DIMS:
+        check_model_spatial_dims(plugins.segmenter, "segmenter", dims, tuple(first.shape), where, spec.segmenter)
+        if plugins.denoiser is not None:
+            check_model_spatial_dims(plugins.denoiser, "denoiser", dims, tuple(first.shape), where, spec.denoiser)
     if callable(check):
-        check(spec.sigma, tuple(plugins.dataset[0].image.shape[-2:]))
+        check(spec.sigma, tuple(first.shape[1:]))
 
 
 def resolved_options(entry, given: dict, built: Any = None) -> dict:

@@ -37,9 +37,9 @@ class ImageResult:
     index: int
     sample: Sample
     certificates: list[Certificate]
-    clean: torch.Tensor                 # int64 [H, W] on the CPU: the base segmenter on the clean image
+    clean: torch.Tensor                 # int64 [*S] ([H, W] or [D, H, W]) on the CPU: the base segmenter on x
     rows: list[dict] = field(default_factory=list)
-    majority: torch.Tensor | None = None  # int64 [H, W]: g's plain majority vote (attack runs)
+    majority: torch.Tensor | None = None  # int64 [*S]: g's plain majority vote (attack runs)
     pixels: list[dict] = field(default_factory=list)  # per attacked pixel (the falsification job)
 
 

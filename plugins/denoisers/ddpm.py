@@ -56,6 +56,7 @@ class DDPMDenoiser(Denoiser):
     """
 
     steps = 1
+    spatial_dims = 2   # a 2-D diffusion model: the run refuses volumes [C, D, H, W] before sampling
     trainer = staticmethod(train_ddpm)  # found by `certframe train denoiser` through the registry
     converters = {"guided-diffusion": convert_guided_diffusion}  # found by `certframe convert`
 

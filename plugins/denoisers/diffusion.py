@@ -337,7 +337,8 @@ def ddim_denoise(model: DiffusionModel, noisy: torch.Tensor, sigma: float, *, st
     Returns ``[B, C, H, W]``; differentiable in ``noisy``.
     """
     if noisy.dim() != 4:
-        raise ValueError(f"expected noisy images [B, C, H, W], got shape {tuple(noisy.shape)}")
+        what = " (a batch of volumes: diffusion denoisers are 2-D)" if noisy.dim() == 5 else ""
+        raise ValueError(f"expected noisy images [B, C, H, W], got shape {tuple(noisy.shape)}{what}")
     if noisy.shape[1] != model.in_channels:
         raise ValueError(f"the images have {noisy.shape[1]} channel(s), the diffusion model {str(model.path)!r} "
                          f"expects {model.in_channels}")
