@@ -34,6 +34,7 @@ import torch
 from certframe.image_quality import psnr, ssim
 from certframe.interfaces import class_labels
 from certframe.metrics import mean_dice
+from certframe.validation import require_images
 
 SUMMARY_COLUMNS = ["sigma", "images", "psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "t_star",
                    "trained_t_max", "max_sigma", "in_range", "dice_clean", "dice_denoised", "note"]
@@ -84,6 +85,7 @@ def denoiser_quality(denoiser, dataset, sigmas: Sequence[float], *, segmenter=No
     bad = [s for s in sigmas if not (math.isfinite(s) and s > 0)]
     if not sigmas or bad:
         raise ValueError(f"sigmas must be positive finite noise levels, got {sigmas}")
+    require_images(dataset, "denoiser quality (PSNR / SSIM) is measured")
     count = len(dataset) if limit is None else min(int(limit), len(dataset))
     if count < 1:
         raise ValueError(f"nothing to evaluate: the data set has {len(dataset)} image(s), limit={limit}")

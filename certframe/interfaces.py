@@ -118,9 +118,10 @@ def class_labels(logits: torch.Tensor) -> torch.Tensor:
     maximum, the first NaN wins), computed without it: on CPU, torch's argmax over a
     dimension that is not the innermost is about 17x slower than ``max(dim=1)`` (0.16 s
     for a 32 x 2 x 256 x 256 batch, most of the UNet's forward pass; see
-    ``benchmarks/core.py overhead``). Two classes take one comparison (10x faster again).
+    ``benchmarks/core.py overhead``). Two classes take one comparison (10x faster again),
+    for any number of spatial axes (``[B, 2, H, W]``, ``[B, 2, D, H, W]``, ...).
     """
-    if logits.dim() in (4, 5) and logits.shape[1] == 2:
+    if logits.dim() >= 4 and logits.shape[1] == 2:
         first, second = logits[:, 0], logits[:, 1]
         # second wins where it is larger or NaN (b <= a is False for either NaN), unless first is NaN
         return (~(second <= first) & ~first.isnan()).long()

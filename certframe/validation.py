@@ -63,6 +63,25 @@ def validate_sample(sample: Sample, class_names: Sequence[str], in_channels: int
 
 # ------------------------------------------------------------ runtime checks of the models
 
+def require_images(dataset, what: str, name: str | None = None) -> None:
+    """Raise ValueError unless ``dataset`` gives 2-D images ``[C, H, W]`` (read from its first item).
+
+    For the parts of certframe that are 2-D only (``what``, e.g. "certframe train denoiser trains
+    2-D denoisers"): a volume data set is refused here, before any model is built, with the
+    data set's ``name`` and the shape it gives, instead of failing deep inside a 2-D model.
+    """
+    if len(dataset) == 0:
+        return
+    shape = tuple(dataset[0].image.shape)
+    if len(shape) == 3:
+        return
+    source = f"the dataset {name!r}" if name else "the data set"
+    kind = "volumes" if len(shape) == 4 else f"{len(shape)}-D items"
+    layout = " ([C, D, H, W])" if len(shape) == 4 else ""
+    raise ValueError(f"{what} on images [C, H, W]; {source} gives {kind} of shape {list(shape)}{layout}. "
+                     f"Volumes are certified with the none denoiser (docs/volumes.md)")
+
+
 class ModelOutputError(ValueError):
     """A model misbehaved while votes were counted (non-finite outputs, labels out of range,
     outputs on another device). The message names the plugin, the image id and what was wrong."""

@@ -184,3 +184,25 @@ def test_evaluate_denoiser_command(tmp_path):
         assert res.exit_code != 0 and message in res.output, res.output
     nosigma = CliRunner().invoke(main, args[:6])
     assert nosigma.exit_code != 0 and "sigma" in nosigma.output
+
+
+def test_volumes_are_refused_before_any_model_is_built(monkeypatch):
+    """Denoiser quality is 2-D (PSNR / SSIM per image): a volume data set is refused up front, naming it and
+    its shape, by the library function and by the command (which does not even build the denoiser)."""
+    from certframe.cli import main
+    from certframe.plugins.datasets.synthetic_volume import SyntheticVolume
+    from certframe.plugins.denoisers.ddpm import DDPMDenoiser
+
+    with pytest.raises(ValueError, match=r"denoiser quality \(PSNR / SSIM\) is measured on images \[C, H, W\]; "
+                                         r"the data set gives volumes of shape \[1, 16, 16, 16\] \(\[C, D, H, W\]\)"):
+        denoiser_quality(NoDenoiser(), SyntheticVolume(count=1, size=16), [0.25])
+    built = []
+    monkeypatch.setattr(DDPMDenoiser, "__init__", lambda self, *a, **k: built.append("ddpm"))
+    result = CliRunner().invoke(main, ["evaluate", "denoiser", "--dataset", "synthetic-volume", "--dataset-option",
+                                       "count=1", "--dataset-option", "size=16", "--denoiser", "ddpm",
+                                       "--sigma", "0.25"])
+    assert result.exit_code != 0
+    message = " ".join(result.output.split())  # rich wraps at 80 columns
+    assert ("certframe evaluate denoiser measures denoisers (PSNR / SSIM) on images [C, H, W]; the dataset "
+            "'synthetic-volume' gives volumes of shape [1, 16, 16, 16] ([C, D, H, W])") in message, result.output
+    assert "Traceback" not in result.output and built == []

@@ -506,3 +506,27 @@ def test_denoisers_compose_with_the_certifier(name, options):
     assert certs[0].radius == pytest.approx(0.5 * 0.6744897501960817)
     assert certs[0].abstain_rate < 0.5
     assert metrics.dice(certs[0].labels, sample.mask, 1) > 0.7
+
+
+def test_train_denoiser_refuses_volumes_unless_the_plugin_declares_them(tmp_path, monkeypatch):
+    """The diffusion denoisers are 2-D (spatial_dims = 2): a volume data set is refused before training
+    starts or writes anything; a denoiser plugin whose factory declares volumes gets them."""
+    from certframe.cli import main
+
+    args = ["train", "denoiser", "--dataset", "synthetic-volume", "--dataset-option", "count=2",
+            "--dataset-option", "size=16", "--steps", "1", "--output", str(tmp_path / "d"), "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and not (tmp_path / "d").exists()
+    message = " ".join(result.output.split())
+    assert ("the denoiser 'ddpm' is a 2-D model (spatial_dims=2) and trains on images [C, H, W]; the dataset "
+            "'synthetic-volume' gives volumes of shape [1, 16, 16, 16] ([C, D, H, W])") in message, result.output
+    seen = []
+    monkeypatch.setattr(DDPMDenoiser, "spatial_dims", (2, 3))
+
+    def trainer(train, output, **kwargs):
+        seen.append(tuple(train[0].image.shape))
+        raise ValueError("stub trainer reached")
+
+    monkeypatch.setattr(DDPMDenoiser, "trainer", staticmethod(trainer))
+    reached = CliRunner().invoke(main, args)
+    assert seen == [(1, 16, 16, 16)] and "stub trainer reached" in reached.output, reached.output

@@ -182,11 +182,15 @@ def test_memory_does_not_hold_label_maps(image):
     assert max(seen) == 16 and sum(seen) == 1000
 
 
+@pytest.mark.parametrize("spatial", [(5, 7), (3, 5, 7), (2, 3, 5, 7)], ids=["2d", "3d", "4d"])
 @pytest.mark.parametrize("num_classes", [2, 3])
-def test_class_labels_equal_argmax_with_ties_infinities_and_nan(num_classes):
-    """The fast label step gives argmax's labels exactly: first maximum, NaN wins, first NaN."""
+def test_class_labels_equal_argmax_with_ties_infinities_and_nan(num_classes, spatial, monkeypatch):
+    """The fast label step gives argmax's labels exactly: first maximum, NaN wins, first NaN;
+    for images [B, K, H, W], volumes [B, K, D, H, W] and more spatial axes alike."""
+    if num_classes == 2:  # two classes take the one-comparison path for any number of spatial axes
+        monkeypatch.setattr(torch.Tensor, "max", lambda *a, **k: pytest.fail("the two-class fast path was not taken"))
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randint(0, 3, (6, num_classes, 5, 7), generator=gen).float()   # many ties
+    logits = torch.randint(0, 3, (6, num_classes, *spatial), generator=gen).float()   # many ties
     logits[0, 0, :2] = float("nan")
     logits[1, 1, :2] = float("nan")
     logits[2, :, :2] = float("nan")
@@ -194,13 +198,14 @@ def test_class_labels_equal_argmax_with_ties_infinities_and_nan(num_classes):
     logits[3, 0, :1] = float("inf")
     logits[4, 0, :3] = -float("inf")
     labels = class_labels(logits)
-    assert labels.dtype == torch.int64 and labels.shape == (6, 5, 7)
+    assert labels.dtype == torch.int64 and labels.shape == (6, *spatial)
     assert torch.equal(labels, logits.argmax(dim=1))
     # golden: a tie -> 0; larger -> 1; NaN in class 1 only -> 1; NaN in both -> 0; NaN in class 0 -> 0
     nan = float("nan")
     tiny = torch.tensor([[1.0, 1.0, 0.0, nan, nan],
-                         [1.0, 2.0, nan, nan, 5.0]]).reshape(1, 2, 1, 5)
-    assert class_labels(tiny).tolist() == [[[0, 1, 1, 0, 0]]]
+                         [1.0, 2.0, nan, nan, 5.0]]).reshape(1, 2, *[1] * (len(spatial) - 1), 5)
+    assert class_labels(tiny).flatten().tolist() == [0, 1, 1, 0, 0]
+    assert class_labels(tiny).shape == (1, *[1] * (len(spatial) - 1), 5)
 
 
 def test_noise_drawn_ahead_gives_the_same_votes_and_survives_a_failing_model(image):

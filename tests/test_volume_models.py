@@ -41,7 +41,7 @@ def test_3d_networks_map_volumes_to_logits(arch, network):
         out = seg(torch.rand(2, 1, 16, 16, 16))
     assert out.shape == (2, 3, 16, 16, 16) and out.dtype == torch.float32 and bool(torch.isfinite(out).all())
     assert seg.predict(torch.rand(1, 1, 16, 16, 16)).shape == (1, 16, 16, 16)
-    with pytest.raises(ValueError, match=r"expected images \[B, 1, D, H, W\], got \(2, 1, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"expected volumes \[B, 1, D, H, W\], got \(2, 1, 16, 16\)"):
         seg(torch.rand(2, 1, 16, 16))
 
 
@@ -49,10 +49,40 @@ def test_2d_stays_the_default():
     seg = MonaiSegmenter(weights="random", network=TINY)
     assert seg.spatial_dims == 2 and seg.roi_size is None
     assert seg(torch.rand(1, 1, 16, 16)).shape == (1, 2, 16, 16)
-    with pytest.raises(ValueError, match=r"expected images \[B, 1, H, W\]"):
+    with pytest.raises(ValueError, match=r"expected images \[B, 1, H, W\], got \(1, 1, 8, 16, 16\)"):
         seg(torch.rand(1, 1, 8, 16, 16))
     with pytest.raises(ValueError, match="spatial_dims must be 2 .* or 3"):
         MonaiSegmenter(weights="random", spatial_dims=4)
+
+
+def test_a_wrong_rank_is_a_value_error_naming_both_shapes_and_what_the_input_looks_like():
+    """The bundled models: a 3-D model given one volume without its batch axis (the segmenter contract's
+    "missing batch axis" case) or a batch of images, a 2-D model given a batch of volumes."""
+    volume = MonaiSegmenter(weights="synthetic-volume")
+    image = MonaiSegmenter(weights="synthetic-lung")
+    with pytest.raises(ValueError) as err:
+        volume(torch.rand(1, 32, 32, 32))
+    assert str(err.value) == ("expected volumes [B, 1, D, H, W], got (1, 32, 32, 32): a 3-D model (spatial_dims=3) "
+                              "takes 5-D input; the input looks like one volume without its batch axis (add it "
+                              "with x.unsqueeze(0)) or a batch of images [B, C, H, W]")
+    with pytest.raises(ValueError, match=r"^expected volumes \[B, 1, D, H, W\], got \(2, 1, 32, 32\): a 3-D model "
+                                         r"\(spatial_dims=3\) takes 5-D input; the input looks like a batch of "
+                                         r"images \[B, C, H, W\]$"):
+        volume(torch.rand(2, 1, 32, 32))            # two channels' worth of leading axis: not one volume
+    with pytest.raises(ValueError) as err:
+        image(torch.rand(2, 1, 8, 64, 64))
+    assert str(err.value) == ("expected images [B, 1, H, W], got (2, 1, 8, 64, 64): a 2-D model (spatial_dims=2) "
+                              "takes 4-D input; the input looks like a batch of volumes [B, C, D, H, W]")
+    with pytest.raises(ValueError, match=r"^expected volumes \[B, 1, D, H, W\], got \(2, 3, 32, 32, 32\): "
+                                         r"3 channel\(s\) instead of 1$"):
+        volume(torch.rand(2, 3, 32, 32, 32))
+
+
+def test_the_contract_checks_the_bundled_volume_segmenter_on_volumes():
+    from certframe.contract import check_segmenter
+
+    report = check_segmenter(MonaiSegmenter, options={"weights": "synthetic-volume"}, image_size=(16, 24, 32))
+    assert {"output shape", "batch independence", "bad input"} <= set(report.passed)
 
 
 def test_sliding_window_equals_direct_prediction_at_the_patch_size_and_fits_larger_volumes():

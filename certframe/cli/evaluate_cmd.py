@@ -14,6 +14,7 @@ from rich.table import Table
 
 from certframe.cli.options import parse_options, plugin_option, seed_option
 from certframe.registry import PluginError, get_registry
+from certframe.validation import require_images
 
 
 def _sigma(ctx, param, values):
@@ -49,6 +50,7 @@ def run_evaluate_denoiser(*, dataset: str, dataset_options: dict, denoiser: str,
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     data = registry.create("dataset", dataset, **dataset_options)
+    require_images(data, "certframe evaluate denoiser measures denoisers (PSNR / SSIM)", dataset)
     den = registry.create("denoiser", denoiser, **denoiser_options)
     seg = registry.create("segmenter", segmenter, **(segmenter_options or {})) if segmenter else None
     table = denoiser_quality(den, data, sigmas, segmenter=seg, limit=limit, seed=seed, batch_size=batch_size)

@@ -16,7 +16,9 @@ import click
 from rich.console import Console
 
 from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
+from certframe.interfaces import model_spatial_dims
 from certframe.registry import PluginError, get_registry
+from certframe.validation import require_images
 
 
 def _widths(text: str) -> list[int]:
@@ -59,6 +61,9 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     train = registry.create("dataset", dataset, **dataset_options, split="train")
+    if 3 not in model_spatial_dims(registry.get("denoiser", denoiser).factory):  # what the plugin declares
+        require_images(train, f"certframe train denoiser: the denoiser {denoiser!r} is a 2-D model "
+                              f"(spatial_dims=2) and trains", dataset)
     dev = resolve_device(device)
     h, w = (int(v) for v in train[0].image.shape[-2:])
     if size is not None and (size, size) != (h, w):

@@ -91,8 +91,7 @@ class MonaiSegmenter(Segmenter):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != self.spatial_dims + 2 or images.shape[1] != self.in_channels:
-            raise ValueError(f"expected images [B, {self.in_channels}, {AXES[self.spatial_dims]}], "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(_bad_input(tuple(images.shape), self.spatial_dims, self.in_channels))
         if self.roi_size is not None and tuple(images.shape[2:]) != self.roi_size:
             return self.sliding_window(images)
         return self.net(images)
@@ -105,6 +104,23 @@ class MonaiSegmenter(Segmenter):
         out = sliding_window_inference(images, self.roi_size, self.sw_batch_size, self.net,
                                        overlap=self.overlap, mode=self.sw_mode)
         return out.as_subclass(torch.Tensor) if type(out) is not torch.Tensor else out
+
+
+def _bad_input(shape: tuple[int, ...], spatial_dims: int, in_channels: int) -> str:
+    """The error for an input of the wrong rank or channel count: the shape expected, the shape given, and
+    what a wrong rank most likely is (one item without its batch axis, or a batch of the other kind)."""
+    noun = "images" if spatial_dims == 2 else "volumes"
+    message = f"expected {noun} [B, {in_channels}, {AXES[spatial_dims]}], got {shape}"
+    if len(shape) == spatial_dims + 2:
+        return message + f": {shape[1]} channel(s) instead of {in_channels}"
+    looks = []
+    if len(shape) == spatial_dims + 1 and shape[0] == in_channels:
+        looks.append(f"one {noun[:-1]} without its batch axis (add it with x.unsqueeze(0))")
+    other = {4: "images [B, C, H, W]", 5: "volumes [B, C, D, H, W]"}.get(len(shape))
+    if other is not None:
+        looks.append(f"a batch of {other}")
+    message += f": a {spatial_dims}-D model (spatial_dims={spatial_dims}) takes {spatial_dims + 2}-D input"
+    return message + (f"; the input looks like {' or '.join(looks)}" if looks else "")
 
 
 def _roi(roi_size, spatial_dims: int) -> tuple[int, ...] | None:
