@@ -52,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
 SEG_NETWORK = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
 SIGMAS = (0.25, 0.5, 1.0)
+ROWS = ("none", "gaussian", "ddpm", "ddim", "finetuned")
 GOAL = 0.10  # issue 15: a diffusion row at least 0.10 above the Gaussian-trained row at sigma 0.5 and 1.0
 
 
@@ -75,8 +76,9 @@ def segmenter_path(out: Path, sigma: float | str) -> Path:
     return out / ("kvasir-unet-clean.safetensors" if sigma == 0 else f"kvasir-unet-noise{sigma}.safetensors")
 
 
-def finetuned_path(out: Path, ddpm_dir: Path) -> Path:
-    return out / f"kvasir-unet-denoised-{ddpm_dir.name}.safetensors"
+def finetuned_path(out: Path, ddpm_dir: Path, sigma: float | None = None) -> Path:
+    """The denoised-fine-tuned UNet for all sigmas (``sigma=None``) or for one."""
+    return out / f"kvasir-unet-denoised-{ddpm_dir.name}{'' if sigma is None else f'-sigma{sigma:g}'}.safetensors"
 
 
 def finished(path: Path) -> bool:
@@ -176,6 +178,11 @@ def main(argv=None):
                         "or train from random weights")
     p.add_argument("--finetune-sigmas", default="0.25,0.5,1.0",
                    help="sigmas of the one denoised-fine-tuned UNet trained here (each batch draws one)")
+    p.add_argument("--finetune-models", choices=["one", "per-sigma"], default="one",
+                   help="one denoised-fine-tuned UNet for all --finetune-sigmas, or one per sigma")
+    p.add_argument("--rows", default=",".join(ROWS),
+                   help=f"which rows to certify (the Gaussian-trained row is always run: the others are compared "
+                        f"with it); of {','.join(ROWS)}")
     p.add_argument("--finetuned", action="append", default=[], metavar="SIGMA=WEIGHTS",
                    help="use this segmenter fine-tuned on DDPM outputs at SIGMA instead (repeatable)")
     p.add_argument("--stage", choices=["segmenters", "all"], default="all",
@@ -190,6 +197,9 @@ def main(argv=None):
     p.add_argument("--results", type=Path, default=HERE / "results" / "kvasir_diffusion.txt")
     args = p.parse_args(argv)
     sigmas_cert = tuple(float(s) for s in args.sigmas.split(",") if s.strip())
+    rows_wanted = {r.strip() for r in args.rows.split(",") if r.strip()} | {"gaussian"}
+    if rows_wanted - set(ROWS):
+        p.error(f"--rows: unknown {sorted(rows_wanted - set(ROWS))}; choose from {','.join(ROWS)}")
 
     from certframe.denoiser_quality import denoiser_quality
     from certframe.run import Names, certify_dataset
@@ -248,13 +258,14 @@ def main(argv=None):
         from certframe.tuning import module_hash
 
         ft_sigmas = [float(s) for s in args.finetune_sigmas.split(",") if s.strip()]
-        path = finetuned_path(args.out, ddpm_dir)
-        if not finished(path):
-            record = {"name": "ddpm", "options": {"model": str(ddpm_dir)}, "hash": module_hash(ddpm)}
-            train_segmenter_here(path, ft_sigmas, data, args, log, init=seg_paths[0.0], denoiser=ddpm,
-                                 denoiser_record=record)
-        log(f"segmenter {path.name} (on DDPM one-shot outputs, sigma {ft_sigmas}): {training_note(path)}")
-        finetuned = {sigma: path for sigma in ft_sigmas}
+        record = {"name": "ddpm", "options": {"model": str(ddpm_dir)}, "hash": module_hash(ddpm)}
+        for group in ([ft_sigmas] if args.finetune_models == "one" else [[s] for s in ft_sigmas]):
+            path = finetuned_path(args.out, ddpm_dir, None if args.finetune_models == "one" else group[0])
+            if not finished(path):
+                train_segmenter_here(path, group if len(group) > 1 else group[0], data, args, log,
+                                     init=seg_paths[0.0], denoiser=ddpm, denoiser_record=record)
+            log(f"segmenter {path.name} (on DDPM one-shot outputs, sigma {group}): {training_note(path)}")
+            finetuned.update({sigma: path for sigma in group})
 
     test = data["test"]
     k = min(args.certify_images, len(test))
@@ -279,6 +290,8 @@ def main(argv=None):
         g_sigma = min(gauss_sigmas, key=lambda s: (abs(s - sigma), -s))
         g_label = (f"sigma {g_sigma}" if args.gaussian_models == "per-sigma"
                    else "sigma " + "/".join(f"{s:g}" for s in gauss_sigmas))
+        ft_label = ("" if args.finetuned else f" (sigma {sigma:g})" if args.finetune_models == "per-sigma"
+                    else " (sigma " + "/".join(s for s in args.finetune_sigmas.split(",")) + ")")
         methods = [("clean + none", clean, None, 1, clean_cpu),
                    (f"Gaussian-trained ({g_label})", MonaiSegmenter(weights=str(seg_paths[g_sigma])), None, 1,
                     add(training_cost(seg_paths[g_sigma]), clean_cpu if args.gaussian_from == "clean" else 0)),
@@ -286,8 +299,11 @@ def main(argv=None):
                    (f"clean + DDIM {args.ddim_steps} steps", clean, ddim, 1 + args.ddim_steps,
                     add(clean_cpu, ddpm_cpu))]
         if sigma in finetuned:
-            methods.append(("denoised-fine-tuned + DDPM", MonaiSegmenter(weights=str(finetuned[sigma])), ddpm, 2,
-                            add(add(training_cost(finetuned[sigma]), clean_cpu), ddpm_cpu)))
+            methods.append((f"denoised-fine-tuned + DDPM{ft_label}", MonaiSegmenter(weights=str(finetuned[sigma])),
+                            ddpm, 2, add(add(training_cost(finetuned[sigma]), clean_cpu), ddpm_cpu)))
+        keys = dict(zip(("clean + none", "Gaussian-trained", "clean + DDPM one-shot", "clean + DDIM",
+                         "denoised-fine-tuned + DDPM"), ROWS))
+        methods = [m for m in methods if keys[next(k for k in keys if m[0].startswith(k))] in rows_wanted]
         for label, seg, den, calls, cpu in methods:
             start = time.perf_counter()
             res = list(certify_dataset(test, seg, den, certifier, sigma=sigma, n0=10, n=100, alpha=0.001,
@@ -301,7 +317,7 @@ def main(argv=None):
                          "calls": calls, "ms_per_sample": 1000 * seconds / (k * 110), "train_cpu_s": cpu})
             print(f"  sigma {sigma} {label}: certified Dice {rows[-1]['certified_dice']:.4f} ({seconds:.0f} s)",
                   flush=True)
-        if sigma not in finetuned:
+        if sigma not in finetuned and "finetuned" in rows_wanted:
             rows.append({"method": "denoised-fine-tuned + DDPM", "key": None, "sigma": sigma, "missing": True})
 
     log("")
@@ -326,8 +342,11 @@ def main(argv=None):
             f"{r['abstain']:>7.3f} {r['calls']:>5d} {r['ms_per_sample']:>9.2f} {cpu:>11}  {ci}")
     log("")
     for sigma in [s for s in (0.5, 1.0) if s in sigmas_cert]:
-        best = max((r for r in rows if r["sigma"] == sigma and not r.get("missing")
-                    and r["key"] not in ("Gaussian-trained", "clean + none")), key=lambda r: r["certified_dice"])
+        diffusion = [r for r in rows if r["sigma"] == sigma and not r.get("missing")
+                     and r["key"] not in ("Gaussian-trained", "clean + none")]
+        if not diffusion:
+            continue
+        best = max(diffusion, key=lambda r: r["certified_dice"])
         gauss = next(r for r in rows if r["sigma"] == sigma and r.get("key") == "Gaussian-trained")
         gap = best["certified_dice"] - gauss["certified_dice"]
         verdict = "reached" if gap >= GOAL else f"NOT reached: short by {GOAL - gap:.3f}"
