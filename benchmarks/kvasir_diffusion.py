@@ -41,12 +41,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from _kvasir import Report, kvasir_splits
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
@@ -213,19 +214,11 @@ def main(argv=None):
     for item in args.finetuned:
         sigma, _, path = item.partition("=")
         finetuned[float(sigma)] = Path(path)
-    lines: list[str] = [f"command: python benchmarks/kvasir_diffusion.py {' '.join(argv if argv is not None else sys.argv[1:])}"]
-
-    def log(line=""):
-        print(line, flush=True)
-        lines.append(line)
+    log = Report("kvasir_diffusion.py", argv)
 
     total_start = time.perf_counter()
     registry = get_registry()
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.out.is_relative_to(HERE / "out"):  # keep checkpoints out of git
-        (HERE / "out" / ".gitignore").write_text("*\n")
-    data = {s: registry.create("dataset", "kvasir-seg", root=str(args.root), size=args.size, split=s,
-                               seed=args.seed) for s in ("train", "val", "test")}
+    data = kvasir_splits(registry, args.root, args.size, args.seed, args.out)
     log(f"Kvasir-SEG at {args.size}x{args.size}: {len(data['train'])} train / {len(data['val'])} val / "
         f"{len(data['test'])} test images (seeded split, seed {args.seed}); torch {torch.__version__}, "
         f"{args.threads} thread(s), {platform.processor() or platform.machine()}")
@@ -356,8 +349,7 @@ def main(argv=None):
             f"clean segmenter's Dice on denoised images {q['dice_denoised']:.3f} (clean images "
             f"{q['dice_clean']:.3f}), t* {q['t_star']} of trained 0..{q['trained_t_max']}")
     log(f"total wall time {time.perf_counter() - total_start:.0f} s")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text("\n".join(lines) + "\n")
+    log.write(args.results)
 
 
 if __name__ == "__main__":

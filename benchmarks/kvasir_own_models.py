@@ -78,11 +78,12 @@ import copy
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from _kvasir import Report, kvasir_splits
 
 HERE = Path(__file__).resolve().parent
 # beside the main checkout (as the other Kvasir benchmarks), else the project machine's shared copy (worktrees)
@@ -319,20 +320,11 @@ def main(argv=None):
     device = resolve_device(args.device)
     if not args.root.is_dir():
         raise SystemExit(f"Kvasir-SEG not found at {args.root} (pass --root)")
-    lines: list[str] = [f"command: python benchmarks/kvasir_own_models.py "
-                        f"{' '.join(argv if argv is not None else sys.argv[1:])}"]
-
-    def log(line=""):
-        print(line, flush=True)
-        lines.append(line)
+    log = Report("kvasir_own_models.py", argv)
 
     total_start = time.perf_counter()
     registry = get_registry()
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.out.is_relative_to(HERE / "out"):  # keep checkpoints out of git
-        (HERE / "out" / ".gitignore").write_text("*\n")
-    data = {s: registry.create("dataset", "kvasir-seg", root=str(args.root), size=args.size, split=s,
-                               seed=args.seed) for s in ("train", "val", "test")}
+    data = kvasir_splits(registry, args.root, args.size, args.seed, args.out)
     full = {s: len(d) for s, d in data.items()}
     if args.train_limit:
         data["train"], data["val"] = FirstItems(data["train"], args.train_limit), FirstItems(data["val"], args.train_limit)
@@ -442,8 +434,7 @@ def main(argv=None):
         shown = path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path
         log(f"checkpoint {ARCHS[arch][0]} train sigma {train_sigma:g}: {shown}")
     log(f"total wall time {time.perf_counter() - total_start:.0f} s")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text("\n".join(lines) + "\n")
+    log.write(args.results)
 
 
 if __name__ == "__main__":
