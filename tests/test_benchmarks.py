@@ -8,9 +8,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_paired_bootstrap_ci_of_the_benchmark():
+def test_paired_bootstrap_ci_of_the_benchmark(monkeypatch):
     import importlib.util
 
+    # the script imports its sibling ``_kvasir`` as ``python benchmarks/kvasir_diffusion.py`` would find it
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("kvasir_diffusion", ROOT / "benchmarks" / "kvasir_diffusion.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
