@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _kvasir import Report, kvasir_splits
+from _kvasir import Report, kvasir_splits, paired_bootstrap_ci
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
@@ -55,22 +55,6 @@ SEG_NETWORK = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_uni
 SIGMAS = (0.25, 0.5, 1.0)
 ROWS = ("none", "gaussian", "ddpm", "ddim", "finetuned")
 GOAL = 0.10  # issue 15: a diffusion row at least 0.10 above the Gaussian-trained row at sigma 0.5 and 1.0
-
-
-def paired_bootstrap_ci(a, b, *, n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``a - b`` over images and its percentile bootstrap CI, resampling IMAGES (pairs kept together).
-
-    a, b: per-image scores of two methods on the same images (equal length >= 1).
-    Returns ``(mean difference, lower, upper)``.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"need two equal-length 1-D score lists, got shapes {a.shape} and {b.shape}")
-    d = a - b
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    means = d[idx].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(d.mean()), float(lo), float(hi)
 
 
 def segmenter_path(out: Path, sigma: float | str) -> Path:

@@ -2,6 +2,9 @@
 
     python benchmarks/kvasir_own_models.py --device cuda                  # the full run (meant for a GPU)
     python benchmarks/kvasir_own_models.py                                # the same on 1 CPU thread: hours
+    python benchmarks/kvasir_own_models.py --archs smp-unetplusplus &     # on a 2-core CPU: one process per
+    python benchmarks/kvasir_own_models.py --archs monai-unet; wait       #   architecture (train + measure),
+    python benchmarks/kvasir_own_models.py                                #   then the report from what they kept
     OMP_NUM_THREADS=1 python benchmarks/kvasir_own_models.py --train-limit 16 --budget-cpu-minutes 0.5 \\
         --certify-images 1 --clean-images 4 --out /tmp/ownmodels-smoke --results /tmp/ownmodels-smoke.txt   # smoke
 
@@ -43,6 +46,15 @@ the MONAI UNet of the same training budget: clean Dice, certified Dice at sigma
   ``benchmarks/own_models.py`` (results in ``benchmarks/results/own_models.txt``),
   not repeated here.
 
+Measurements are kept beside each checkpoint (``own-<arch>-<kind>-measured-k<K>.json``:
+the clean Dice per image and each sigma's certified Dice per image, with the
+checkpoint's SHA-256 and the protocol they were measured under), written as each
+sigma finishes: a rerun, or the report run after ``--archs`` runs, reuses them and
+measures only what is missing or was measured on another checkpoint or protocol.
+The speed table is timed only in a run that covers every architecture (the one
+that writes the report). The report ends with the paired bootstrap 95 % CI over
+images of UNet++ minus UNet certified Dice at each sigma.
+
 Checkpoints go to ``--out`` (default ``benchmarks/out/kvasir/``, git-ignored) as
 ``own-<arch>-clean.safetensors`` and ``own-<arch>-noise<sigma>.safetensors`` (``-first<N>``
 added with ``--train-limit``); a finished
@@ -83,7 +95,7 @@ from pathlib import Path
 
 import torch
 
-from _kvasir import Report, kvasir_splits
+from _kvasir import Report, kvasir_splits, paired_bootstrap_ci
 
 HERE = Path(__file__).resolve().parent
 # beside the main checkout (as the other Kvasir benchmarks), else the project machine's shared copy (worktrees)
@@ -145,6 +157,16 @@ def budget_settings(args) -> dict:
     """What a reused checkpoint must have been trained with."""
     return {"seconds": args.budget_cpu_minutes * 60, "clock": args.budget_clock, "max_epochs": args.max_epochs,
             "patience": args.patience, "train_limit": args.train_limit, "lr": args.lr, "batch_size": 16}
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> dict:
@@ -308,6 +330,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed calls per forward / training-step median")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto: training, certification and timings")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--archs", default=",".join(ARCHS),
+                   help="comma list of the architectures this process trains and measures (default all; two "
+                        "processes, one per architecture, use both cores; the report needs all of them)")
+    p.add_argument("--stage", choices=["all", "train"], default="all", help="train: stop after training")
     p.add_argument("--out", type=Path, default=HERE / "out" / "kvasir")
     p.add_argument("--results", type=Path, default=HERE / "results" / "kvasir_own_models.txt")
     args = p.parse_args(argv)
@@ -318,6 +344,10 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown or not archs:
+        raise SystemExit(f"--archs: expected a comma list of {', '.join(ARCHS)}, got {args.archs!r}")
     if not args.root.is_dir():
         raise SystemExit(f"Kvasir-SEG not found at {args.root} (pass --root)")
     log = Report("kvasir_own_models.py", argv)
@@ -339,15 +369,19 @@ def main(argv=None):
     # ------------------------------------------------------------------ training
     budget_min = args.budget_cpu_minutes
     paths: dict[tuple[str, float], Path] = {}
-    for arch in ARCHS:
+    for arch in archs:
         paths[(arch, 0.0)] = train_model(arch, 0.0, None, data, args, device, log)
         paths[(arch, args.gaussian_sigma)] = train_model(arch, args.gaussian_sigma, paths[(arch, 0.0)], data, args,
                                                          device, log)
 
+    if args.stage == "train":
+        log(f"--stage train: trained {', '.join(archs)}; run again without it to measure")
+        return
+
     # ------------------------------------------------------------------ speed
     models = {key: registry.create("segmenter", ARCHS[key[0]][1], weights=str(path)) for key, path in paths.items()}
     speed = {}
-    for arch in ARCHS:
+    for arch in archs if set(archs) == set(ARCHS) else ():  # timed in the run that writes the report
         model = models[(arch, 0.0)]
         speed[arch] = {"params": sum(p.numel() for p in model.parameters()),
                        "forward": forward_seconds(model, device, args.size, args.repeats),
@@ -363,20 +397,42 @@ def main(argv=None):
     rows = []
     for (arch, train_sigma), model in models.items():
         label = f"{ARCHS[arch][0]} {'clean' if train_sigma == 0 else f'Gauss {train_sigma:g}'}"
-        clean = clean_dice(model, test, max(n_clean, k), device)
+        cache_path = paths[(arch, train_sigma)].with_name(paths[(arch, train_sigma)].stem + f"-measured-k{k}.json")
+        settings = {"checkpoint_sha256": file_sha256(paths[(arch, train_sigma)]), "n0": N0, "n": N, "alpha": ALPHA,
+                    "tau": TAU, "batch_size": args.batch_size, "seed": args.seed, "size": args.size,
+                    "certify_images": k, "clean_images": n_clean, "device": device.type}
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        if cache.get("settings") != settings:  # another checkpoint or protocol: measure again
+            cache = {"settings": settings, "rows": {}}
+        if "clean" not in cache:
+            cache["clean"] = clean_dice(model, test, max(n_clean, k), device)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        clean = cache["clean"]
         for sigma in SIGMAS:
+            if f"{sigma:g}" in cache["rows"]:
+                rows.append(cache["rows"][f"{sigma:g}"])
+                print(f"  {label} at sigma {sigma}: certified Dice {rows[-1]['certified']:.4f} (measured earlier, "
+                      f"{cache_path.name})", flush=True)
+                continue
             start = time.perf_counter()
             res = list(certify_dataset(test, model, None, certifier, sigma=sigma, n0=N0, n=N, alpha=ALPHA,
                                        taus=(TAU,), batch_size=args.batch_size, seed=args.seed, device=device,
                                        names=Names(segmenter=label), indices=range(k)))
             seconds = time.perf_counter() - start
             mean = lambda key: sum(r[key] for r in res) / len(res)  # noqa: E731
-            rows.append({"label": label, "train_sigma": train_sigma, "sigma": sigma,
+            rows.append({"label": label, "arch": arch, "train_sigma": train_sigma, "sigma": sigma,
                          "clean_all": sum(clean[:n_clean]) / n_clean, "clean_k": sum(clean[:k]) / k,
                          "certified": mean("certified_dice"), "abstain": mean("abstain_rate"),
-                         "radius": res[0]["radius"], "per_image": seconds / k})
+                         "radius": res[0]["radius"], "per_image": seconds / k,
+                         "certified_per_image": [r["certified_dice"] for r in res]})
+            cache["rows"][f"{sigma:g}"] = rows[-1]  # kept at once: an interrupted run measures only what is left
+            cache_path.write_text(json.dumps(cache, indent=1))
             print(f"  {label} at sigma {sigma}: certified Dice {rows[-1]['certified']:.4f} ({seconds:.0f} s)",
                   flush=True)
+    if set(archs) != set(ARCHS):
+        log(f"measured {', '.join(archs)} (kept beside the checkpoints in {args.out}); the report needs every "
+            f"architecture: run again without --archs, which reuses what is measured")
+        return
 
     # ------------------------------------------------------------------ report
     log("")
@@ -424,6 +480,16 @@ def main(argv=None):
         log(f"{r['label']:<26} {r['train_sigma']:>11.2f} {r['clean_all']:>10.4f} {r['clean_k']:>10.4f} "
             f"{r['sigma']:>6.2f} {r['radius']:>7.4f} {r['certified']:>10.4f} {r['abstain']:>8.4f} "
             f"{r['per_image']:>8.2f}")
+    log("")
+    log(f"UNet++ minus MONAI UNet, certified Dice over the same {k} images (paired bootstrap 95 % CI, "
+        f"10,000 resamples):")
+    for train_sigma in sorted({r["train_sigma"] for r in rows}):
+        for sigma in SIGMAS:
+            pair = {r["arch"]: r for r in rows if r["train_sigma"] == train_sigma and r["sigma"] == sigma}
+            mean, lo, hi = paired_bootstrap_ci(pair["smp-unetplusplus"]["certified_per_image"],
+                                               pair["monai-unet"]["certified_per_image"])
+            kind = "clean" if train_sigma == 0 else f"Gauss {train_sigma:g}"
+            log(f"  {kind:<10} sigma {sigma:.2f}: {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     if k < 50 or args.train_limit:
         log(f"NOTE: {'smoke settings (--train-limit, few images): the Dice figures mean nothing; ' if args.train_limit else ''}"
             f"{k} certified test images{', fewer than the protocol' + chr(39) + 's 50' if k < 50 else ''}")
