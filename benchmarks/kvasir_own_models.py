@@ -5,6 +5,7 @@
     python benchmarks/kvasir_own_models.py --archs smp-unetplusplus &     # on a 2-core CPU: one process per
     python benchmarks/kvasir_own_models.py --archs monai-unet; wait       #   architecture (train + measure),
     python benchmarks/kvasir_own_models.py                                #   then the report from what they kept
+    (``--measure clean`` / ``--measure gaussian``: one process per trained model for the certification)
     OMP_NUM_THREADS=1 python benchmarks/kvasir_own_models.py --train-limit 16 --budget-cpu-minutes 0.5 \\
         --certify-images 1 --clean-images 4 --out /tmp/ownmodels-smoke --results /tmp/ownmodels-smoke.txt   # smoke
 
@@ -334,6 +335,9 @@ def main(argv=None):
                    help="comma list of the architectures this process trains and measures (default all; two "
                         "processes, one per architecture, use both cores; the report needs all of them)")
     p.add_argument("--stage", choices=["all", "train"], default="all", help="train: stop after training")
+    p.add_argument("--measure", default="clean,gaussian",
+                   help="comma list: which trained models this process measures (clean, gaussian; default both): "
+                        "after training, one process per model uses both cores for the certification")
     p.add_argument("--out", type=Path, default=HERE / "out" / "kvasir")
     p.add_argument("--results", type=Path, default=HERE / "results" / "kvasir_own_models.txt")
     args = p.parse_args(argv)
@@ -348,6 +352,9 @@ def main(argv=None):
     unknown = [a for a in archs if a not in ARCHS]
     if unknown or not archs:
         raise SystemExit(f"--archs: expected a comma list of {', '.join(ARCHS)}, got {args.archs!r}")
+    measure = [m.strip() for m in args.measure.split(",") if m.strip()]
+    if not measure or set(measure) - {"clean", "gaussian"}:
+        raise SystemExit(f"--measure: expected a comma list of clean, gaussian, got {args.measure!r}")
     if not args.root.is_dir():
         raise SystemExit(f"Kvasir-SEG not found at {args.root} (pass --root)")
     log = Report("kvasir_own_models.py", argv)
@@ -381,7 +388,8 @@ def main(argv=None):
     # ------------------------------------------------------------------ speed
     models = {key: registry.create("segmenter", ARCHS[key[0]][1], weights=str(path)) for key, path in paths.items()}
     speed = {}
-    for arch in archs if set(archs) == set(ARCHS) else ():  # timed in the run that writes the report
+    report_run = set(archs) == set(ARCHS) and set(measure) == {"clean", "gaussian"}
+    for arch in archs if report_run else ():  # timed in the run that writes the report
         model = models[(arch, 0.0)]
         speed[arch] = {"params": sum(p.numel() for p in model.parameters()),
                        "forward": forward_seconds(model, device, args.size, args.repeats),
@@ -396,6 +404,8 @@ def main(argv=None):
     certifier = registry.create("certifier", "segcertify")
     rows = []
     for (arch, train_sigma), model in models.items():
+        if ("clean" if train_sigma == 0 else "gaussian") not in measure:
+            continue
         label = f"{ARCHS[arch][0]} {'clean' if train_sigma == 0 else f'Gauss {train_sigma:g}'}"
         cache_path = paths[(arch, train_sigma)].with_name(paths[(arch, train_sigma)].stem + f"-measured-k{k}.json")
         settings = {"checkpoint_sha256": file_sha256(paths[(arch, train_sigma)]), "n0": N0, "n": N, "alpha": ALPHA,
@@ -429,9 +439,9 @@ def main(argv=None):
             cache_path.write_text(json.dumps(cache, indent=1))
             print(f"  {label} at sigma {sigma}: certified Dice {rows[-1]['certified']:.4f} ({seconds:.0f} s)",
                   flush=True)
-    if set(archs) != set(ARCHS):
-        log(f"measured {', '.join(archs)} (kept beside the checkpoints in {args.out}); the report needs every "
-            f"architecture: run again without --archs, which reuses what is measured")
+    if set(archs) != set(ARCHS) or set(measure) != {"clean", "gaussian"}:
+        log(f"measured {', '.join(measure)} of {', '.join(archs)} (kept beside the checkpoints in {args.out}); the "
+            f"report needs every model: run again without --archs / --measure, which reuses what is measured")
         return
 
     # ------------------------------------------------------------------ report
