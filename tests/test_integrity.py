@@ -215,12 +215,23 @@ def test_a_denoiser_beyond_its_trained_range_is_refused_before_writing(tmp_path)
 
 def test_every_example_experiment_file_expands():
     """The files of examples/configs parse and expand (names unique, outputs distinct); the data set
-    files run the paper's Gaussian and DDPM rows plus the denoised-fine-tuned row at every sigma."""
+    files run the paper's Gaussian and DDPM rows plus the denoised-fine-tuned row at every sigma; the bundled
+    synthetic-lung file its bundled denoised-fine-tuned model, behind the denoiser and at the sigma it was tuned for."""
     from certframe.config import load_experiment
 
     for path in sorted((ROOT / "examples" / "configs").glob("*.toml")):
         runs = load_experiment(path)
         assert len({r["output"] for r in runs}) == len(runs) and runs, path.name
+        names = {r["name"] for r in runs}
         if path.stem != "synthetic-lung":
-            names = {r["name"] for r in runs}
             assert {f"ddpm-finetuned-sigma{s}" for s in (0.25, 0.5, 1.0)} <= names, (path.name, names)
+        else:
+            from certframe.registry import get_registry
+            from certframe.tuning import segmenter_tuning_warning
+
+            (tuned,) = [r for r in runs if r["name"] == "ddpm-finetuned"]
+            registry = get_registry()
+            seg = registry.create("segmenter", "monai", **tuned["segmenter_options"])
+            den = registry.create("denoiser", tuned["denoiser"], **tuned["denoiser_options"])
+            assert segmenter_tuning_warning(seg, tuned["denoiser"], den, tuned["sigma"]) is None
+            assert "instead of" in segmenter_tuning_warning(seg, "none", None, tuned["sigma"])

@@ -147,7 +147,9 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
               "dataset_options": dataset_options, "dataset_identity": train.identity()}
     if init is not None:
         loaded = Path(getattr(model, "weights_path", init))  # a bundled name resolves to its file
-        config["init"] = {"weights": str(loaded.resolve()), "sha256": file_sha256(loaded)}
+        # a file by its absolute path; a bundled name as it is (it resolves wherever certframe is installed)
+        given = str(Path(init).resolve()) if Path(init).exists() else str(init)
+        config["init"] = {"weights": given, "sha256": file_sha256(loaded)}
     what = f"{segmenter} {model.config.get('arch', '')}".strip()
     via = f", through denoiser {denoiser}" if denoiser else ""
     console.print(f"{'fine-tuning' if init else 'training'} {what} on {dataset}: {len(train)} train / "
