@@ -5,7 +5,8 @@
     python benchmarks/kvasir_own_models.py --archs smp-unetplusplus &     # on a 2-core CPU: one process per
     python benchmarks/kvasir_own_models.py --archs monai-unet; wait       #   architecture (train + measure),
     python benchmarks/kvasir_own_models.py                                #   then the report from what they kept
-    (``--measure clean`` / ``--measure gaussian``: one process per trained model for the certification)
+    (``--stage measure --measure clean`` certifies a finished clean model while another process still
+    trains the Gaussian one; ``--measure gaussian`` the other: one process per model for the certification)
     OMP_NUM_THREADS=1 python benchmarks/kvasir_own_models.py --train-limit 16 --budget-cpu-minutes 0.5 \\
         --certify-images 1 --clean-images 4 --out /tmp/ownmodels-smoke --results /tmp/ownmodels-smoke.txt   # smoke
 
@@ -334,7 +335,9 @@ def main(argv=None):
     p.add_argument("--archs", default=",".join(ARCHS),
                    help="comma list of the architectures this process trains and measures (default all; two "
                         "processes, one per architecture, use both cores; the report needs all of them)")
-    p.add_argument("--stage", choices=["all", "train"], default="all", help="train: stop after training")
+    p.add_argument("--stage", choices=["all", "train", "measure"], default="all",
+                   help="train: stop after training; measure: train nothing, measure the finished checkpoints "
+                        "that --measure names (while another process still trains the rest)")
     p.add_argument("--measure", default="clean,gaussian",
                    help="comma list: which trained models this process measures (clean, gaussian; default both): "
                         "after training, one process per model uses both cores for the certification")
@@ -377,6 +380,14 @@ def main(argv=None):
     budget_min = args.budget_cpu_minutes
     paths: dict[tuple[str, float], Path] = {}
     for arch in archs:
+        if args.stage == "measure":  # finished checkpoints only: another process may be training the others
+            for sigma, kind in ((0.0, "clean"), (args.gaussian_sigma, "gaussian")):
+                path = checkpoint_path(args.out, arch, sigma, args.train_limit)
+                if kind in measure:
+                    if "budget" not in read_json(path):
+                        raise SystemExit(f"--stage measure: {path} is not finished training")
+                    paths[(arch, sigma)] = path
+            continue
         paths[(arch, 0.0)] = train_model(arch, 0.0, None, data, args, device, log)
         paths[(arch, args.gaussian_sigma)] = train_model(arch, args.gaussian_sigma, paths[(arch, 0.0)], data, args,
                                                          device, log)
