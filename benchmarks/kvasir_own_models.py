@@ -68,22 +68,18 @@ with the command line at the top. Timings are wall-clock on the machine that ran
 (shared, noisy), with the process's CPU seconds beside the speed figures; nothing here
 asserts.
 
-Cost on this project's CPU (x86_64, 1 thread; measured in the smoke run with the 2
-cores shared with other jobs, so CPU seconds of the process are quoted: wall time was
-about 2x): smp UNet++ forward 3.3 CPU s per batch of 16 (0.21 s/sample), training step
-9.7 s; MONAI UNet forward 0.14 s per batch (0.009 s/sample), training step 0.47 s
-(UNet++ / UNet: forward 24x, step 21x, parameters 16.0 M vs 0.21 M). A UNet++ epoch
-(44 steps + validation on 100 images) is ~7.5 CPU min, so 20 CPU minutes buy it 3
-epochs against ~50 for the UNet (~22 s an epoch, if patience does not stop it first):
-on a CPU the comparison is budget-bound for UNet++. Full run: training 2 x ~22.5 min
-(UNet++, the last epoch overshoots) + 2 x <= 20 min (UNet) ~ 85 min; certification
-110 draws x 50 images x 2 sigmas x 2 models = 22,000 forward samples per
-architecture: UNet++ 22,000 x 0.21 s ~ 76 min, UNet ~ 3 min of forwards + per-image
-work (2.2 s per image measured in all, ~8 min for its 200 image-sigma pairs); clean
-Dice on 200 test images x 4 models ~ 2 min. About 3 hours of one CPU core (5-6 hours
-of wall time on this project's shared 2-core machine): the full run is meant for a
-GPU (``--device cuda``; there the same budget buys far more epochs, and
-``--budget-clock wall`` budgets device time more directly) or a long CPU run.
+Cost on this project's CPU (x86_64, one thread per process), measured in the run of
+``benchmarks/results/kvasir_own_models.txt``: smp UNet++ forward 1.9 s per batch of 16
+(0.12 s/sample), training step 5.6 s; MONAI UNet 0.095 s and 0.26 s (UNet++ / UNet: 20x and 22x,
+parameters 16.0 M vs 0.21 M). A UNet++ epoch (44 steps + validation on 100 images) took
+about 260 CPU s, so the 20 CPU minutes bought it 5 epochs, while the UNet stopped by
+patience after 32 (clean) and 24 (Gaussian) epochs, in 368 and 275 CPU s: on a CPU the
+comparison is budget-bound for UNet++. Certification: 16 s per image for UNet++, 0.8 s
+for the UNet (110 draws at 128 px). In all about 1.9 CPU hours (training 53 min,
+UNet++ certification 54 min); with one process per architecture and the UNet++
+certification split per model (see the commands above) it took 80 minutes of wall
+time on the 2-core machine. On a GPU: ``--device cuda`` (there the same budget buys far
+more epochs, and ``--budget-clock wall`` budgets device time more directly).
 """
 from __future__ import annotations
 
@@ -298,17 +294,23 @@ def train_step_seconds(model, device, size: int, repeats: int, batch: int = 16) 
     return timed(step, device, repeats, warmup=1)
 
 
-def clean_dice(model, test, count: int, device) -> list[float]:
-    """Per-image mean foreground Dice of ``model`` on the first ``count`` test images."""
+def clean_dice(model, test, count: int, device, sigma: float = 0.0, seed: int = 0) -> list[float]:
+    """Per-image mean foreground Dice of ``model`` (the base model, not smoothed) on the first ``count`` test
+    images; with ``sigma`` > 0 on one noisy copy ``x + N(0, sigma^2 I)`` of each (CPU generator seeded with
+    ``seed``): how well the base model keeps its prediction under the noise the smoothing adds."""
     from certframe import metrics
     from certframe.interfaces import class_labels
 
     model = model.to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
     scores = []
     with torch.inference_mode():
         for i in range(0, count, 16):
             items = [test[j] for j in range(i, min(i + 16, count))]
-            pred = class_labels(model(torch.stack([s.image for s in items]).to(device))).cpu()
+            x = torch.stack([s.image for s in items])
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=gen)
+            pred = class_labels(model(x.to(device))).cpu()
             scores += [metrics.mean_dice(p, s.mask, 2) for p, s in zip(pred, items)]
     return scores
 
@@ -430,8 +432,12 @@ def main(argv=None):
             cache_path.write_text(json.dumps(cache, indent=1))
         clean = cache["clean"]
         for sigma in SIGMAS:
+            if f"{sigma:g}" not in cache.setdefault("noisy", {}):
+                cache["noisy"][f"{sigma:g}"] = clean_dice(model, test, k, device, sigma=sigma, seed=args.seed)
+                cache_path.write_text(json.dumps(cache, indent=1))
+            noisy = sum(cache["noisy"][f"{sigma:g}"]) / k
             if f"{sigma:g}" in cache["rows"]:
-                rows.append(cache["rows"][f"{sigma:g}"])
+                rows.append({**cache["rows"][f"{sigma:g}"], "noisy": noisy})
                 print(f"  {label} at sigma {sigma}: certified Dice {rows[-1]['certified']:.4f} (measured earlier, "
                       f"{cache_path.name})", flush=True)
                 continue
@@ -443,7 +449,7 @@ def main(argv=None):
             mean = lambda key: sum(r[key] for r in res) / len(res)  # noqa: E731
             rows.append({"label": label, "arch": arch, "train_sigma": train_sigma, "sigma": sigma,
                          "clean_all": sum(clean[:n_clean]) / n_clean, "clean_k": sum(clean[:k]) / k,
-                         "certified": mean("certified_dice"), "abstain": mean("abstain_rate"),
+                         "noisy": noisy, "certified": mean("certified_dice"), "abstain": mean("abstain_rate"),
                          "radius": res[0]["radius"], "per_image": seconds / k,
                          "certified_per_image": [r["certified_dice"] for r in res]})
             cache["rows"][f"{sigma:g}"] = rows[-1]  # kept at once: an interrupted run measures only what is left
@@ -494,13 +500,14 @@ def main(argv=None):
     log("")
     log(f"Test split ({len(test)} images): clean Dice on the first {n_clean}; certified Dice on the first {k} "
         f"(SegCertify, Holm, n0={N0}, n={N}, alpha={ALPHA}, tau={TAU}, no denoiser)")
-    log(f"{'model':<26} {'train sigma':>11} {'clean Dice':>10} {'clean Dice':>10} {'sigma':>6} {'radius':>7} "
-        f"{'cert. Dice':>10} {'abstain':>8} {'s/image':>8}")
-    log(f"{'':<26} {'':>11} {f'(first {n_clean})':>10} {f'(first {k})':>10}")
+    log(f"{'model':<26} {'train sigma':>11} {'clean Dice':>10} {'clean Dice':>10} {'sigma':>6} {'noisy Dice':>10} "
+        f"{'radius':>7} {'cert. Dice':>10} {'abstain':>8} {'s/image':>8}")
+    log(f"{'':<26} {'':>11} {f'(first {n_clean})':>10} {f'(first {k})':>10} {'':>6} {f'(first {k})':>10}")
     for r in rows:
         log(f"{r['label']:<26} {r['train_sigma']:>11.2f} {r['clean_all']:>10.4f} {r['clean_k']:>10.4f} "
-            f"{r['sigma']:>6.2f} {r['radius']:>7.4f} {r['certified']:>10.4f} {r['abstain']:>8.4f} "
-            f"{r['per_image']:>8.2f}")
+            f"{r['sigma']:>6.2f} {r['noisy']:>10.4f} {r['radius']:>7.4f} {r['certified']:>10.4f} "
+            f"{r['abstain']:>8.4f} {r['per_image']:>8.2f}")
+    log(f"(noisy Dice: the base model, not smoothed, on one noisy copy of each image at that sigma, seed {args.seed})")
     log("")
     log(f"UNet++ minus MONAI UNet, certified Dice over the same {k} images (paired bootstrap 95 % CI, "
         f"10,000 resamples):")
