@@ -1,6 +1,7 @@
 """Adaptive vs fixed-n certification: forward passes (noise draws) used and certified Dice.
 
     python benchmarks/adaptive_vs_fixed.py [--images 40] [--n 1000] [--kvasir-images 40]
+        [--kvasir-weights W] [--kvasir-noise-weights W] [--parts synthetic,kvasir-clean,kvasir-gaussian]
 
 Each image is certified with SegCertify at a fixed n (n0 + n draws) and with the
 adaptive certifier (``plugins/certifiers/adaptive.py``; n is its largest look), on
@@ -17,7 +18,10 @@ Data: the bundled ``synthetic-lung`` set with its Gaussian-trained weights
 ``benchmarks/out/kvasir/kvasir-unet-clean.safetensors`` (trained on clean images, so
 it is certified at a small sigma, 0.05, without a denoiser) and, when present, the
 sigma-0.5 Gaussian-trained ``kvasir-unet-noise0.5.safetensors`` at sigma 0.25; skipped
-when the data or weights are missing. Figures are measured in one run; nothing here asserts.
+when the data or weights are missing. ``--kvasir-weights`` / ``--kvasir-noise-weights``
+take others (the results file uses the MONAI UNets of ``kvasir_own_models.py``, same
+network, trained until validation Dice stopped improving); ``--parts`` picks tables, so
+that one process per table can use more cores. Figures are measured in one run; nothing here asserts.
 """
 from __future__ import annotations
 
@@ -77,7 +81,17 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--kvasir-images", type=int, default=40)
+    parser.add_argument("--kvasir-weights", type=Path, default=KVASIR_WEIGHTS,
+                        help="the clean-trained Kvasir-SEG MONAI UNet (e.g. benchmarks/out/kvasir/own-monai-unet-clean"
+                             ".safetensors from kvasir_own_models.py)")
+    parser.add_argument("--kvasir-noise-weights", type=Path, default=KVASIR_NOISE_WEIGHTS,
+                        help="the sigma-0.5 Gaussian-trained one")
+    parser.add_argument("--parts", default="synthetic,kvasir-clean,kvasir-gaussian",
+                        help="comma list of the tables to measure (one process per part uses more cores)")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"synthetic", "kvasir-clean", "kvasir-gaussian"}:
+        parser.error(f"--parts: expected a comma list of synthetic, kvasir-clean, kvasir-gaussian; got {args.parts!r}")
     torch.set_num_threads(1)
     reg = get_registry()
     data = reg.create("dataset", "synthetic-lung", count=args.images, size=args.size)
@@ -86,18 +100,22 @@ def main():
     print("adaptive certifier: looks", AdaptiveSegCertify().schedule(probe, args.size ** 2),
           f"at {args.size}x{args.size},", AdaptiveSegCertify().schedule(probe, 128 ** 2),
           "at 128x128; Bonferroni spending, futility beta 0.001")
-    compare("synthetic-lung, Gaussian-trained UNet", data, seg, sigma=0.25, n0=10, n=args.n, alpha=0.001,
-            tau=0.75, certifiers=certifiers())
-    if not (KVASIR / "images").is_dir() or not KVASIR_WEIGHTS.is_file():
-        print(f"\n[kvasir-seg] skipped: needs {KVASIR} and {KVASIR_WEIGHTS}")
+    if "synthetic" in parts:
+        compare("synthetic-lung, Gaussian-trained UNet", data, seg, sigma=0.25, n0=10, n=args.n, alpha=0.001,
+                tau=0.75, certifiers=certifiers())
+    if not parts & {"kvasir-clean", "kvasir-gaussian"}:
+        return
+    if not (KVASIR / "images").is_dir() or not args.kvasir_weights.is_file():
+        print(f"\n[kvasir-seg] skipped: needs {KVASIR} and {args.kvasir_weights}")
         return
     kv = _Subset(reg.create("dataset", "kvasir-seg", root=str(KVASIR), size=128, split="test"),
                  args.kvasir_images)
-    seg = reg.create("segmenter", "monai", weights=str(KVASIR_WEIGHTS))
-    compare("kvasir-seg test split (128 px), clean-trained UNet, no denoiser", kv, seg, sigma=0.05, n0=10,
-            n=args.n, alpha=0.001, tau=0.75, certifiers=certifiers())
-    if KVASIR_NOISE_WEIGHTS.is_file():
-        seg = reg.create("segmenter", "monai", weights=str(KVASIR_NOISE_WEIGHTS))
+    if "kvasir-clean" in parts:
+        seg = reg.create("segmenter", "monai", weights=str(args.kvasir_weights))
+        compare("kvasir-seg test split (128 px), clean-trained UNet, no denoiser", kv, seg, sigma=0.05, n0=10,
+                n=args.n, alpha=0.001, tau=0.75, certifiers=certifiers())
+    if "kvasir-gaussian" in parts and args.kvasir_noise_weights.is_file():
+        seg = reg.create("segmenter", "monai", weights=str(args.kvasir_noise_weights))
         compare("kvasir-seg test split (128 px), sigma-0.5 Gaussian-trained UNet", kv, seg, sigma=0.25, n0=10,
                 n=args.n, alpha=0.001, tau=0.75, certifiers=certifiers())
 
