@@ -37,6 +37,26 @@ def guide_blocks() -> list[tuple[str, str]]:
     return out
 
 
+def run_blocks(blocks: list[tuple[str, str]], cwd: Path) -> None:
+    """Run each ``(language, code)`` block in ``cwd``; AssertionError naming the first that fails."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    for lang, code in blocks:
+        cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{lang} block failed:\n{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+
+
+def test_the_runner_stops_on_a_failing_command(tmp_path):
+    """The control: a block whose first line fails (bash -e) or a python block that raises is reported."""
+    with pytest.raises(AssertionError, match="bash block failed"):
+        run_blocks([("bash", "false\ntouch reached")], tmp_path)
+    assert not (tmp_path / "reached").exists()
+    with pytest.raises(AssertionError, match="python block failed"):
+        run_blocks([("python", "raise SystemExit(3)")], tmp_path)
+    run_blocks([("bash", "certframe --help > /dev/null"), ("python", "import certframe")], tmp_path)
+
+
 def test_the_guide_has_the_blocks_this_test_runs():
     blocks = guide_blocks()
     assert [lang for lang, _ in blocks].count("python") == 1
@@ -51,12 +71,7 @@ def test_every_command_of_the_guide_runs_as_written(tmp_path):
     pytest.importorskip("segmentation_models_pytorch", reason="the guide's smp route needs certframe[smp]")
     pytest.importorskip("dynamic_network_architectures", reason="the guide's nnU-Net route needs certframe[nnunet]")
     (tmp_path / "tests").symlink_to(ROOT / "tests")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    for lang, code in guide_blocks():
-        cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
-        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{lang} block failed:\n{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    run_blocks(guide_blocks(), tmp_path)
     runs = {"monai", "smp", "nnunet-run", "torchscript"}
     for run in runs:
         rows = pd.read_csv(tmp_path / "runs" / "own" / run / "results.csv")
