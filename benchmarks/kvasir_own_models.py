@@ -157,16 +157,6 @@ def budget_settings(args) -> dict:
             "patience": args.patience, "train_limit": args.train_limit, "lr": args.lr, "batch_size": 16}
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_json(path: Path) -> dict:
     side = path.with_suffix(".json")
     return json.loads(side.read_text()) if side.is_file() else {}
@@ -350,6 +340,7 @@ def main(argv=None):
     from certframe.registry import get_registry
     from certframe.run import Names, certify_dataset
     from certframe.run.build import resolve_device
+    from certframe.run.provenance import file_identity
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -421,7 +412,8 @@ def main(argv=None):
             continue
         label = f"{ARCHS[arch][0]} {'clean' if train_sigma == 0 else f'Gauss {train_sigma:g}'}"
         cache_path = paths[(arch, train_sigma)].with_name(paths[(arch, train_sigma)].stem + f"-measured-k{k}.json")
-        settings = {"checkpoint_sha256": file_sha256(paths[(arch, train_sigma)]), "n0": N0, "n": N, "alpha": ALPHA,
+        settings = {"checkpoint_sha256": file_identity(paths[(arch, train_sigma)])["sha256"], "n0": N0, "n": N,
+                    "alpha": ALPHA,
                     "tau": TAU, "batch_size": args.batch_size, "seed": args.seed, "size": args.size,
                     "certify_images": k, "clean_images": n_clean, "device": device.type}
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
