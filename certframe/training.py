@@ -40,7 +40,7 @@ from certframe.train_state import decode_state, encode_state, load_optimizer, sa
 
 STATE_VERSION = 1
 # Settings a resumed run must share with the run it continues (epochs may grow).
-RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed", "denoiser")
+RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed", "denoiser", "lr_plateau")
 
 
 def stack(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +166,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                     denoiser_record: dict | None = None,
                     on_epoch: Callable[[dict], None] | None = None,
                     resume: bool = False, progress: bool = False, console=None,
-                    save_state: bool = True, patience: int | None = None) -> TrainResult:
+                    save_state: bool = True, patience: int | None = None,
+                    lr_plateau: int | None = None) -> TrainResult:
     """Train ``model`` (a :class:`Segmenter` holding an ``nn.Module`` in ``.net``) in place.
 
     train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``; or
@@ -195,6 +196,12 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     many epochs (None: run all ``epochs``). "Trained until its validation Dice stops
     improving" is what a fair baseline needs (a Gaussian-trained model stopped early looks
     worse than it is); ``epochs`` then only caps the run.
+    lr_plateau: halve the learning rate once the validation Dice has not improved for
+    this many epochs (``torch.optim.lr_scheduler.ReduceLROnPlateau``, mode max, factor
+    0.5; None: constant ``lr``). With a constant Adam step the validation Dice of a
+    noise- or denoiser-trained model jitters, and ``patience`` can stop a run whose best
+    epoch was a lucky one; decaying the step first lets it settle (give ``patience``
+    more epochs than ``lr_plateau``). The scheduler's state is part of a resumed run's.
     The wall and CPU seconds of training (validation included, cumulative over resumes)
     are in the result and the checkpoint's ``training`` section.
     Returns the best epoch's Dice, its index and the per-epoch history.
@@ -202,10 +209,11 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     from monai.losses import DiceCELoss
 
     sigmas = noise_sigmas(noise_sigma)
-    if epochs < 1 or batch_size < 1 or lr <= 0 or (patience is not None and patience < 1):
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, noise_sigma >= 0, patience >= 1 (or None); "
-                         f"got epochs={epochs}, batch_size={batch_size}, lr={lr}, noise_sigma={noise_sigma}, "
-                         f"patience={patience}")
+    if (epochs < 1 or batch_size < 1 or lr <= 0 or (patience is not None and patience < 1)
+            or (lr_plateau is not None and lr_plateau < 1)):
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, noise_sigma >= 0, patience >= 1 (or None), "
+                         f"lr_plateau >= 1 (or None); got epochs={epochs}, batch_size={batch_size}, lr={lr}, "
+                         f"noise_sigma={noise_sigma}, patience={patience}, lr_plateau={lr_plateau}")
     if denoiser is not None and min(sigmas) <= 0:
         raise ValueError(f"denoised training needs noise sigma(s) > 0, got {sigmas}")
     if train.num_classes != val.num_classes:
@@ -230,9 +238,14 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
             val_images = denoise_batches(denoiser, val_images, val_sigmas, batch_size, device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optim = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = (None if lr_plateau is None else
+                 torch.optim.lr_scheduler.ReduceLROnPlateau(optim, mode="max", factor=0.5, patience=lr_plateau - 1,
+                                                            eps=0.0))  # eps 0: halve even a tiny lr
     g = torch.Generator().manual_seed(seed)
     training = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "noise_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "seed": seed}
+    if lr_plateau is not None:
+        training["lr_plateau"] = int(lr_plateau)
     if denoiser is not None:
         training["denoiser"] = dict(denoiser_record or {"name": type(denoiser).__name__})
     model_config = dict(config or {})
@@ -262,6 +275,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                                  f"this one {key}={model_config[key]!r}")
         net.load_state_dict(weights)
         load_optimizer(folder / state["optimizer"], optim)
+        if scheduler is not None:
+            scheduler.load_state_dict(state["lr_scheduler"])
         g.set_state(decode_state(state["generator"]))
         torch.set_rng_state(decode_state(state["torch_rng"]))
         result.best_dice, result.best_epoch = state["best_dice"], state["best_epoch"]
@@ -313,6 +328,9 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
             dice = evaluate_dice(model, val_images, val_masks, train.num_classes, batch_size, device)
             seconds, cpu_seconds = result.seconds, result.cpu_seconds = elapsed()
             record = {"epoch": epoch, "loss": total / len(images), "val_dice": dice}
+            if scheduler is not None:
+                record["lr"] = optim.param_groups[0]["lr"]  # the step this epoch was trained with
+                scheduler.step(dice)
             result.history.append(record)
             if dice > result.best_dice:
                 result.best_dice, result.best_epoch = dice, epoch
@@ -326,7 +344,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                             {"training": training, "best_dice": result.best_dice,
                              "best_epoch": result.best_epoch, "history": result.history,
                              "seconds": seconds, "cpu_seconds": cpu_seconds,
-                             "generator": encode_state(g.get_state()), "torch_rng": encode_state(torch.get_rng_state())})
+                             "generator": encode_state(g.get_state()), "torch_rng": encode_state(torch.get_rng_state()),
+                             **({} if scheduler is None else {"lr_scheduler": scheduler.state_dict()})})
             bar.update(epoch_task, advance=1,
                        info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ epoch {result.best_epoch + 1})")
             if on_epoch is not None:

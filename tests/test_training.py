@@ -130,6 +130,33 @@ def test_patience_stops_when_validation_dice_stops_improving(data, tmp_path):
         train_segmenter(fresh(), *data, epochs=2, patience=0)
 
 
+def test_lr_plateau_halves_the_step_after_epochs_without_improvement(data, tmp_path):
+    # lr 1e-9: epoch 0's Dice is never beaten, so the step halves after every lr_plateau
+    # non-improving epochs: 1e-9 for epochs 0-2, then 5e-10 for 3-4, then 2.5e-10
+    res = train_segmenter(fresh(), *data, epochs=7, batch_size=8, lr=1e-9, lr_plateau=2)
+    assert res.best_epoch == 0
+    assert [h["lr"] for h in res.history] == pytest.approx([1e-9] * 3 + [5e-10] * 2 + [2.5e-10] * 2, rel=1e-12)
+    constant = train_segmenter(fresh(), *data, epochs=2, batch_size=8, lr=1e-9)
+    assert "lr" not in constant.history[0]  # no scheduler: the history is what it was
+    with pytest.raises(ValueError, match="lr_plateau >= 1"):
+        train_segmenter(fresh(), *data, epochs=2, lr_plateau=0)
+
+
+def test_lr_plateau_run_resumes_exactly(data, tmp_path):
+    # the scheduler's counters travel with the resume state: 2 + 5 epochs equal 7 in one go (a
+    # scheduler started afresh at epoch 2 would take that epoch as its best and halve later)
+    kw = dict(batch_size=8, lr=1e-9, lr_plateau=2, seed=2)
+    whole = train_segmenter(fresh(), *data, epochs=7, checkpoint=tmp_path / "a.safetensors", **kw)
+    assert [h["lr"] for h in whole.history] == pytest.approx([1e-9] * 3 + [5e-10] * 2 + [2.5e-10] * 2, rel=1e-12)
+    path = tmp_path / "b.safetensors"
+    train_segmenter(fresh(), *data, epochs=2, checkpoint=path, **kw)
+    assert load_resume_state(path)["lr_scheduler"]["num_bad_epochs"] == 1
+    resumed = train_segmenter(fresh(), *data, epochs=7, checkpoint=path, resume=True, **kw)
+    assert resumed.history == whole.history
+    with pytest.raises(ValueError, match=r"lr_plateau=2 vs 3"):
+        train_segmenter(fresh(), *data, epochs=6, checkpoint=path, resume=True, **{**kw, "lr_plateau": 3})
+
+
 def test_noise_training_validates_on_noisy_images(data):
     model, res = run(data, epochs=2, noise_sigma=0.25, seed=1)
     assert len(res.history) == 2 and 0.0 <= res.best_dice <= 1.0 and res.checkpoint is None
@@ -174,6 +201,13 @@ def test_cli_output_resume_and_errors(tmp_path):
     assert len(load_resume_state(out)["history"]) == 2
     r = runner.invoke(main, base + ["--epochs", "1", "--overwrite", "--quiet"])
     assert r.exit_code == 0 and len(load_resume_state(out)["history"]) == 1
+    r = runner.invoke(main, base + ["--epochs", "2", "--overwrite", "--lr-plateau", "1", "--lr", "1e-9"])
+    assert r.exit_code == 0, r.output
+    assert "epoch 2/2: loss" in r.output and "lr 1e-09" in r.output  # epoch 2 trained with the step before halving
+    assert load_resume_state(out)["training"]["lr_plateau"] == 1
+    assert [h["lr"] for h in load_resume_state(out)["history"]] == [1e-9, 1e-9]
+    r = runner.invoke(main, base + ["--epochs", "1", "--overwrite", "--lr-plateau", "0"])
+    assert r.exit_code == 2 and "--lr-plateau" in r.output
     r = runner.invoke(main, base + ["--epochs", "1", "--dataset-option", "split=test"])
     assert r.exit_code == 1 and "do not pass a split option" in r.output
     r = runner.invoke(main, base[:-4] + ["--output", str(tmp_path / "m.pt")])

@@ -100,8 +100,8 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
                         network: dict | None = None, denoiser: str | None = None,
                         denoiser_options: dict | None = None, init: str | Path | None = None,
                         resume: bool = False, overwrite: bool = False, device: str = "auto", seed: int = 0,
-                        patience: int | None = None, quiet: bool = False, registry=None,
-                        console=None) -> TrainResult:
+                        patience: int | None = None, lr_plateau: int | None = None, quiet: bool = False,
+                        registry=None, console=None) -> TrainResult:
     """Build the train/val splits, the model (and denoiser), train, return the :class:`TrainResult`.
 
     arch, network: the ``--arch`` / ``--network-option`` shorthands for the segmenter options
@@ -159,9 +159,10 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
                              noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], seed=seed, device=dev,
                              checkpoint=output, config=config, denoiser=den, denoiser_record=record,
                              resume=resume, progress=not quiet, console=console, patience=patience,
+                             lr_plateau=lr_plateau,
                              on_epoch=lambda r: console.print(
                                  f"epoch {r['epoch'] + 1}/{epochs}: loss {r['loss']:.4f}, "
-                                 f"val Dice {r['val_dice']:.4f}"))
+                                 f"val Dice {r['val_dice']:.4f}" + (f", lr {r['lr']:.3g}" if "lr" in r else "")))
     if result.stopped_early:
         console.print(f"stopped after epoch {len(result.history)}: no better val Dice for {patience} epochs")
     console.print(f"best val Dice {result.best_dice:.4f} at epoch {result.best_epoch + 1}: {result.checkpoint}")
@@ -189,6 +190,9 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Early stopping: stop once the validation Dice has not improved for this many epochs "
                    "(train until it stops improving; a fair Gaussian-trained baseline needs it).")
+@click.option("--lr-plateau", type=click.IntRange(min=1), default=None,
+              help="Halve the learning rate once the validation Dice has not improved for this many epochs "
+                   "(ReduceLROnPlateau; default: constant rate). Use with a larger --patience.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--noise-sigma", type=float, multiple=True,
@@ -203,8 +207,8 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
 @seed_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
 def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, arch, network_options,
-              denoiser_name, denoiser_options, init, epochs, patience, batch_size, lr, noise_sigma, output, resume, overwrite,
-              device, seed, quiet):
+              denoiser_name, denoiser_options, init, epochs, patience, lr_plateau, batch_size, lr, noise_sigma, output,
+              resume, overwrite, device, seed, quiet):
     """Train a segmenter (Dice + cross-entropy, Adam) on a data set, optionally on noisy or denoised images."""
     try:
         sigmas = list(noise_sigma) or [0.0]
@@ -217,6 +221,6 @@ def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, 
                             init=init, epochs=epochs, batch_size=batch_size, lr=lr,
                             noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], output=output,
                             resume=resume, overwrite=overwrite, device=device, seed=seed, patience=patience,
-                            quiet=quiet)
+                            lr_plateau=lr_plateau, quiet=quiet)
     except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as err:
         raise click.ClickException(str(err)) from err
