@@ -25,3 +25,31 @@ def test_paired_bootstrap_ci_of_the_benchmark(monkeypatch):
     assert lo < mean == 49.5 < hi and hi - lo < 15  # standard error 2.9: CI about +-5.7
     with pytest.raises(ValueError, match="equal-length"):
         ci([1, 2], [1])
+
+
+def test_resolution_ceiling_of_the_diffusion_benchmark(monkeypatch):
+    """The round trip through a DDPM's resolution: lossless at the same size, lossy for fine detail."""
+    import importlib.util
+
+    import torch
+
+    from certframe.interfaces import Sample
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("kvasir_diffusion", ROOT / "benchmarks" / "kvasir_diffusion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # one 16x16 image: a 2-pixel checkerboard in the left half (fine detail), flat on the right
+    image = torch.zeros(1, 16, 16)
+    image[0, :, :8] = ((torch.arange(16)[:, None] // 2 + torch.arange(8)[None] // 2) % 2).float()
+    mask = (image[0] > 0.5).long()
+    data = [Sample(image, mask, "a")]
+
+    def threshold(x):  # a "segmenter": logits [B, 2, H, W] of pixel > 0.5
+        fg = (x[:, :1] > 0.5).float()
+        return torch.cat([1 - fg, fg], 1)
+
+    trip_psnr, dice_x, dice_trip = bench.resolution_ceiling(data, threshold, (16, 16), 1)
+    assert trip_psnr == float("inf") and dice_x == dice_trip == 1.0
+    trip_psnr, dice_x, dice_trip = bench.resolution_ceiling(data, threshold, (4, 4), 1)
+    assert dice_x == 1.0 and dice_trip < 0.5 and trip_psnr < 10  # 4x4 averages the checkerboard away
