@@ -57,22 +57,21 @@ ROWS = ("none", "gaussian", "ddpm", "ddim", "finetuned")
 GOAL = 0.10  # issue 15: a diffusion row at least 0.10 above the Gaussian-trained row at sigma 0.5 and 1.0
 
 
-def schedule_tag(lr_plateau: int | None) -> str:
-    """File-name tag of a segmenter trained with a decaying step (none for a constant one)."""
-    return "" if lr_plateau is None else f"-lrp{lr_plateau}"
+def variant_tag(lr_plateau: int | None = None, train_seed: int | None = None) -> str:
+    """File-name tag of a fine-tuned UNet trained with a decaying step and/or another seed (none: the default)."""
+    return ("" if lr_plateau is None else f"-lrp{lr_plateau}") + ("" if train_seed is None else f"-seed{train_seed}")
 
 
-def segmenter_path(out: Path, sigma: float | str, lr_plateau: int | None = None) -> Path:
-    """The clean UNet (``sigma=0``, always a constant step) or a Gaussian-trained one."""
+def segmenter_path(out: Path, sigma: float | str, tag: str = "") -> Path:
+    """The clean UNet (``sigma=0``: one for every variant) or a Gaussian-trained one."""
     if sigma == 0:
         return out / "kvasir-unet-clean.safetensors"
-    return out / f"kvasir-unet-noise{sigma}{schedule_tag(lr_plateau)}.safetensors"
+    return out / f"kvasir-unet-noise{sigma}{tag}.safetensors"
 
 
-def finetuned_path(out: Path, ddpm_dir: Path, sigma: float | None = None, lr_plateau: int | None = None) -> Path:
+def finetuned_path(out: Path, ddpm_dir: Path, sigma: float | None = None, tag: str = "") -> Path:
     """The denoised-fine-tuned UNet for all sigmas (``sigma=None``) or for one."""
-    return out / (f"kvasir-unet-denoised-{ddpm_dir.name}{'' if sigma is None else f'-sigma{sigma:g}'}"
-                  f"{schedule_tag(lr_plateau)}.safetensors")
+    return out / f"kvasir-unet-denoised-{ddpm_dir.name}{'' if sigma is None else f'-sigma{sigma:g}'}{tag}.safetensors"
 
 
 def finished(path: Path) -> bool:
@@ -91,7 +90,8 @@ def train_segmenter_here(path: Path, sigma, data, args, log, *, init: Path | Non
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
     from certframe.training import resume_dir, train_segmenter
 
-    torch.manual_seed(args.seed)
+    seed = args.seed if init is None or args.train_seed is None else args.train_seed
+    torch.manual_seed(seed)
     if init is None:
         model = MonaiSegmenter(weights="random", arch="unet", in_channels=3, num_classes=2, network=SEG_NETWORK)
     else:
@@ -101,7 +101,7 @@ def train_segmenter_here(path: Path, sigma, data, args, log, *, init: Path | Non
     if init is not None:
         config["init"] = {"weights": str(init)}
     res = train_segmenter(model, data["train"], data["val"], epochs=args.seg_epochs, batch_size=16, lr=args.seg_lr,
-                          noise_sigma=sigma, seed=args.seed, checkpoint=path, config=config, denoiser=denoiser,
+                          noise_sigma=sigma, seed=seed, checkpoint=path, config=config, denoiser=denoiser,
                           denoiser_record=denoiser_record, patience=args.seg_patience,
                           lr_plateau=None if init is None else args.seg_lr_plateau,
                           resume=(resume_dir(path) / "state.json").is_file(),
@@ -123,6 +123,8 @@ def training_note(path: Path) -> str:
            else f"ran all {ran} epochs (STILL IMPROVING near the end: train longer)" if best + 3 >= ran
            else f"ran all {ran} epochs")
     init = " (fine-tuned from the clean UNet)" if info.get("init") else ""
+    if info.get("init") and meta.get("seed"):
+        init += f" (training seed {meta['seed']})"
     if meta.get("lr_plateau"):
         init += f" (step halved after {meta['lr_plateau']} epochs without a better val Dice)"
     return (f"best val Dice {meta.get('val_dice', float('nan')):.4f} at epoch {best + 1} of {ran}{init}; {how}; "
@@ -191,6 +193,10 @@ def main(argv=None):
     p.add_argument("--seg-lr-plateau", type=int, default=None,
                    help="Gaussian-trained and denoised-fine-tuned UNets: halve the step once val Dice has not "
                         "improved for this many epochs (default constant; the clean UNet always is)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the Gaussian-trained and denoised-fine-tuned UNets' training (default --seed; "
+                        "the split, the clean UNet and the certification keep --seed): rerun with a few to see "
+                        "how much a row moves between training runs, which the bootstrap CI over images omits")
     p.add_argument("--gaussian-sigmas", default="0.25,0.5,1.0")
     p.add_argument("--gaussian-models", choices=["one", "per-sigma"], default="one",
                    help="one Gaussian-trained UNet for all --gaussian-sigmas (each batch draws one, like the "
@@ -245,11 +251,12 @@ def main(argv=None):
         f"{args.threads} thread(s), {platform.processor() or platform.machine()}")
 
     gauss_sigmas = [float(s) for s in args.gaussian_sigmas.split(",") if s.strip()]
+    tag = variant_tag(args.seg_lr_plateau, args.train_seed)
     seg_paths = {}
     groups = [[0.0]] + ([gauss_sigmas] if args.gaussian_models == "one" else [[s] for s in gauss_sigmas])
     for sigmas in groups:
         path = segmenter_path(args.out, sigmas[0] if len(sigmas) == 1 else "-".join(f"{s:g}" for s in sigmas),
-                              args.seg_lr_plateau)
+                              tag)
         init = None if sigmas == [0.0] or args.gaussian_from == "scratch" else seg_paths[0.0]
         if not finished(path):
             train_segmenter_here(path, sigmas if len(sigmas) > 1 else sigmas[0], data, args, log, init=init)
@@ -276,7 +283,7 @@ def main(argv=None):
         record = {"name": "ddpm", "options": {"model": str(ddpm_dir)}, "hash": module_hash(ddpm)}
         for group in ([ft_sigmas] if args.finetune_models == "one" else [[s] for s in ft_sigmas]):
             path = finetuned_path(args.out, ddpm_dir, None if args.finetune_models == "one" else group[0],
-                                  args.seg_lr_plateau)
+                                  tag)
             if not finished(path):
                 train_segmenter_here(path, group if len(group) > 1 else group[0], data, args, log,
                                      init=seg_paths[0.0], denoiser=ddpm, denoiser_record=record)
