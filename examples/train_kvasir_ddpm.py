@@ -26,7 +26,8 @@ Choices, for a model worth its CPU time:
   convolutional and denoises whole images). On a GPU, train the default 128x128 model.
   What each choice buys on Kvasir-SEG (``certframe evaluate denoiser``, 50 test images):
   twice the steps +0.1 dB (``benchmarks/results/kvasir_ddpm_steps.txt``), four times the
-  parameters (channels 32-64-128-128, 946 CPU s) +0.2 dB; and the 64 px round trip alone
+  parameters (channels 32-64-128-128, 946 CPU s) +0.2 dB but +0.010 to +0.030 Dice on
+  denoised images (``kvasir_ddpm_capacity.txt``); and the 64 px round trip alone
   keeps the clean segmenter's Dice (0.669 against 0.670): the benchmark's CPU model is the
   wide one (``benchmarks/results/kvasir_diffusion.txt``).
 * **Only the timesteps certification uses**: ``t`` uniform in ``0 .. t*(1.25)``
