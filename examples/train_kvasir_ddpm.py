@@ -27,9 +27,9 @@ Choices, for a model worth its CPU time:
   What each choice buys on Kvasir-SEG (``certframe evaluate denoiser``, 50 test images):
   twice the steps +0.1 dB (``benchmarks/results/kvasir_ddpm_steps.txt``), four times the
   parameters (channels 32-64-128-128, 946 CPU s) +0.2 dB but +0.010 to +0.030 Dice on
-  denoised images (``kvasir_ddpm_capacity.txt``); and the 64 px round trip alone
-  keeps the clean segmenter's Dice (0.669 against 0.670): the benchmark's CPU model is the
-  wide one (``benchmarks/results/kvasir_diffusion.txt``).
+  denoised images, nine times (48-96-192-192) nothing more (``kvasir_ddpm_capacity.txt``);
+  and the 64 px round trip alone keeps the clean segmenter's Dice (0.669 against 0.670):
+  the benchmark's CPU model is the 32-64-128-128 one (``kvasir_diffusion.txt``).
 * **Only the timesteps certification uses**: ``t`` uniform in ``0 .. t*(1.25)``
   (sigma up to 1.0 with a 25 % margin; t_max = 440 for the linear schedule). The
   ddpm/ddim denoisers refuse larger sigma with this model, instead of
