@@ -10,33 +10,22 @@ Design points:
 * Votes accumulate as int64 class counts ``[K, H, W]`` (``[K, D, H, W]`` for a volume
   ``[C, D, H, W]``) on the model's device; the n label maps are never stored, so memory
   does not grow with n.
-* The noise stream is counter-based: draw ``i`` of phase ``p`` for the image of a
-  :class:`~certframe.interfaces.NoiseKey` ``(s, id)`` is a function of ``(s, id, p, i)``
-  alone, so the counts are the same for every batch size and whichever process
-  certifies the image (on the same device type), and no two draws of an image coincide.
-  A volume's draw is the same stream read for ``C * D * H * W`` values instead of
-  ``C * H * W``: the same key, the same counter start, nothing else changes.
+* The noise stream is counter-based and the same on every device: draw ``i`` of phase ``p``
+  for the image of a :class:`~certframe.interfaces.NoiseKey` ``(s, id)`` is draw ``i`` of the
+  Philox4x32-10 stream ``(s, id, p)`` (:mod:`certframe.philox`; Salmon et al., SC 2011), read
+  for ``C * H * W`` values (``C * D * H * W`` for a volume) and turned into normals by
+  Box-Muller. So the counts are the same for every batch size, whichever process certifies
+  the image, and on CPU or CUDA (the 32-bit words bit for bit, the normals to rounding), and
+  no two draws of an image coincide (each has its own counter range). float64 images get
+  float64 normals; other dtypes get float32 ones, cast. :data:`NOISE_STREAM` names the
+  stream; run manifests record it and a run made with another stream is not resumed.
 
-  - CPU: numpy's Philox4x64-10 (Salmon et al., "Parallel random numbers: as easy as
-    1, 2, 3", SC 2011). The 128-bit key is :func:`philox_key`, ``blake2b``
-    of the JSON list ``[s, id, p]`` (16 bytes, the full key: numpy sets it directly,
-    nothing is truncated); draw ``i``
-    starts at counter ``i * 2**64`` (counter words ``[0, i, 0, 0]``) and reads float32
-    standard normals (numpy's ziggurat) from there. One draw uses far fewer than
-    ``2**64`` counter blocks, so the draws of one (seed, image, phase) lie in disjoint
-    counter ranges of one key: two draws of an image never reuse a position of the
-    stream, for any ``n < 2**64``. Two different (seed, image, phase) share a key with probability
-    ``2**-128``. float64 images get float64 normals; other dtypes get float32 ones, cast.
-  - Why not ``torch.Generator.manual_seed`` per draw (the earlier scheme): torch's CPU
-    generator is a Mersenne Twister whose ``manual_seed`` keeps only the low 32 bits
-    of the seed (``tests/test_sampler.py`` shows it), so 63-bit draw seeds collided in
-    32 bits: two draws of one image were identical with probability about ``n^2 / 2^33``
-    (0.012 at n = 10^4, 0.69 at n = 10^5).
-  - CUDA (NOT tested: the development machine has no GPU): torch's CUDA generator is
-    Philox4x32-10 with a 64-bit key that ``manual_seed`` keeps whole; draw ``i`` seeds it
-    with the 64-bit :func:`draw_seed` of ``(s, id, p, i)`` and draws on the device. Two
-    of n draws coincide with probability about ``n^2 / 2^65`` (3e-10 at n = 10^5). CUDA
-    and CPU give different (equally valid) noise.
+  - Earlier streams, and why they went: numpy's Philox4x64 one draw at a time on CPU (2.7x
+    ``torch.randn``, and not available on CUDA), and on CUDA torch's generator reseeded per
+    draw (other noise than the CPU's for the same seed, so a certificate made on a GPU could
+    not be re-checked on a laptop). Before those, ``torch.Generator.manual_seed`` per draw on
+    CPU: its Mersenne Twister keeps only the low 32 bits of a seed, so two draws of one image
+    coincided with probability about ``n^2 / 2^33``.
 * Runtime checks on every batch (:class:`certframe.validation.BatchChecks`): labels of
   the wrong shape or device, labels outside ``0..K-1``, and (through the smoothed
   segmenter) non-finite denoiser outputs or logits raise
@@ -46,8 +35,8 @@ Design points:
   the same code on CPU and CUDA).
 * Everything runs under :func:`torch.inference_mode`.
 * On CPU the noise of the next batch is drawn in a helper thread while the model
-  runs on the current one (numpy releases the GIL while it fills an array; see
-  ``benchmarks/core.py overhead``); the draws are the same either way. On CUDA noise
+  runs on the current one (the compiled Philox loop and torch's operations release the GIL;
+  see ``benchmarks/core.py overhead``); the draws are the same either way. On CUDA noise
   generation is already asynchronous on the device. A forked child starts its own
   helper thread (the parent's does not survive fork).
 """
@@ -55,73 +44,53 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Callable
 
-import numpy as np
 import torch
 
+from certframe import philox
 from certframe.interfaces import NoiseKey
 from certframe.statistics import check_count
 from certframe.validation import BatchChecks, ModelOutputError
 
 
-def _identity(*parts) -> bytes:
-    """An injective encoding of the parts (a JSON list: no choice of image id can mimic another key)."""
-    return json.dumps(list(parts), ensure_ascii=False).encode()
-
-
-def philox_key(seed: int, image_id: str, phase: str) -> int:
-    """The 128-bit Philox key of one (seed, image, phase): ``blake2b`` of the three, 16 bytes."""
-    return int.from_bytes(hashlib.blake2b(_identity(seed, image_id, phase), digest_size=16).digest(), "little")
+NOISE_STREAM = philox.STREAM_VERSION
+"""The noise stream's version, recorded in run manifests (``config.noise_stream``)."""
 
 
 def draw_seed(seed: int, image_id: str, phase: str, index: int) -> int:
-    """A 64-bit seed for one noise draw, from its full identity (CUDA path; contract votes).
+    """A 64-bit seed from a draw's full identity, for code that seeds a ``torch.Generator``.
 
-    Only for generators that keep all 64 bits of a seed (torch's CUDA Philox does):
-    torch's CPU generator keeps the low 32 of them.
+    Not used for certification noise (that is :func:`gaussian_noise`); torch's CPU generator
+    keeps only the low 32 bits of it.
     """
-    return int.from_bytes(hashlib.blake2b(_identity(seed, image_id, phase, index), digest_size=8).digest(),
-                          "little")
+    identity = json.dumps([seed, image_id, phase, index], ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.blake2b(identity, digest_size=8).digest(), "little")
 
 
-def _philox_normals(key: int, index: int, out: np.ndarray) -> None:
-    """Fill ``out`` (float32 or float64) with the standard normals of draw ``index`` under ``key``."""
-    # counter as a Python int (words [0, index, 0, 0]): a list would go through a float64
-    # array for index >= 2**63 and lose the low bits (tests/test_sampler.py caught it)
-    gen = np.random.Generator(np.random.Philox(key=key, counter=index << 64))
-    gen.standard_normal(dtype=out.dtype, out=out)
+def noise_stream(key: NoiseKey, phase: str) -> philox.StreamKey:
+    """The Philox stream of one image's phase: :func:`certframe.philox.stream_key` of ``(seed, image id, phase)``."""
+    return philox.stream_key(key.seed, key.image_id, phase)
 
 
 def gaussian_noise(shape, sigma: float, *, key: NoiseKey, phase: str, start: int, count: int,
-                   device: torch.device, dtype=torch.float32,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   device: torch.device, dtype=torch.float32) -> torch.Tensor:
     """Noise ``[count, *shape]`` with std ``sigma`` for draws ``start .. start+count-1`` of ``phase``.
 
-    See the module docstring for the stream. ``generator``: a CUDA generator to reuse
-    (ignored on CPU).
+    Made on ``device`` from the one stream of the module docstring (the same values on every
+    device). ``0 <= start``, ``start + count <= 2**63``.
     """
     if not isinstance(key, NoiseKey):
         raise TypeError(f"key must be a NoiseKey(seed, image_id), got {type(key).__name__}")
-    device = torch.device(device)
-    if start < 0 or start + count > 2 ** 64:
-        raise ValueError(f"draw indices must lie in [0, 2**64), got {start}..{start + count - 1}")
-    if device.type == "cpu":
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        buf = np.empty((count, *shape), dtype=np_dtype)
-        k = philox_key(key.seed, key.image_id, phase)
-        for j in range(count):
-            _philox_normals(k, start + j, buf[j])
-        return torch.from_numpy(buf).to(dtype).mul_(sigma)
-    gen = generator if generator is not None else torch.Generator(device=device)
-    out = torch.empty((count, *shape), device=device, dtype=dtype)
-    for j in range(count):
-        gen.manual_seed(draw_seed(key.seed, key.image_id, phase, start + j))
-        torch.randn(shape, generator=gen, device=device, dtype=dtype, out=out[j])
-    return out.mul_(sigma)
+    if start < 0 or start + count > 2 ** 63:
+        raise ValueError(f"draw indices must lie in [0, 2**63), got {start}..{start + count - 1}")
+    numel = math.prod(shape)
+    z = philox.normal(noise_stream(key, phase), start, count, numel, device=device, dtype=dtype)
+    return z.view(count, *shape).mul_(sigma)
 
 
 def accumulate_votes(counts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -203,14 +172,12 @@ class NoiseVoter:
         self.model_name = model_name or f"the model {getattr(model, '__qualname__', type(model).__name__)}"
         self.draws_used = 0
         self.forward_passes = 0
-        self._generator = None if x.device.type == "cpu" else torch.Generator(device=x.device)
 
     def _noise(self, phase: str, start: int, count: int) -> torch.Tensor:
         """Noise ``[count, C, *S]`` of draws ``start .. start + count - 1`` (any thread)."""
         with torch.inference_mode():
             return gaussian_noise(tuple(self.x.shape), self.sigma, key=self.key, phase=phase, start=start,
-                                  count=count, device=self.x.device, dtype=self.x.dtype,
-                                  generator=self._generator)
+                                  count=count, device=self.x.device, dtype=self.x.dtype)
 
     def _check_labels(self, labels: torch.Tensor, b: int, spatial: tuple[int, ...]) -> None:
         if not isinstance(labels, torch.Tensor) or labels.shape != (b, *spatial):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from certframe.interfaces import NoiseKey, class_labels
-from certframe.sampler import NoiseVoter, accumulate_votes, check_totals, gaussian_noise, philox_key
+from certframe.philox import stream_key
+from certframe.sampler import NoiseVoter, accumulate_votes, check_totals, gaussian_noise, noise_stream
 from conftest import ThresholdSegmenter
 
 
@@ -75,20 +76,19 @@ def test_the_stream_keeps_the_full_key_and_draw_index():
     for seed in (7 + (1 << 32), 7 + (1 << 40), 7 + (1 << 63)):
         assert not torch.equal(noise(seed=seed), base)
     assert not torch.equal(noise(start=3), noise(start=3 + (1 << 32)))
-    assert not torch.equal(noise(start=(1 << 63)), noise(start=(1 << 63) + 1))
+    assert not torch.equal(noise(start=(1 << 62)), noise(start=(1 << 62) + 1))
+    assert not torch.equal(noise(start=(1 << 63) - 1), noise(start=(1 << 63) - 1 - (1 << 32)))
     assert not torch.equal(noise(phase="selection"), noise(phase="estimation"))
     assert not torch.equal(noise(image_id="a"), noise(image_id="b"))
-    # the Philox key is the full 128-bit blake2b digest: keys differing only in the top 64 bits differ
-    key = philox_key(0, "a", "p")
-    assert key == int.from_bytes(hashlib.blake2b(b'[0, "a", "p"]', digest_size=16).digest(), "little")
+    # the stream's key is 96 bits of blake2b of the JSON list [seed, id, phase]
+    key = noise_stream(NoiseKey(0, "a"), "p")
+    digest = hashlib.blake2b(b'[0, "a", "p"]', digest_size=12).digest()
+    assert (key.k0, key.k1, key.c3) == tuple(int.from_bytes(digest[i:i + 4], "little") for i in (0, 4, 8))
     # the encoding is injective: an id holding a separator cannot mimic another (id, phase)
-    assert philox_key(0, "a\x1fb", "c") != philox_key(0, "a", "b\x1fc")
-    assert philox_key(0, 'a", "b', "c") != philox_key(0, "a", 'b", "c')
-    low, high = key & ((1 << 64) - 1), key >> 64
-
-    def first(k):
-        return np.random.Generator(np.random.Philox(key=k)).standard_normal(4)
-    assert not np.array_equal(first(low), first(low | ((high ^ 1) << 64)))
+    assert stream_key(0, "a\x1fb", "c") != stream_key(0, "a", "b\x1fc")
+    assert stream_key(0, 'a", "b', "c") != stream_key(0, "a", 'b", "c')
+    with pytest.raises(ValueError, match=r"draw indices must lie in \[0, 2\*\*63\)"):
+        noise(start=1 << 63)
 
 
 def test_no_two_draws_of_an_image_coincide():

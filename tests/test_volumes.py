@@ -69,8 +69,8 @@ def expected_golden_labels(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------ votes and golden decisions
 def test_a_volume_draw_is_the_same_philox_stream_read_for_more_values():
-    """Draw i of a volume [C, D, H, W] is the stream of (seed, id, phase) from counter i * 2**64 read for
-    C*D*H*W values: the same numbers an image of C x (D*H) x W would get, reshaped."""
+    """Draw i of a volume [C, D, H, W] is draw i of the stream of (seed, id, phase) read for C*D*H*W
+    values: the same numbers an image of C x (D*H) x W would get, reshaped."""
     key = NoiseKey(7, "vol")
     vol = gaussian_noise((1, 4, 5, 6), 0.5, key=key, phase="estimation", start=3, count=2, device="cpu")
     flat = gaussian_noise((1, 20, 6), 0.5, key=key, phase="estimation", start=3, count=2, device="cpu")
@@ -107,11 +107,11 @@ def test_golden_decisions_on_a_tiny_volume():
     assert torch.equal(counts, SmoothedSegmenter(VoxelThreshold(), None, GOLDEN_SIGMA)
                        .voter(x, NoiseKey(0, "golden-volume"), batch_size=5).counts("estimation", 200))
     # golden values of the seeded stream on this volume: votes for class 1 on the 0.5 plane
-    assert [int(counts[1, 0, 0, 7]), int(counts[1, 4, 4, 7]), int(counts[1, 7, 7, 7])] == [112, 98, 102]
+    assert [int(counts[1, 0, 0, 7]), int(counts[1, 4, 4, 7]), int(counts[1, 7, 7, 7])] == [100, 90, 103]
     # ... which are the stream's own: a vote for class 1 on the plane is a positive noise value at that voxel
     noise = gaussian_noise((1, 8, 8, 8), GOLDEN_SIGMA, key=NoiseKey(0, "golden-volume"), phase="estimation",
                            start=0, count=200, device="cpu")
-    assert int((noise[:, 0, 4, 4, 7] > 0).sum()) == 98
+    assert int((noise[:, 0, 4, 4, 7] > 0).sum()) == 90
 
 
 def test_the_adaptive_certifier_certifies_a_volume():

@@ -32,6 +32,17 @@ def correction(certifier, options: dict) -> str | None:
     return value if isinstance(value, str) else options.get("correction")
 
 
+def run_config(spec: RunSpec) -> dict:
+    """The manifest's ``config``: the spec's, plus the noise stream's version.
+
+    A resumed run must match it: rows drawn from another noise stream (an older certframe's)
+    are not mixed with this one's; the resume error names ``noise_stream``.
+    """
+    from certframe.sampler import NOISE_STREAM
+
+    return {**spec.config(), "noise_stream": NOISE_STREAM}
+
+
 QUALITY_IMAGES = 4
 """Images on which a run measures its denoiser (PSNR / SSIM, t*, trained range) for the manifest."""
 
@@ -74,7 +85,7 @@ def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
 
     records = plugin_records(spec, registry, plugins=plugins)
     device = resolve_device(spec.device)
-    return {"format": FORMAT, "label": method_label(spec), "config": spec.config(),
+    return {"format": FORMAT, "label": method_label(spec), "config": run_config(spec),
             "execution": {"batch_size": spec.batch_size, "device": spec.device,
                           "certificates": spec.certificates,
                           "accelerate": None if spec.accelerate is None else
@@ -94,7 +105,7 @@ def attack_manifest(spec: AttackSpec, plugins: Plugins, registry) -> dict:
         record = plugin_record(registry, "attack", name, spec.attack_options.get(name, {}), plugin=False)
         record.pop("name")
         records["attacks"][name] = record
-    return {"format": FORMAT, "kind": "attack", "config": spec.config(),
+    return {"format": FORMAT, "kind": "attack", "config": run_config(spec),
             "device": str(resolve_device(spec.device)), "plugins": records,
             "provenance": provenance(spec, plugins), "tuning": tuning_record(spec, plugins),
             "correction": correction(plugins.certifier, records["certifier"]["options"]),
