@@ -412,23 +412,45 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_is_exact(tmp_path):
     assert log.index("interrupted at step 2/4") < log.index("resume at step 2")
 
 
-def test_a_real_sigint_is_deferred_to_the_end_of_the_step(tmp_path):
-    """os.kill(SIGINT) mid-run (what Ctrl-C sends): the step finishes, state + EMA model are saved, resume is exact."""
-    import os
+def test_a_real_sigint_is_deferred_to_the_end_of_the_step(tmp_path, monkeypatch):
+    """A real SIGINT (what Ctrl-C sends) in the middle of step 2: step 2 finishes, its state + EMA model are saved,
+    step 3 never starts, and the resumed run is exact.
+
+    No clock: the signal is sent from inside step 2 (between the forward pass and the backward pass, where the
+    loop asks for the training target), directed at the main thread with ``signal.pthread_kill``, which runs
+    the Python-level handler before it returns. So the handler has run by the time step 2 continues, on any
+    machine, busy or idle. A handler that did not defer would raise there, mid-step, and nothing would be saved.
+    """
     import signal
+    import threading
+
+    from certframe.plugins.denoisers import ddpm_training
 
     data = SyntheticLung(count=8, size=16, split="train")
     opts = dict(block_out_channels=(8, 16), steps=3, batch_size=4, lr=1e-3, checkpoint_every=10, log_every=1)
     train_diffusion(data, tmp_path / "a", **opts)
 
-    def ctrl_c(record):
-        if record["step"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler only records it; the step completes
+    assert threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # not blocked: delivered at once
+    real_target, calls, handlers = ddpm_training.training_target, [], []
 
+    def target_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # step 2, after its forward pass, before loss.backward() and the optimiser step
+            handlers.append(signal.getsignal(signal.SIGINT))
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # handled before this returns
+        return real_target(*args, **kwargs)
+
+    monkeypatch.setattr(ddpm_training, "training_target", target_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        train_diffusion(data, tmp_path / "b", **opts, on_log=ctrl_c)
+        train_diffusion(data, tmp_path / "b", **opts)
+    assert handlers and handlers[0] is not signal.default_int_handler  # training had its own handler in place
+    assert len(calls) == 2  # the interrupt came at the end of step 2: step 3 never started
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
-    assert json.loads((resume_dir(tmp_path / "b") / "state.json").read_text())["step"] == 1
+    assert json.loads((resume_dir(tmp_path / "b") / "state.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "b" / "certframe.json").read_text())["interrupted"]["step"] == 2
+    assert "interrupted at step 2/3" in (tmp_path / "b" / "train.log").read_text()
+    monkeypatch.setattr(ddpm_training, "training_target", real_target)
     train_diffusion(data, tmp_path / "b", **opts, resume=True)
     a = diffusion.load_diffusion_model(tmp_path / "a").unet.state_dict()
     b = diffusion.load_diffusion_model(tmp_path / "b").unet.state_dict()
