@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -34,9 +30,9 @@ from certframe.runs import RunError, RunFolder, compare_results
 from certframe.smoothing import SmoothedSegmenter
 
 from conftest import ListDataset, ThresholdSegmenter
+from paused_run import interrupt, start_paused, wait_for_pause
 
 TOL = 1e-6
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -447,8 +443,8 @@ def test_attack_jobs_plan_rows_per_image():
     assert [(r["attack"], r["norm"]) for r in rows[:len(jobs) * 2:2]] == [(j.name, j.norm) for j in jobs]
 
 
-# 3 images at 32x32; each writes 2 jobs (pgdl2 at L2 0.3, pgd at Linf 1/255) x 2 taus = 4 rows. Enough
-# attack steps that an image takes a few tenths of a second, so a kill lands between images.
+# 3 images at 32x32; each writes 2 jobs (pgdl2 at L2 0.3, pgd at Linf 1/255) x 2 taus = 4 rows. The kill lands
+# in image 1 because the process waits there for it (tests/paused_run.py), not because an image takes long.
 RESUME_COUNT, RESUME_ROWS = 3, 4
 RESUME_ARGS = ["attack", "--dataset-option", f"count={RESUME_COUNT}", "--dataset-option", "size=32",
                "--segmenter-option", "weights=synthetic-lung-noise0.25", "--n0", "5", "-n", "100",
@@ -513,25 +509,14 @@ def _same_as_reference(reference: Path, run: Path) -> None:
 
 
 def test_cli_attack_killed_run_resumes_to_identical_results(tmp_path, attack_reference, one_thread):
-    run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "certframe", *RESUME_ARGS, "-o", str(run)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    results, start = run / "results.csv", time.monotonic()
-    while not (results.exists() and results.read_bytes().count(b"\n") >= 1 + RESUME_ROWS):
-        if proc.poll() is not None:
-            pytest.fail(f"attack ended (rc {proc.returncode}) before its first image: "
-                        f"{proc.stderr.read().decode()[-2000:]}")
-        if time.monotonic() - start > 120:
-            proc.kill()
-            pytest.fail("no rows appeared in time")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    run, marker = tmp_path / "killed", tmp_path / "paused"
+    proc = start_paused([*RESUME_ARGS, "-o", run], marker)
+    wait_for_pause(marker, proc)  # image 0's rows are written; image 1 is under way
+    interrupt(proc, signal.SIGKILL)
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     done = _read(run)
-    assert RESUME_ROWS <= len(done) < RESUME_ROWS * RESUME_COUNT, "the run was not interrupted mid-way"
+    assert done["index"].tolist() == [0] * RESUME_ROWS, "the run was not killed in image 1"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["rows_per_image"] == RESUME_ROWS
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +20,16 @@ from certframe.cli import main
 from certframe.config import ConfigError, apply_overrides, expand, load_experiment
 from certframe.registry import get_registry
 from certframe.runs import RunError, RunFolder, compare_results, dataset_identity
+from paused_run import interrupt, start_paused, wait_for_pause  # noqa: E402  (tests/)
 
 ROOT = Path(__file__).resolve().parent.parent
 # small and fast: 64x64 synthetic chest X-rays, the bundled Gaussian-trained UNet
-BASE = ["certify", "--dataset", "synthetic-lung", "--segmenter-option", "weights=synthetic-lung-noise0.25",
-        "--sigma", "0.25", "--n0", "10", "-n", "40", "--alpha", "0.01", "--tau", "0.6", "--tau", "0.75",
-        "--batch-size", "25"]
+REQUEST = ["certify", "--dataset", "synthetic-lung", "--segmenter-option", "weights=synthetic-lung-noise0.25",
+           "--sigma", "0.25", "--n0", "10", "-n", "40", "--alpha", "0.01", "--tau", "0.6", "--tau", "0.75",
+           "--batch-size", "25"]
+# On the CPU in fp32 whether or not CUDA is present (the default --device auto would mean CUDA and bf16 there):
+# these tests compare run folders bit for bit with CPU runs pinned to one thread, and read fp32 from manifests.
+BASE = [*REQUEST, "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -57,25 +59,6 @@ def same_certificates(a: Path, b: Path) -> None:
             np.testing.assert_array_equal(za[key], zb[key], err_msg=f"{name}:{key}")
 
 
-def wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if path.exists() and path.read_bytes().count(b"\n") >= rows + 1:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"certify ended (rc {proc.returncode}) before it wrote {rows} rows: "
-                        f"{proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.005)
-    pytest.fail("no rows appeared in time")
-
-
-def start_certify(out: Path, count: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "certframe", *BASE, "--dataset-option", f"count={count}",
-                             "--output", str(out), "--quiet"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 COUNT = 5
 
 
@@ -94,14 +77,13 @@ def reference(tmp_path_factory):
 def test_interrupted_run_resumes_to_identical_results(tmp_path, sig, reference):
     count = COUNT
 
-    run = tmp_path / "interrupted"
-    proc = start_certify(run, count)
-    wait_for_rows(run / "results.csv", 2, proc)  # the first image's two rows (tau 0.6, 0.75)
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
+    run, marker = tmp_path / "interrupted", tmp_path / "paused"
+    proc = start_paused([*BASE, "--dataset-option", f"count={count}", "--output", run, "--quiet"], marker)
+    wait_for_pause(marker, proc)  # image 0's two rows (tau 0.6, 0.75) are written; image 1 is under way
+    interrupt(proc, sig)
     assert proc.returncode != 0
     done = read(run)
-    assert 2 <= len(done) < 2 * count, "the run was not interrupted mid-way"
+    assert done["index"].tolist() == [0, 0], "the run was not interrupted in image 1"
     manifest = json.loads((run / "manifest.json").read_text())
     if sig == signal.SIGINT:   # Ctrl-C: the manifest says so, and the command says how to continue
         assert proc.returncode == 130 and manifest["status"] == "interrupted"
@@ -150,7 +132,8 @@ def test_resume_drops_a_partially_written_image(tmp_path):
 
 def test_manifest_records_the_resolved_configuration(tmp_path):
     run = tmp_path / "run"
-    invoke(*BASE, "--dataset-option", "count=2", "--output", run, "--quiet", "--label", "gaussian UNet")
+    # --device auto (the default): the manifest keeps what was asked and records what it resolved to
+    invoke(*REQUEST, "--dataset-option", "count=2", "--output", run, "--quiet", "--label", "gaussian UNet")
     m = json.loads((run / "manifest.json").read_text())
     assert m["format"] == "certframe-run/1" and m["status"] == "complete" and m["label"] == "gaussian UNet"
     assert m["config"] == {"dataset": "synthetic-lung", "dataset_options": {"count": 2},
@@ -161,7 +144,9 @@ def test_manifest_records_the_resolved_configuration(tmp_path):
     assert {k: m["execution"][k] for k in ("batch_size", "device", "certificates")} == {
         "batch_size": 25, "device": "auto", "certificates": True}
     assert m["rows_per_image"] == 2
-    assert m["device"] == "cpu" and m["correction"] == "holm"
+    assert m["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and m["correction"] == "holm"
+    assert m["execution"]["accelerate"]["precision"] == (
+        ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "fp32")
     assert m["plugins"]["certifier"]["options"] == {"correction": "holm"}
     assert m["plugins"]["dataset"]["options"] == {"count": 2, "size": 64, "seed": 0, "split": "test"}
     assert m["plugins"]["segmenter"]["version"] == m["versions"]["certframe"]

@@ -1,0 +1,85 @@
+"""Interrupt a real ``certframe`` process at a known point, not after a guessed time.
+
+:func:`start_paused` runs ``certframe ARGS`` in a subprocess exactly as ``python -m certframe``
+does, except that the process stops in the middle of image 1 (at image 1's first forward
+pass through the base model, once image 0's rows have been appended to ``results.csv``),
+writes a marker file, and waits there. The test waits for the marker
+(:func:`wait_for_pause`) and only then sends its signal: SIGKILL, or SIGINT (what Ctrl-C
+sends; the wait is a ``time.sleep`` that the signal interrupts with KeyboardInterrupt, as
+it would interrupt the model's forward pass). So the signal always lands mid-run, whether
+the machine is idle or busy (a busy machine could otherwise finish a small run before a
+signal sent after a fixed time arrived), and the command's own Ctrl-C handling is what
+runs. Every wait is bounded only to guard against a hang.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HANG_GUARD = 600.0
+"""Seconds after which a wait gives up: a hang, never the expected path."""
+
+PAUSED = """
+import os, sys, time
+from pathlib import Path
+
+from certframe.runs import RunFolder
+from certframe.smoothing import SmoothedSegmenter
+
+marker, appended = Path(os.environ["CERTFRAME_TEST_MARKER"]), []
+append, base_logits = RunFolder.append, SmoothedSegmenter.base_logits
+
+
+def appending(self, rows, *args, **kwargs):
+    append(self, rows, *args, **kwargs)
+    appended.append(len(rows))
+
+
+def pausing(self, noisy, *args, **kwargs):
+    if appended and not marker.exists():   # image 1's first forward pass; image 0's rows are written
+        marker.write_text(str(os.getpid()))
+        deadline = time.monotonic() + float(os.environ["CERTFRAME_TEST_HANG_GUARD"])
+        while time.monotonic() < deadline:  # the test's signal ends this (SIGINT: KeyboardInterrupt)
+            time.sleep(1)
+        sys.exit("paused run: no signal came")
+    return base_logits(self, noisy, *args, **kwargs)
+
+
+RunFolder.append, SmoothedSegmenter.base_logits = appending, pausing
+from certframe.cli import main
+
+main(prog_name="certframe")
+"""
+
+
+def start_paused(args: list, marker: Path) -> subprocess.Popen:
+    """``certframe *args`` in a subprocess (one torch thread) that pauses in image 1 and writes ``marker``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CERTFRAME_TEST_MARKER": str(marker),
+           "CERTFRAME_TEST_HANG_GUARD": str(HANG_GUARD)}
+    return subprocess.Popen([sys.executable, "-c", PAUSED, *[str(a) for a in args]], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for_pause(marker: Path, proc: subprocess.Popen) -> None:
+    """Return once ``proc`` has written ``marker``; fail if it ends first (or, on a hang, after HANG_GUARD s)."""
+    start = time.monotonic()
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before it reached the pause in image 1: "
+                        f"{proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() - start > HANG_GUARD:
+            proc.kill()
+            pytest.fail(f"the run did not reach the pause in image 1 in {HANG_GUARD:.0f} s")
+        time.sleep(0.01)
+
+
+def interrupt(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the paused ``proc`` and wait for it to end (bounded only against a hang)."""
+    proc.send_signal(sig)
+    proc.wait(timeout=HANG_GUARD)
