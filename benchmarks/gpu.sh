@@ -1,45 +1,72 @@
-#!/bin/bash
-# GPU throughput, for when a GPU is lent: images/s certified at 256x256 with n=100 for
-# the paper's path (one draw per forward pass, fp32) vs certframe's batched +
-# mixed-precision path, measured in ONE run on the same card (see gpu_throughput.py).
+#!/usr/bin/env bash
+# One script a GPU owner runs: tests with CUDA present, certify throughput against its forward
+# floor, training speed, fp32-vs-bf16 agreement, CPU-vs-CUDA noise, torchrun vs one process.
 #
-#   bash benchmarks/gpu.sh            # writes benchmarks/results/gpu.txt
+#   bash benchmarks/gpu.sh OUT                       # on a CUDA machine: at most ~6 minutes
+#   bash benchmarks/gpu.sh --device cpu --quick OUT  # the same steps, small, in about a minute (CI runs it)
 #
-# Also checks, on CUDA, that the votes need no host sync per batch
-# (torch.cuda.set_sync_debug_mode raises on a synchronising call) and that
-# mixed precision is what `auto` chooses there.
-set -euo pipefail
+# Needs only an environment where `import certframe` works (no network; it installs nothing).
+# Every step writes its own file under OUT (pytest.txt, certify.json, training.json, noise.json,
+# torchrun.json, env.json, and each step's log); steps.txt records each step's exit code and
+# seconds, and the summary table is printed last (and kept in OUT/summary.txt). A step that
+# fails or runs out of its time is reported as such and the others still run; the script exits
+# non-zero if any step failed.
+set -uo pipefail
+DEVICE=cuda
+QUICK=0
+OUT=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    --device=*) DEVICE="${1#*=}"; shift ;;
+    --quick) QUICK=1; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -*) echo "gpu.sh: unknown option $1 (expected --device DEVICE, --quick, OUT)" >&2; exit 2 ;;
+    *) OUT="$1"; shift ;;
+  esac
+done
+if [ -z "$OUT" ]; then echo "gpu.sh: give an output folder: bash benchmarks/gpu.sh [--device cpu] [--quick] OUT" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
-if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
-mkdir -p benchmarks/results
-OUT=${OUT_FILE:-benchmarks/results/gpu.txt}
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  python - <<'PY'
-import torch
-from certframe.accelerate import Acceleration
-from certframe.sampler import NoiseVoter
-from certframe.smoothing import SmoothedSegmenter
-from certframe.registry import get_registry
-assert torch.cuda.is_available(), "no CUDA device"
-print("[gpu] auto options on cuda:", Acceleration().resolve("cuda").as_dict())
-import warnings
-seg = get_registry().create("segmenter", "monai", weights="synthetic-lung").cuda().eval()
-x = torch.rand(1, 256, 256, device="cuda")
-voter = SmoothedSegmenter(seg, None, 0.25).voter(x, batch_size=16)
-voter.counts("warm", 16)
-torch.cuda.synchronize()
-syncs = []
-for n in (16, 64):                      # 1 batch, then 4 batches
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        voter.counts("estimation", n)
-        torch.cuda.set_sync_debug_mode(0)
-    syncs.append(sum("synchroniz" in str(w.message) for w in caught))
-print(f"[gpu] host syncs while counting votes: 1 batch {syncs[0]}, 4 batches {syncs[1]} "
-      f"({'none per batch' if syncs[0] == syncs[1] else 'PER-BATCH SYNC'})")
-PY
-  python benchmarks/gpu_throughput.py --images "${IMAGES:-16}" --size 256 --n0 10 --n 100 --device cuda
-  python benchmarks/gpu_throughput.py --images "${IMAGES:-16}" --size 256 --n0 10 --n 100 --device cuda --no-denoiser
-} 2>&1 | tee "$OUT"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+: > "$OUT/steps.txt"
+export PYTHONUNBUFFERED=1
+if ! python -c "import certframe" 2>"$OUT/import.txt"; then
+  echo "gpu.sh: 'import certframe' fails here (see $OUT/import.txt): install certframe first" >&2; exit 2
+fi
+if [ "$DEVICE" != cpu ] && ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu.sh: --device $DEVICE but torch sees no CUDA device (use --device cpu)" >&2; exit 2
+fi
+FAILED=0
+step() {   # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "[gpu.sh] $name (limit ${limit}s) ..." >&2
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local what=ok
+  if [ $rc -eq 124 ]; then what="TIMED OUT"; FAILED=1; elif [ $rc -ne 0 ]; then what="FAILED rc $rc"; FAILED=1; fi
+  echo "$name $what $((SECONDS - t0))s" >> "$OUT/steps.txt"
+}
+
+step env 60 python benchmarks/gpu_checks.py env "$OUT" --device "$DEVICE"
+if [ $QUICK -eq 1 ]; then
+  # the tests of the device-dependent pieces (CI runs the whole suite separately)
+  step pytest 120 python -m pytest -rf -q -p no:cacheprovider tests/test_philox.py
+  step certify 120 python benchmarks/certify_throughput.py --device "$DEVICE" --sizes 32 --ns 20 --images 1 \
+       --paper-images 1 --json "$OUT/certify.json"
+  step training 90 python benchmarks/training_speed.py --device "$DEVICE" --seconds 3 --json "$OUT/training.json"
+else
+  WORKERS=""
+  if python -c "import xdist" 2>/dev/null; then WORKERS="-n 12"; fi
+  # every test, CUDA present: the ones that need CUDA run instead of skipping
+  step pytest 150 python -m pytest -rf -q -p no:cacheprovider $WORKERS
+  step certify 110 python benchmarks/certify_throughput.py --device "$DEVICE" --sizes 128,256 --ns 100,1000 \
+       --images 8 --paper-images 2 --json "$OUT/certify.json"
+  step training 100 python benchmarks/training_speed.py --device "$DEVICE" --seconds 30 --json "$OUT/training.json"
+fi
+cp "$OUT/pytest.log" "$OUT/pytest.txt" 2>/dev/null
+step noise 60 python benchmarks/gpu_checks.py noise "$OUT" --device "$DEVICE"
+step torchrun 90 python benchmarks/gpu_checks.py torchrun "$OUT" --device "$DEVICE" $([ $QUICK -eq 1 ] && echo --quick)
+python benchmarks/gpu_checks.py summary "$OUT" | tee "$OUT/summary.txt"
+exit $FAILED

@@ -8,9 +8,11 @@ worker). Each process:
 1. reads its rank from the environment (:func:`dist_env`: torchrun's ``RANK``,
    ``WORLD_SIZE``, ``LOCAL_RANK``; else SLURM's ``SLURM_PROCID``, ``SLURM_NTASKS``,
    ``SLURM_LOCALID``); with one process nothing below happens;
-2. joins the process group (``gloo`` on CPU, ``nccl`` on CUDA; the rendezvous address
-   is ``MASTER_ADDR``/``MASTER_PORT``, which torchrun sets and a SLURM script exports),
-   and uses GPU ``LOCAL_RANK`` of its node;
+2. joins the process group (``gloo`` on every device: the group only holds a barrier, no
+   tensor crosses it, and gloo lets several ranks share one GPU where NCCL refuses; the
+   rendezvous address is ``MASTER_ADDR``/``MASTER_PORT``, which torchrun sets and a SLURM
+   script exports), and uses GPU ``LOCAL_RANK mod (GPUs on the node)``: one GPU each when
+   there are enough, else ranks share them (``torchrun --nproc-per-node 2`` on one GPU);
 3. certifies its shard of the images, ``indices[rank::world_size]``, into its own run
    folder ``OUTPUT/ranks/rank{r}/`` (a normal run folder: it resumes on its own);
 4. waits at a barrier; rank 0 then merges the parts into ``OUTPUT`` (manifest,
@@ -84,17 +86,17 @@ def rank_folder(output: str | Path, rank: int) -> Path:
 
 
 def rank_device(device: str, env: DistEnv) -> str:
-    """``auto``/``cuda`` become ``cuda:LOCAL_RANK`` when CUDA is used; other devices stay."""
+    """``auto``/``cuda`` become ``cuda:(LOCAL_RANK mod GPUs)`` when CUDA is used; other devices stay."""
     from certframe.run.build import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
-        return f"cuda:{env.local_rank}"
+        return f"cuda:{env.local_rank % max(torch.cuda.device_count(), 1)}"
     return str(dev)
 
 
 def init_process_group(env: DistEnv, device: str) -> str | None:
-    """Join the default process group (once); ``nccl`` for CUDA devices, else ``gloo``.
+    """Join the default process group (once), ``gloo`` (see the module docstring).
 
     Returns the backend, or None with one process. ``MASTER_ADDR``/``MASTER_PORT`` must be
     set (torchrun does; under SLURM the batch script exports them).
@@ -110,9 +112,8 @@ def init_process_group(env: DistEnv, device: str) -> str | None:
         raise RuntimeError(f"{env.launcher} says world size {env.world_size} but {', '.join(missing)} "
                            f"is not set: export the address and a free port of the rank-0 node "
                            f"(see examples/slurm/certify.sbatch)")
-    cuda = torch.device(device).type == "cuda"
-    backend = "nccl" if cuda else "gloo"
-    if cuda:
+    backend = "gloo"        # a barrier only; NCCL would refuse two ranks on one GPU
+    if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     os.environ.setdefault("RANK", str(env.rank))
     os.environ.setdefault("WORLD_SIZE", str(env.world_size))

@@ -140,7 +140,8 @@ def test_manifest_records_the_resolved_configuration(tmp_path):
                            "segmenter": "monai", "segmenter_options": {"weights": "synthetic-lung-noise0.25"},
                            "denoiser": "none", "denoiser_options": {}, "certifier": "segcertify",
                            "certifier_options": {}, "sigma": 0.25, "n0": 10, "n": 40, "alpha": 0.01,
-                           "taus": [0.6, 0.75], "seed": 0, "limit": None}
+                           "taus": [0.6, 0.75], "seed": 0, "limit": None,
+                           "noise_stream": "philox4x32-10/box-muller/1"}
     assert {k: m["execution"][k] for k in ("batch_size", "device", "certificates")} == {
         "batch_size": 25, "device": "auto", "certificates": True}
     assert m["rows_per_image"] == 2
