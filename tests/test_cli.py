@@ -20,7 +20,7 @@ def test_certify_writes_one_row_per_image_and_tau(tmp_path):
     result = invoke("certify", "--dataset", "synthetic-lung", "--dataset-option", "count=3",
                     "--segmenter-option", "weights=synthetic-lung-noise0.25", "--sigma", "0.25",
                     "--n0", "10", "-n", "100", "--alpha", "0.01", "--tau", "0.75", "--tau", "0.8",
-                    "--batch-size", "20", "--output", str(out))
+                    "--batch-size", "20", "--device", "cpu", "--output", str(out))  # clean Dice checked on the CPU
     assert result.exit_code == 0, result.output
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 6
@@ -46,11 +46,13 @@ def test_certify_writes_one_row_per_image_and_tau(tmp_path):
 
 
 def test_certify_is_reproducible_across_batch_sizes(tmp_path):
+    """The same draws in passes of 7 or 64 give the same rows, on the CPU in fp32. (On CUDA, bf16 autocast and
+    kernels chosen per batch shape may move a near-tie's vote, so the claim is checked on the CPU.)"""
     frames = []
     for b in (7, 64):
         out = tmp_path / f"b{b}"
         r = invoke("certify", "--dataset-option", "count=2", "--segmenter-option", "weights=synthetic-lung",
-                   "-n", "30", "--batch-size", str(b), "--output", str(out), "--quiet")
+                   "-n", "30", "--batch-size", str(b), "--device", "cpu", "--output", str(out), "--quiet")
         assert r.exit_code == 0, r.output
         frames.append(pd.read_csv(out / "results.csv").drop(columns=["seconds", "forward_passes"]))
     pd.testing.assert_frame_equal(frames[0], frames[1])

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from certframe.cli import main
@@ -32,7 +33,20 @@ def test_shards_cover_every_image_once():
     assert sorted(sum(parts, [])) == list(range(11))
     assert shard([5], 1, 2) == []
     assert str(rank_folder("runs/x", 2)).endswith(os.path.join("runs", "x", "ranks", "rank2"))
-    assert rank_device("auto", DistEnv(1, 2, 1)) == "cpu"       # no CUDA here: CPU, gloo
+    # auto: CUDA where present (GPU LOCAL_RANK mod the GPUs), else the CPU; either way gloo
+    on_cuda = f"cuda:{1 % max(torch.cuda.device_count(), 1)}"
+    assert rank_device("auto", DistEnv(1, 2, 1)) == (on_cuda if torch.cuda.is_available() else "cpu")
+    assert rank_device("cpu", DistEnv(1, 2, 1)) == "cpu"
+
+
+def test_rank_device_spreads_ranks_over_the_gpus(monkeypatch):
+    """The CUDA branch of rank_device, checked on any machine: torch.device("cuda:N") is only a name."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [rank_device("auto", DistEnv(r, 4, r)) for r in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert rank_device("cuda", DistEnv(3, 4, 3)) == "cuda:1"
+    assert rank_device("cuda:0", DistEnv(3, 4, 3)) == "cuda:0"      # an explicit index stays
+    assert rank_device("cpu", DistEnv(3, 4, 3)) == "cpu"
 
 
 def test_one_process_runs_unsharded(tmp_path, monkeypatch):
@@ -63,7 +77,7 @@ def test_two_gloo_processes_give_the_results_of_one(tmp_path):
         env.pop(k, None)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "certframe", *ARGS, "--output", str(sharded_out)],
-                          env=env, capture_output=True, text=True, timeout=240)
+                          env=env, capture_output=True, text=True, timeout=600)  # a hang guard
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a, b = RunFolder(single), RunFolder(sharded_out)
     assert b.manifest()["status"] == "complete"

@@ -1,14 +1,15 @@
 """Golden end-to-end run: bundled weights, fixed seed, exact certified Dice and abstain rate per image.
 
-`certframe certify` through click's CliRunner on 4 synthetic-lung test images (64 x 64),
-SegCertify n0 = 10, n = 100, alpha = 0.001, tau = 0.75, sigma 0.25, seed 0, batch size 50,
-for the clean-trained UNet, the Gaussian-trained UNet (sigma 0.25) and, on the first image,
-the clean UNet behind the bundled DDPM. Any change that moves what is certified (the noise
-stream, the label step, the statistics, the weights, the data) moves these numbers, even one
-that would move both sides of a comparison together. The values were written after the
-counter-based noise stream (certframe/sampler.py); on purpose, a change that moves them must
-update them here and say why. One torch thread (conftest.one_thread): the votes of a pixel
-at a near-tie can depend on the floating-point summation order of the forward pass.
+`certframe certify` through click's CliRunner on 4 synthetic-lung test images (64 x 64), SegCertify
+n0 = 10, n = 100, alpha = 0.001, tau = 0.75, sigma 0.25, seed 0, batch size 50, on the CPU in fp32
+(--device cpu --precision fp32, also where CUDA is present), for the clean-trained UNet, the
+Gaussian-trained UNet (sigma 0.25) and, on the first image, the clean UNet behind the bundled DDPM.
+Any change that moves what is certified (the noise stream, the label step, the statistics, the
+weights, the data) moves these numbers, even one that would move both sides of a comparison
+together. The values were written after the counter-based noise stream (certframe/sampler.py); on
+purpose, a change that moves them must update them here and say why. One torch thread
+(conftest.one_thread): the votes of a pixel at a near-tie can depend on the floating-point summation
+order of the forward pass.
 
 Certified Dice values are ratios 2TP / (2TP + FP + FN), given here as those fractions; the
 abstain rate is (abstained pixels) / 4096.
@@ -23,7 +24,9 @@ from certframe.cli import main
 
 COMMON = ["certify", "--dataset", "synthetic-lung", "--dataset-option", "size=64", "--segmenter", "monai",
           "--certifier", "segcertify", "--sigma", "0.25", "--n0", "10", "-n", "100", "--alpha", "0.001",
-          "--tau", "0.75", "--batch-size", "50", "--seed", "0", "--quiet"]
+          "--tau", "0.75", "--batch-size", "50", "--seed", "0", "--quiet",
+          # CPU values: pinned to the CPU in fp32 (--device auto would mean CUDA and bf16 autocast where present)
+          "--device", "cpu", "--precision", "fp32"]
 
 # image_id -> (certified Dice as a fraction, abstained pixels of 4096)
 F = Fraction
