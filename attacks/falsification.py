@@ -138,6 +138,44 @@ def covered_pixels(certificate) -> tuple[torch.Tensor, torch.Tensor]:
     return (labels != ABSTAIN) & (radius > 0), radius
 
 
+FALSIFY_OPTIONS = {
+    "max_pixels": "pixels attacked per certificate",
+    "steps": "attack iterations per restart",
+    "restarts": "attack runs per pixel",
+    "num_draws": "noise draws per attack step",
+    "n_test": "fresh draws per tested pixel; leave it out for the default",
+    "level": "the family-wise level of the test at the attacked images",
+    "empirical": None,
+    "empirical_upper": "the minimal-norm search goes up to this multiple of the certified radius",
+    "empirical_iterations": "bisection steps of the minimal-norm search",
+}
+"""The options of :func:`falsify` a user sets (``certframe attack --falsify-option KEY=VALUE``), with what each
+means; the others (seed, image id, batch size, radius multiple) are the run's."""
+
+
+def check_falsify_options(options: dict) -> dict:
+    """Check the user's :func:`falsify` options (:data:`FALSIFY_OPTIONS`) before any image is certified.
+
+    Integers >= 1: max_pixels, steps, restarts, num_draws, empirical_iterations, n_test (or None
+    for the default); level in (0, 1); empirical true or false; empirical_upper a finite number
+    > 0. An unknown key is refused with the list of valid ones. Returns the options unchanged.
+    """
+    from certframe.validation import check_bool, check_int, check_keys, check_number
+
+    check_keys(options, FALSIFY_OPTIONS, "falsify option")
+    for key, value in options.items():
+        name, meaning = f"falsify option {key}", FALSIFY_OPTIONS[key]
+        if key == "level":
+            check_number(name, value, above=0, below=1, meaning=meaning)
+        elif key == "empirical":
+            check_bool(name, value)
+        elif key == "empirical_upper":
+            check_number(name, value, above=0, meaning=meaning)
+        elif not (key == "n_test" and value is None):
+            check_int(name, value, 1, meaning=meaning)
+    return dict(options)
+
+
 def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.Tensor | None = None,
             radius_multiple: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS, steps: int = 20,
             restarts: int = 2, num_draws: int = 8, n_test: int | None = None, level: float = DEFAULT_LEVEL,

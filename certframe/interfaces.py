@@ -196,8 +196,9 @@ class NoiseKey:
     image_id: str
 
     def __post_init__(self):
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 64:
-            raise ValueError(f"NoiseKey.seed must be an int in [0, 2**64), got {self.seed!r}")
+        from certframe.validation import check_seed
+
+        check_seed(self.seed, "NoiseKey.seed")
         if not isinstance(self.image_id, str) or not self.image_id:
             raise ValueError(f"NoiseKey.image_id must be a non-empty string (the image's id), "
                              f"got {self.image_id!r}")
@@ -211,8 +212,10 @@ class CertifyRequest:
     sigma: finite float > 0 (noise std in [0, 1] pixel units);
     n0, n: positive ints (selection and estimation draws);
     alpha: float in (0, 1) (family-wise error level per image and tau);
-    taus: a non-empty tuple of floats in (0.5, 1) (a single number is taken as one tau).
+    taus: a non-empty tuple of distinct floats in (0.5, 1) (a single number is taken as one tau;
+    a repeated tau is refused: each tau gives one certificate, one row per image).
     Bad values raise ValueError naming the parameter, what was expected and what came.
+    A valid request can still be one that certifies nothing (``tau**n > alpha``): :meth:`warnings`.
     """
 
     sigma: float
@@ -238,7 +241,32 @@ class CertifyRequest:
         object.__setattr__(self, "n0", check_count("n0", self.n0))
         object.__setattr__(self, "n", check_count("n", self.n))
         object.__setattr__(self, "alpha", check_alpha(self.alpha))
-        object.__setattr__(self, "taus", tuple(check_tau(t) for t in taus))
+        taus = tuple(check_tau(t) for t in taus)
+        repeated = sorted({t for t in taus if taus.count(t) > 1}, key=taus.index)
+        if repeated:
+            counts = ", ".join(f"{t:g} is given {taus.count(t)} times" for t in repeated)
+            raise ValueError(f"taus must be distinct (each tau gives one row per image): {counts} in {list(taus)}")
+        object.__setattr__(self, "taus", taus)
+
+    def warnings(self) -> list[str]:
+        """One message per tau at which no pixel can be certified with ``n`` draws at level ``alpha``.
+
+        The best a pixel can do is k = n votes of n, whose p-value ``P(Binomial(n, tau) >= n)`` is
+        ``tau**n``: with ``tau**n > alpha`` nothing is certified, whatever the model
+        (:func:`certframe.statistics.smallest_certifying_n` gives the smallest n that could). The
+        bound is necessary, not sufficient: Holm or Bonferroni over the image's pixels asks for more.
+        """
+        from certframe.statistics import smallest_certifying_n
+
+        out = []
+        for tau in self.taus:
+            if tau ** self.n > self.alpha:
+                out.append(f"n={self.n} cannot certify any pixel at tau={tau:g} and alpha={self.alpha:g}: even "
+                           f"{self.n} votes of {self.n} give the p-value {tau:g}^{self.n} = {tau ** self.n:.2g} > "
+                           f"alpha, so every pixel abstains; n >= {smallest_certifying_n(tau, self.alpha)} is "
+                           f"needed (necessary, not sufficient: the correction over the image's pixels asks "
+                           f"for more)")
+        return out
 
 
 class Certifier(abc.ABC):

@@ -60,7 +60,7 @@ class SmoothedSegmenter:
 
     Every batch is checked (:class:`~certframe.validation.BatchChecks`, see
     :mod:`certframe.sampler`): denoiser outputs and logits must be finite and on the
-    input's device, logits ``[B, K, *S]``; the error names the plugin's class and,
+    input's device, logits floating-point ``[B, K, *S]``; the error names the plugin's class and,
     through the voter, the image id.
     """
 
@@ -87,6 +87,11 @@ class SmoothedSegmenter:
         logits = self.segmenter(x)
         source = f"the segmenter {type(self.segmenter).__name__}"
         self.checks.same_device(logits, noisy, source, "logits")
+        if isinstance(logits, torch.Tensor) and not logits.is_floating_point():   # metadata: no synchronisation
+            axes = "H, W" if noisy.dim() == 4 else "D, H, W"
+            raise ModelOutputError(f"{source} returned {str(logits.dtype).removeprefix('torch.')} logits, expected "
+                                   f"floating-point scores [B, {self.num_classes}, {axes}] (one score per class; "
+                                   f"class labels are not logits)")
         self.checks.finite(logits, source, "logits")
         return logits
 

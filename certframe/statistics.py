@@ -66,6 +66,22 @@ def check_count(name: str, n: int) -> int:
     return int(n)
 
 
+def smallest_certifying_n(tau: float, alpha: float) -> int:
+    """The smallest n with ``tau**n <= alpha``: below it not even n votes of n certify a pixel.
+
+    k = n is the best count a pixel can have, and its p-value ``P(Binomial(n, tau) >= n)`` is
+    ``tau**n``. Necessary, not sufficient: with Holm or Bonferroni over m pixels the smallest
+    p-value is compared with ``alpha / m``, so a whole image needs more.
+    """
+    tau, alpha = check_tau(tau), check_alpha(alpha)
+    n = max(1, math.ceil(math.log(alpha) / math.log(tau)))
+    while tau ** n > alpha:             # the logarithms may be off by one ulp either way
+        n += 1
+    while n > 1 and tau ** (n - 1) <= alpha:
+        n -= 1
+    return n
+
+
 def certified_radius(sigma: float, tau: float) -> float:
     """``R = sigma * Phi^-1(tau)`` (Cohen et al. 2019, Theorem 1 with p_A = tau)."""
     return float(sigma) * float(ndtri(check_tau(tau)))      # ndtri = norm.ppf, without its overhead

@@ -1,11 +1,149 @@
-"""Input checks with errors that say what was expected and what came."""
+"""Input checks with errors that say what was expected and what came.
+
+Two kinds live here, one copy of each:
+
+* argument checks (:func:`check_int`, :func:`check_number`, :func:`check_seed`,
+  :func:`check_keys`, :func:`check_output_folder`, :func:`resolve_device`): every command,
+  the run specification (:mod:`certframe.run.spec`) and plugins call them on their options
+  before anything is created, loaded or sampled; an invalid value raises
+  :class:`OptionError` whose message names the option, the value given and what is
+  allowed ("--size must be an integer >= 1 (the training resolution in pixels), got 0");
+* data checks (:func:`validate_image`, :func:`validate_mask`, :func:`validate_sample`,
+  :func:`require_images`) and the per-batch checks of the models' outputs
+  (:class:`BatchChecks`).
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from certframe.interfaces import Sample
+SEED_LIMIT = 2 ** 64
+"""Seeds lie in ``[0, 2**64)``: the noise stream's key (:class:`~certframe.interfaces.NoiseKey`) and torch's
+generators take 64-bit seeds."""
+
+
+class OptionError(ValueError):
+    """An option is invalid: the message names the option, the value given and what is allowed."""
+
+
+def _meaning(meaning: str | None) -> str:
+    return f" ({meaning})" if meaning else ""
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None, *,
+              meaning: str | None = None) -> int:
+    """An integer (not a bool; an integral float such as 4.0 is taken) in ``[minimum, maximum]``.
+
+    The error reads "{name} must be an integer >= 1 (meaning), got 0".
+    """
+    ok = not isinstance(value, (bool, str)) and isinstance(value, (int, float))
+    ok = ok and (isinstance(value, int) or (math.isfinite(value) and int(value) == value))
+    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not ok:
+        if minimum is not None and maximum is not None:
+            allowed = f"an integer in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            allowed = f"an integer >= {minimum}"
+        elif maximum is not None:
+            allowed = f"an integer <= {maximum}"
+        else:
+            allowed = "an integer"
+        raise OptionError(f"{name} must be {allowed}{_meaning(meaning)}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value: Any, *, above: float | None = None, minimum: float | None = None,
+                 below: float | None = None, maximum: float | None = None, meaning: str | None = None) -> float:
+    """A finite number (not a bool) with optional bounds: ``> above``, ``>= minimum``, ``< below``, ``<= maximum``.
+
+    The error reads "{name} must be a finite number > 0 (meaning), got 0.0" or, with two
+    bounds, "{name} must be a number in [0, 1) (meaning), got 1.0".
+    """
+    try:
+        number = float(value) if not isinstance(value, (bool, str)) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    ok = math.isfinite(number) and (above is None or number > above) and (minimum is None or number >= minimum) \
+        and (below is None or number < below) and (maximum is None or number <= maximum)
+    if not ok:
+        low = f"[{minimum:g}" if minimum is not None else f"({above:g}" if above is not None else None
+        high = f"{maximum:g}]" if maximum is not None else f"{below:g})" if below is not None else None
+        if low and high:
+            allowed = f"a number in {low}, {high}"
+        elif low:
+            allowed = f"a finite number {'>=' if minimum is not None else '>'} {low[1:]}"
+        elif high:
+            allowed = f"a finite number {'<=' if maximum is not None else '<'} {high[:-1]}"
+        else:
+            allowed = "a finite number"
+        raise OptionError(f"{name} must be {allowed}{_meaning(meaning)}, got {value!r}")
+    return number
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed: an int in ``[0, 2**64)`` (:data:`SEED_LIMIT`); what :class:`~certframe.interfaces.NoiseKey` takes."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise OptionError(f"{name} must be an int in [0, 2**64), got {value!r} (the seeds are 64-bit)")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``True`` / ``False`` (a JSON ``true`` / ``false`` given as ``KEY=true``)."""
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def check_keys(given: Mapping | Iterable[str], valid: Iterable[str], what: str, owner: str = "") -> None:
+    """Refuse a key of ``given`` that is not in ``valid``, listing the valid ones.
+
+    what: how the keys are called ("falsify option"); owner: whose they are ("pgdl2"): the error
+    reads "unknown falsify option 'foo'; valid options: a, b, c" or "unknown attack option 'foo'
+    of pgdl2; valid options: ...".
+    """
+    valid = sorted(set(valid))
+    unknown = [key for key in given if key not in valid]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        of = f" of {owner}" if owner else ""
+        raise OptionError(f"unknown {what}{plural} {names}{of}; valid options: {', '.join(valid) or 'none'}")
+
+
+def check_output_folder(path: str | Path, name: str = "--output", what: str = "a run folder") -> Path:
+    """``path`` is a folder, or does not exist yet: an existing regular file is refused, and left as it is."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{name} {str(path)!r} is an existing file; {what} is expected (the file is left as "
+                          f"it is)")
+    return path
+
+
+def resolve_device(device: str | torch.device = "auto", name: str = "device") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` (``mps``, ``xpu``) as asked.
+
+    Checked before anything is loaded: a device torch does not know, or CUDA asked for on a
+    machine without it, raises :class:`OptionError` naming the value (``name`` is how the
+    option is called, e.g. "device").
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise OptionError(f"{name} {str(device)!r} is not a device torch knows: expected auto, cpu, cuda or "
+                          f"cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"{name} {str(device)!r} asked for, but CUDA is not available here: expected cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise OptionError(f"{name} {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s): expected cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise OptionError(f"{name} {str(device)!r} is not supported: expected auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def validate_image(image: torch.Tensor, *, in_channels: int | None = None, name: str = "image") -> None:
@@ -52,8 +190,11 @@ def validate_mask(mask: torch.Tensor, image_hw: Sequence[int], class_names: Sequ
                          f"{sorted(declared)} ({', '.join(class_names)})")
 
 
-def validate_sample(sample: Sample, class_names: Sequence[str], in_channels: int | None = None) -> None:
-    """Check one :class:`Sample`; errors name the sample id."""
+def validate_sample(sample, class_names: Sequence[str], in_channels: int | None = None) -> None:
+    """Check one :class:`~certframe.interfaces.Sample`; errors name the sample id.
+
+    (This module imports nothing of certframe: :mod:`certframe.interfaces` uses its argument checks.)
+    """
     try:
         validate_image(sample.image, in_channels=in_channels)
         validate_mask(sample.mask, sample.image.shape[1:], class_names)

@@ -16,22 +16,7 @@ import torch
 
 from certframe.interfaces import SPATIAL_DIMS, Certifier, Denoiser, SegmentationDataset, Segmenter
 from certframe.run.spec import PLUGIN_KINDS, RunSpec
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {str(device)!r} is not a device torch knows: expected auto, cpu, cuda or "
-                         f"cuda:N") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here")
-    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise ValueError(f"device {str(device)!r} is not supported: expected auto, cpu, cuda or cuda:N")
-    return dev
+from certframe.validation import resolve_device  # noqa: F401  (its one copy; re-exported here, as before)
 
 
 def prepare_models(segmenter: Segmenter, denoiser: Denoiser | None, dataset: SegmentationDataset,
@@ -165,6 +150,33 @@ def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
         check(spec.sigma, tuple(first.shape[1:]))
 
 
+def probe_models(segmenter: Segmenter, denoiser: Denoiser | None, dataset: SegmentationDataset,
+                 sigma: float, device: torch.device) -> None:
+    """One pass of the base pipeline ``f(D(x))`` on the data set's first image, without noise.
+
+    The models on ``device`` (:func:`prepare_models`) get the checks every batch of the
+    sampler gets (:class:`~certframe.smoothing.SmoothedSegmenter`: logits of floating-point
+    dtype and shape ``[1, K, *S]`` on the input's device, finite values), so a model that
+    returns the wrong thing fails here, before the run folder is written or a noise sample is
+    drawn, with the same message. An item that cannot be read or is malformed is left to the
+    step, which names it (and marks the run failed).
+    """
+    from certframe.smoothing import SmoothedSegmenter
+    from certframe.validation import validate_sample
+
+    if len(dataset) == 0:
+        return
+    try:
+        sample = dataset[0]
+        validate_sample(sample, dataset.class_names, dataset.in_channels)
+    except Exception:
+        return
+    smoothed = SmoothedSegmenter(segmenter, denoiser, sigma)
+    with torch.inference_mode():
+        smoothed.base_labels(sample.image.to(device).unsqueeze(0))
+    smoothed.checks.raise_pending()
+
+
 def resolved_options(entry, given: dict, built: Any = None) -> dict:
     """The options a plugin was built with: its signature's defaults updated by ``given``.
 
@@ -211,4 +223,5 @@ def plugin_records(spec: RunSpec, registry, *, plugin: bool = True, plugins: "Pl
 
 
 __all__ = ["resolve_device", "prepare_models", "Names", "weights_name", "segmenter_label", "method_label",
-           "Plugins", "build_plugins", "build_plugin", "build_dataset", "check_plugins", "resolved_options", "plugin_record", "plugin_records"]
+           "Plugins", "build_plugins", "build_plugin", "build_dataset", "check_plugins", "probe_models",
+           "resolved_options", "plugin_record", "plugin_records"]

@@ -4,10 +4,13 @@ A :class:`RunSpec` is built from command-line options, from one run of an experi
 file (:mod:`certframe.config`) or from a run's ``manifest.json``; an :class:`AttackSpec`
 adds the attack settings. Validation happens in ``__post_init__``, so a spec that
 exists is a valid one: sigma is a finite positive float, n0 / n / limit are positive
-integers, alpha lies in (0, 1), every tau in (0.5, 1), batch_size is a positive int or
-``"auto"``, seed a non-negative int, options are dicts (an option value naming an existing
+integers, alpha lies in (0, 1), the taus are distinct and in (0.5, 1), batch_size is a positive
+int or ``"auto"``, seed an int in [0, 2**64), options are dicts (an option value naming an existing
 file or folder is made absolute, so the manifest re-runs from any working directory).
-Nothing later converts or re-checks these values.
+The falsification options of an :class:`AttackSpec` are checked here too
+(:func:`certframe.attacks.falsification.check_falsify_options`). Nothing later converts or
+re-checks these values. A valid spec may still be unable to certify anything (an n too small
+for alpha and tau): :meth:`RunSpec.warnings` says so.
 
 ``spec.config()`` is the part of the manifest a resumed run must match (its keys are
 those of run folders written by earlier versions, so old folders still resume).
@@ -20,12 +23,14 @@ from typing import Any, Sequence
 
 from certframe.interfaces import CertifyRequest
 from certframe.run.provenance import absolute_paths
+from certframe.validation import OptionError, check_int, check_seed
 
 PLUGIN_KINDS = ("dataset", "segmenter", "denoiser", "certifier")
 
 
-class SpecError(ValueError):
-    """A run setting is invalid; the message names the setting, what was expected and what came."""
+SpecError = OptionError
+"""A run setting is invalid; the message names the setting, what was expected and what came
+(:class:`certframe.validation.OptionError`, under the name the run layer has always used)."""
 
 
 def _number(name: str, value: Any) -> float:
@@ -46,12 +51,6 @@ def check_sigma(sigma: Any) -> float:
     return value
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
-        raise SpecError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def check_batch_size(value: Any) -> int | str:
     """A positive number of draws per forward pass, or ``"auto"``."""
     if value == "auto":
@@ -61,7 +60,7 @@ def check_batch_size(value: Any) -> int | str:
             value = int(value)
         except ValueError:
             raise SpecError(f"batch_size must be a positive integer or 'auto', got {value!r}") from None
-    return _int("batch_size", value, 1)
+    return check_int("batch_size", value, 1)
 
 
 @dataclass(frozen=True)
@@ -117,11 +116,11 @@ class RunSpec:
             set_(key, getattr(request, key))
         set_("_request", request)
         set_("batch_size", check_batch_size(self.batch_size))
-        set_("seed", _int("seed", self.seed, 0))
+        set_("seed", check_seed(self.seed))
         if not isinstance(self.device, str) or not self.device:
             raise SpecError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.limit is not None:
-            set_("limit", _int("limit", self.limit, 1))
+            set_("limit", check_int("limit", self.limit, 1))
         if self.label is not None and not isinstance(self.label, str):
             raise SpecError(f"label must be a string, got {self.label!r}")
         set_("certificates", bool(self.certificates))
@@ -132,6 +131,12 @@ class RunSpec:
     def request(self) -> CertifyRequest:
         """The certification request every image of the run is asked (validated with the spec)."""
         return self._request
+
+    def warnings(self) -> list[str]:
+        """What is valid but cannot give a useful result (an n too small to certify at alpha and some tau);
+        the run logs them before sampling, records them in its manifest, and the command repeats them
+        under the summary (:meth:`certframe.interfaces.CertifyRequest.warnings`)."""
+        return self.request.warnings()
 
     def options(self, kind: str) -> dict:
         return getattr(self, f"{kind}_options")
@@ -201,6 +206,9 @@ class AttackSpec(RunSpec):
         set_("falsify", bool(self.falsify))
         if not isinstance(self.falsify_options, dict):
             raise SpecError(f"falsify_options must be a dict of KEY=VALUE options, got {self.falsify_options!r}")
+        from certframe.attacks.falsification import check_falsify_options
+
+        set_("falsify_options", check_falsify_options(self.falsify_options))
 
     def config(self) -> dict:
         config = super().config()
