@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 
 from certframe.cli.options import certify_options, parse_options
-from certframe.cli.tables import print_robustness
+from certframe.cli.tables import print_robustness, print_warnings
 from certframe.run import AttackSpec, run_attack
 from certframe.run.spec import DEFAULT_ATTACKS
 
@@ -109,6 +109,7 @@ def attack(dataset_name, dataset_options, segmenter_name, segmenter_options, den
     console = Console(quiet=quiet)
     table = run_attack(spec, output, resume=resume, overwrite=overwrite, quiet=quiet, console=console)
     print_robustness(table, console, title=f"empirical vs certified Dice ({output})")
+    print_warnings(spec.warnings(), console)
 
 
 __all__ = ["attack", "Budget", "parse_attack_options"]

@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from certframe.cli.options import acceleration_from_params, acceleration_options, certify_options, parse_options
-from certframe.cli.tables import print_summary
+from certframe.cli.tables import print_summary, print_warnings
 from certframe.config import apply_overrides, load_experiment, manifest_provenance
 from certframe.distributed import dist_env
 from certframe.registry import get_registry
@@ -101,6 +101,7 @@ def certify(ctx, output, config_path, manifest_path, resume, overwrite, quiet, *
         if rank == 0 and not quiet:
             where = f"{out}" if world == 1 else f"{out}, {world} processes"
             print_summary(summary.assign(method=method_label(spec)), console, title=f"certified Dice ({where})")
+            print_warnings(spec.warnings(), console)
 
 
 _SPEC_FIELDS = set(spec_fields(RunSpec))

@@ -9,6 +9,7 @@ import pandas as pd
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def print_summary(summary, console, title="summary"):
@@ -110,7 +111,8 @@ def print_robustness(table, console, title="robustness"):
 
 
 def print_comparison(table, console: Console, title: str = "certified Dice") -> None:
-    """The comparison table in rich, within 100 columns; method names are never cut."""
+    """The comparison table in rich: numbers are never cut; method names are kept whole where the terminal
+    is wide enough (100 columns for the usual names) and wrap, never cut, where it is not (80 columns, a pipe)."""
     several = table["dataset"].nunique() > 1
     certifiers = table["certifier"].nunique() > 1
     methods = table["method"].astype(str)
@@ -120,15 +122,28 @@ def print_comparison(table, console: Console, title: str = "certified Dice") -> 
         methods = methods + " [" + table["certifier"].astype(str) + "]"
     elif len(table):
         title = f"{title} ({table['certifier'].iloc[0]})"
+    headers = ("σ", "τ", "radius", "cert. Dice", "abstain", "clean Dice", "s/img", "images")
+    rows = [[f"{r['sigma']:g}", f"{r['tau']:g}", f"{r['radius']:.3f}",
+             f"{r['certified_dice']:.3f}±{r['certified_dice_std']:.3f}", f"{r['abstain_rate']:.3f}",
+             f"{r['clean_dice']:.3f}", f"{r['seconds_per_image']:.2f}", str(int(r["images"]))]
+            for _, r in table.iterrows()]
     t = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    t.add_column("method", no_wrap=True, min_width=max([6] + [len(m) for m in methods]))
-    for header in ("σ", "τ", "radius", "cert. Dice", "abstain", "clean Dice", "s/img", "images"):
-        t.add_column(header, justify="right", no_wrap=True)
-    for m, (_, r) in zip(methods, table.iterrows()):
-        t.add_row(m, f"{r['sigma']:g}", f"{r['tau']:g}", f"{r['radius']:.3f}",
-                  f"{r['certified_dice']:.3f}±{r['certified_dice_std']:.3f}", f"{r['abstain_rate']:.3f}",
-                  f"{r['clean_dice']:.3f}", f"{r['seconds_per_image']:.2f}", str(int(r["images"])))
+    # numbers are never cut (each column at least as wide as its widest cell); a long method name
+    # is what gives way on a narrow terminal (80 columns, or a pipe): it wraps
+    longest = max([6] + [len(m) for m in methods])
+    t.add_column("method", overflow="fold", min_width=min(longest, 8), max_width=longest)
+    for i, header in enumerate(headers):
+        width = max([len(header)] + [len(row[i]) for row in rows])
+        t.add_column(header, justify="right", no_wrap=True, min_width=width)
+    for m, cells in zip(methods, rows):
+        t.add_row(m, *cells)
     console.print(t)
 
 
-__all__ = ["print_summary", "print_robustness", "print_comparison"]
+def print_warnings(warnings, console: Console) -> None:
+    """Repeat a run's warnings under its table, one ``Warning: ...`` line each (never wrapped or cut)."""
+    for warning in warnings:
+        console.print(Text(f"Warning: {warning}", style="yellow"), soft_wrap=True)
+
+
+__all__ = ["print_summary", "print_robustness", "print_comparison", "print_warnings"]

@@ -10,6 +10,7 @@ the same loop without a run folder.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -19,13 +20,14 @@ import torch
 from rich.console import Console
 
 from certframe.interfaces import CertifyRequest, Certifier, Denoiser, SegmentationDataset, Segmenter
-from certframe.run.build import Names, build_plugins, check_plugins, prepare_models, resolve_device
-from certframe.run.certify import image_results, progress_bar, smoothed_segmenter
+from certframe.run.build import Names, build_plugins, check_plugins, prepare_models, probe_models, resolve_device
+from certframe.run.certify import image_results, progress_bar, smoothed_segmenter, with_warnings
 from certframe.run.manifest import attack_manifest
 from certframe.run.selection import run_size, select_indices
 from certframe.run.spec import AttackSpec
 from certframe.run.step import AttackStep
 from certframe.runs import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
+from certframe.validation import OptionError, check_keys, check_output_folder
 
 ATTACK_SUMMARY, ROBUSTNESS, PIXELS = "summary.json", "robustness.json", "pixels.csv"
 # columns every attack results table has (checked when a run folder is read back)
@@ -72,9 +74,11 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
     radius_multiples, falsify, falsify_options: see :class:`~certframe.run.spec.AttackSpec`.
     seed: fixes the noise draws (with each image's id) and the attacks' randomness.
     """
+    from certframe.attacks.falsification import check_falsify_options
     from certframe.attacks.suite import attack_jobs
 
     request = CertifyRequest(sigma, n0, n, alpha, taus)
+    falsify_options = check_falsify_options(dict(falsify_options or {}))
     attack_options = dict(attack_options or {})
     unknown = sorted(set(attack_options) - set(attacks))
     if unknown:
@@ -92,6 +96,54 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
         yield from result.rows
 
 
+RUN_SET_OPTIONS = {"model": "--segmenter", "eps": "--eps-l2, --eps-linf, --radius-multiple",
+                   "norm": "--eps-l2, --eps-linf", "seed": "--seed", "sigma": "--sigma", "denoiser": "--denoiser"}
+"""Arguments of an attack's factory that the run sets, and the options that set them (the budget and norm,
+the seed, and sigma / denoiser for attacks on the smoothed model)."""
+
+
+def check_attack_options(spec: AttackSpec, registry) -> None:
+    """Every ``--attack-option`` key is one its attack takes and the run does not set; the valid ones are listed.
+
+    The values are checked by :func:`build_attacks`, which builds each attack once.
+    """
+    for name, options in spec.attack_options.items():
+        entry = registry.get("attack", name)
+        clash = [key for key in options if key in RUN_SET_OPTIONS]
+        if clash:
+            raise OptionError(f"attack option {clash[0]!r} of {name} is set by the run "
+                              f"({RUN_SET_OPTIONS[clash[0]]}), not by --attack-option")
+        if not entry.accepts_any_option():
+            check_keys(options, [k for k in entry.options() if k not in RUN_SET_OPTIONS], "attack option", name)
+
+
+def build_attacks(spec: AttackSpec, jobs, plugins) -> None:
+    """Build every attack job once, at its first budget, with the user's options, before the run folder exists.
+
+    An attack validates its arguments when it is built (steps, step_size, restarts, ...): a bad
+    ``--attack-option`` value fails here, named as ``ATTACK:KEY=VALUE``, instead of after the
+    first image is certified. Nothing is run.
+    """
+    from certframe.statistics import certified_radius
+
+    for job in jobs:
+        if job.factory is None or job.name not in spec.attack_options:
+            continue
+        options = spec.attack_options[job.name]
+        eps = job.eps if job.eps is not None else \
+            certified_radius(spec.sigma, spec.taus[0]) * job.radius_multiple
+        kwargs = {"model": plugins.segmenter, "eps": eps, "seed": spec.seed, **options}
+        if job.pass_norm:
+            kwargs["norm"] = job.norm
+        if job.threat == "smoothed":
+            kwargs.update(sigma=spec.sigma, denoiser=plugins.denoiser)
+        try:
+            job.factory(**kwargs)
+        except (ValueError, TypeError) as err:
+            given = ", ".join(f"{job.name}:{k}={json.dumps(v)}" for k, v in options.items())
+            raise OptionError(f"attack option {given} is invalid: {err}") from None
+
+
 def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, overwrite: bool = False,
                quiet: bool = False, registry=None, console: Console | None = None) -> pd.DataFrame:
     """Build the plugins, attack and certify, write the run folder; return the robustness table.
@@ -105,7 +157,9 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
+    check_output_folder(output)
     factories = {name: registry.get("attack", name).factory for name in spec.attacks}
+    check_attack_options(spec, registry)
     request = spec.request
     # the rows each image writes, known before the run: needed to tell a complete image from a cut one
     jobs = attack_jobs(factories, taus=spec.taus, eps_l2=spec.eps_l2, eps_linf=spec.eps_linf,
@@ -113,15 +167,18 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
     device = resolve_device(spec.device)
     plugins = build_plugins(spec, registry)
     check_plugins(spec, plugins)
+    build_attacks(spec, jobs, plugins)
     manifest = attack_manifest(spec, plugins, registry)
     total = run_size(plugins.dataset, spec.limit)
+    segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
+    probe_models(segmenter, denoiser, plugins.dataset, request.sigma, device)
+    manifest = with_warnings(manifest, spec)
     run = RunFolder(output, required_columns=ATTACK_COLUMNS)
     done = run.start(manifest, resume=resume, overwrite=overwrite, rows_per_image=len(jobs) * len(spec.taus))
     with run.recording_failure():
         todo = [i for i in select_indices(total) if i not in done]
         if done:
             log.info("resuming %s: %d of %d images already done", output, total - len(todo), total)
-        segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
         step = AttackStep(smoothed_segmenter(segmenter, denoiser, request, device), plugins.certifier,
                           plugins.dataset, request, seed=spec.seed, batch_size=spec.batch_size, device=device,
                           names=plugins.names(spec), jobs=jobs, attack_options=spec.attack_options,
@@ -153,4 +210,5 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
     return table
 
 
-__all__ = ["run_attack", "attack_dataset", "read_pixels", "ATTACK_COLUMNS", "ATTACK_SUMMARY", "ROBUSTNESS", "PIXELS"]
+__all__ = ["run_attack", "check_attack_options", "build_attacks", "attack_dataset", "read_pixels", "ATTACK_COLUMNS",
+           "ATTACK_SUMMARY", "ROBUSTNESS", "PIXELS"]

@@ -20,13 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Sample, SegmentationDataset, Segmenter
 from certframe.run.build import (Names, Plugins, build_plugins, check_plugins, method_label, prepare_models,
-                                 resolve_device)
+                                 probe_models, resolve_device)
 from certframe.run.manifest import certify_manifest
 from certframe.run.selection import run_size, samples, select_indices
 from certframe.run.spec import RunSpec
 from certframe.run.step import CertifyStep, ImageResult
 from certframe.runs import RunFolder, summarize
 from certframe.smoothing import SmoothedSegmenter
+from certframe.validation import check_output_folder
 
 log = logging.getLogger("certframe.certify")
 
@@ -106,6 +107,14 @@ def progress_bar(console: Console, text: str, quiet: bool) -> Progress:
                     console=console, disable=quiet, transient=False)
 
 
+def with_warnings(manifest: dict, spec: RunSpec) -> dict:
+    """Log the spec's warnings (:meth:`RunSpec.warnings`) before sampling; the manifest records them."""
+    warnings = spec.warnings()
+    for warning in warnings:
+        log.warning("%s", warning)
+    return {**manifest, "warnings": warnings} if warnings else manifest
+
+
 def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, overwrite: bool = False,
                 quiet: bool = False, registry=None, console: Console | None = None,
                 indices: Sequence[int] | None = None, plugins: Plugins | None = None,
@@ -113,9 +122,12 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
     """Build the plugins, certify, write the run folder ``output``; return the summary DataFrame.
 
     Everything that can be checked is checked before the folder is written: the spec (at
-    construction), the device, the plugins' options (built here), the segmenter's classes
-    against the data set's, the denoiser's noise range, and ``expect_provenance`` (the
-    ``provenance`` of a manifest being re-run: the models and files must be the same).
+    construction), ``output`` (a folder, or nothing yet), the device, the plugins' options
+    (built here), the segmenter's classes against the data set's, the denoiser's noise range,
+    one pass of the models on the first image (:func:`~certframe.run.build.probe_models`), and
+    ``expect_provenance`` (the ``provenance`` of a manifest being re-run: the models and files
+    must be the same). The spec's warnings (an n that cannot certify) are logged before
+    sampling and recorded in the manifest.
     indices: certify only these data set indices (default: all, or the first ``spec.limit``);
         a caller sharding a data set over workers passes each its share. The run is finished
         (sorted results, Parquet, summary.json, status "complete") only once every image is done.
@@ -128,6 +140,7 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
+    check_output_folder(output)
     device = resolve_device(spec.device)
     accelerate = _acceleration(spec.accelerate)
     request = spec.request
@@ -139,13 +152,15 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
         raise RunError("the manifest being re-run used other inputs: " + "; ".join(diff))
     total = run_size(plugins.dataset, spec.limit)
     wanted = select_indices(total, indices)
+    segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
+    probe_models(segmenter, denoiser, plugins.dataset, request.sigma, device)
+    manifest = with_warnings(manifest, spec)
     run = RunFolder(output)
     done = run.start(manifest, resume=resume, overwrite=overwrite)
     todo = [i for i in wanted if i not in done]
     if done:
         log.info("resuming %s: %d of %d images already done", output, len(wanted) - len(todo), len(wanted))
     with run.recording_failure():
-        segmenter, denoiser = prepare_models(plugins.segmenter, plugins.denoiser, plugins.dataset, device)
         step = CertifyStep(smoothed_segmenter(segmenter, denoiser, request, device, accelerate),
                            plugins.certifier, plugins.dataset, request, seed=spec.seed,
                            batch_size=spec.batch_size, device=device, names=plugins.names(spec))
@@ -185,7 +200,7 @@ def run_certify_sharded(spec: RunSpec, output: str | Path, *, environ=None, regi
     env = distributed.dist_env(environ)
     if not env.distributed:
         return run_certify(spec, output, registry=registry, **kwargs), 1
-    output = Path(output)
+    output = check_output_folder(output)
     resume, overwrite = kwargs.get("resume", False), kwargs.get("overwrite", False)
     merged = RunFolder(output)
     if merged.results_path.exists() and merged.results_path.stat().st_size and not (resume or overwrite):
