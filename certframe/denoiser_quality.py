@@ -19,7 +19,7 @@
   NaN denoised metrics and the refusal in ``note``.
 
 Reproducible: ``z`` of image ``i`` comes from a generator seeded with
-``seed * 1_000_003 + i``, the same ``z`` for every sigma (paired comparisons
+``(seed * 1_000_003 + i) mod 2**64``, the same ``z`` for every sigma (paired comparisons
 across sigma) and independent of ``limit`` and batching. PSNR / SSIM: see
 :mod:`certframe.image_quality`.
 """
@@ -42,7 +42,7 @@ SUMMARY_COLUMNS = ["sigma", "images", "psnr_noisy", "psnr_denoised", "ssim_noisy
 
 def noise_for(index: int, shape: torch.Size, seed: int = 0) -> torch.Tensor:
     """The standard normal ``z`` ``[C, H, W]`` of image ``index`` (CPU, float32)."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % 2 ** 64)  # any 64-bit seed
     return torch.randn(shape, generator=g)
 
 

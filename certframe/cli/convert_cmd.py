@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from certframe.registry import PluginError, get_registry
+from certframe.validation import check_output_folder
 
 
 def find_converter(fmt: str, registry=None):
@@ -68,6 +69,7 @@ def guided_diffusion(checkpoint, output, channel_mult, attention_resolutions, ov
     flags["channel_mult"] = _ints(channel_mult, "--channel-mult") or None
     flags["attention_resolutions"] = _ints(attention_resolutions, "--attention-resolutions")
     try:
+        check_output_folder(output, "OUTPUT", "a diffusers model folder")
         name, converter = find_converter("guided-diffusion")
         folder = converter(checkpoint, output, overwrite=overwrite, **flags)
     except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:

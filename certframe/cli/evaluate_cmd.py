@@ -12,9 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from certframe.cli.options import parse_options, plugin_option, seed_option
+from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
 from certframe.registry import PluginError, get_registry
-from certframe.validation import require_images
+from certframe.validation import OptionError, check_int, check_seed, require_images, resolve_device
 
 
 def _sigma(ctx, param, values):
@@ -39,22 +39,33 @@ def _cell(value, fmt: str = "{:.3f}") -> str:
 def run_evaluate_denoiser(*, dataset: str, dataset_options: dict, denoiser: str, denoiser_options: dict,
                           sigmas, segmenter: str | None = None, segmenter_options: dict | None = None,
                           limit: int | None = None, seed: int = 0, batch_size: int = 8, output: Path | None = None,
-                          registry=None, console=None):
-    """Build the plugins, measure (:func:`denoiser_quality`), print a table, optionally write JSON; returns it."""
+                          device: str = "auto", registry=None, console=None):
+    """Check every option, build the plugins, measure (:func:`denoiser_quality`) on ``device``, print a table,
+    optionally write JSON; returns the table.
+
+    The options are checked before any plugin is built: output a ``.json`` path (not a folder),
+    limit and batch_size integers >= 1, seed an int in [0, 2**64), device auto, cpu, cuda or cuda:N.
+    """
     from certframe.denoiser_quality import denoiser_quality, quality_records
 
     registry = registry or get_registry()
     console = console or Console()
     if output is not None and Path(output).suffix != ".json":
         raise ValueError(f"--output must be a .json file, got {str(output)!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+    if output is not None and Path(output).is_dir():
+        raise OptionError(f"--output {str(output)!r} is an existing folder; a .json file path is expected")
+    if limit is not None:
+        check_int("--limit", limit, 1, meaning="the number of images")
+    check_int("--batch-size", batch_size, 1, meaning="images per forward pass")
+    check_seed(seed, "--seed")
+    dev = resolve_device(device)
     data = registry.create("dataset", dataset, **dataset_options)
     require_images(data, "certframe evaluate denoiser measures denoisers (PSNR / SSIM)", dataset)
-    den = registry.create("denoiser", denoiser, **denoiser_options)
-    seg = registry.create("segmenter", segmenter, **(segmenter_options or {})) if segmenter else None
+    den = registry.create("denoiser", denoiser, **denoiser_options).to(dev).eval()
+    seg = registry.create("segmenter", segmenter, **(segmenter_options or {})).to(dev).eval() if segmenter else None
     table = denoiser_quality(den, data, sigmas, segmenter=seg, limit=limit, seed=seed, batch_size=batch_size)
-    view = Table(title=f"denoiser {denoiser} on {dataset} ({int(table['images'].iloc[0])} images, seed {seed})")
+    view = Table(title=f"denoiser {denoiser} on {dataset} ({int(table['images'].iloc[0])} images, seed {seed}, "
+                       f"{dev})")
     columns = [("sigma", "sigma", "{:g}"), ("t*", "t_star", "{}"), ("trained", "in_range", "{}"),
                ("max sigma", "max_sigma", "{:.3f}"), ("PSNR noisy", "psnr_noisy", "{:.2f}"),
                ("PSNR denoised", "psnr_denoised", "{:.2f}"), ("SSIM noisy", "ssim_noisy", "{:.3f}"),
@@ -74,7 +85,7 @@ def run_evaluate_denoiser(*, dataset: str, dataset_options: dict, denoiser: str,
     if output is not None:
         record = {"dataset": dataset, "dataset_options": dataset_options, "denoiser": denoiser,
                   "denoiser_options": denoiser_options, "segmenter": segmenter,
-                  "segmenter_options": segmenter_options or {}, "seed": seed, "limit": limit,
+                  "segmenter_options": segmenter_options or {}, "seed": seed, "limit": limit, "device": str(dev),
                   "rows": quality_records(table)}
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(record, indent=2) + "\n")
@@ -97,11 +108,12 @@ def evaluate():
 @click.option("--sigma", "sigmas", type=float, multiple=True, callback=_sigma, required=True,
               help="Noise std in [0, 1] pixel units (repeatable).")
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per forward pass.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Also write the table as JSON.")
+@device_option
 @seed_option
 def denoiser(dataset_name, dataset_options, denoiser_name, denoiser_options, segmenter_name, segmenter_options,
-             sigmas, limit, batch_size, output, seed):
+             sigmas, limit, batch_size, output, device, seed):
     """PSNR and SSIM of D(x + eps) and of x + eps against x per sigma, t*, trained range, Dice."""
     try:
         run_evaluate_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
@@ -109,6 +121,6 @@ def denoiser(dataset_name, dataset_options, denoiser_name, denoiser_options, seg
                               denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
                               sigmas=sigmas, segmenter=segmenter_name,
                               segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
-                              limit=limit, seed=seed, batch_size=batch_size, output=output)
+                              limit=limit, seed=seed, batch_size=batch_size, output=output, device=device)
     except (PluginError, ValueError, FileNotFoundError, TypeError) as err:
         raise click.ClickException(str(err)) from err

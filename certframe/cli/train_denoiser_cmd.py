@@ -18,7 +18,8 @@ from rich.console import Console
 from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
 from certframe.interfaces import model_spatial_dims
 from certframe.registry import PluginError, get_registry
-from certframe.validation import require_images
+from certframe.validation import (OptionError, check_int, check_number, check_output_folder, check_seed,
+                                  require_images, resolve_device)
 
 
 def _widths(text: str) -> list[int]:
@@ -41,6 +42,51 @@ def denoiser_trainer(name: str, registry=None):
     return trainer
 
 
+def check_train_denoiser_options(*, output, size, crop, channels, layers_per_block, attention, steps, batch_size,
+                                 lr, max_sigma, margin, ema_decay, checkpoint_every, log_every, resume, overwrite,
+                                 seed) -> dict:
+    """The one place ``certframe train denoiser`` checks its options; errors name the option, value and range.
+
+    Returns the normalised ``output`` (a Path), ``max_sigma`` (None for 0: every timestep) and
+    ``channels`` (a list of ints).
+    """
+    output = check_output_folder(output, "--output", "a diffusers model folder")
+    if resume and overwrite:
+        raise OptionError("--resume and --overwrite exclude each other")
+    widths = list(channels) if isinstance(channels, (list, tuple)) else channels
+    if not isinstance(widths, list) or len(widths) < 2 or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in widths):
+        raise OptionError(f"--channels must be positive integers (one width per resolution level), got {widths}"
+                          + (" (at least 2 levels)" if isinstance(widths, list) and len(widths) < 2 else ""))
+    levels = len(widths) - 1
+    for name, value, meaning in (("--size", size, "the training resolution in pixels"),
+                                 ("--crop", crop, "the side of the training patches")):
+        if value is not None:
+            check_int(name, value, 1, meaning=meaning)
+            if value % 2 ** levels:
+                raise OptionError(f"{name} must be divisible by 2^{levels} = {2 ** levels} for the {levels + 1} "
+                                  f"resolution levels of --channels {','.join(map(str, widths))}, got {value}")
+    if crop is not None and size is not None and crop > size:
+        raise OptionError(f"--crop must be at most --size {size} (patches of the training images), got {crop}")
+    if crop is not None and attention:
+        raise OptionError("--crop and --attention exclude each other: attention sees the whole image, so a model "
+                          "trained on crops would not transfer to whole images")
+    check_int("--layers-per-block", layers_per_block, 1, meaning="ResNet layers per UNet block")
+    check_int("--steps", steps, 1, meaning="optimisation steps")
+    check_int("--batch-size", batch_size, 1, meaning="images per step")
+    check_number("--lr", lr, above=0, meaning="the Adam learning rate")
+    if max_sigma is not None:
+        max_sigma = check_number("--max-sigma", max_sigma, minimum=0, meaning="the largest smoothing sigma the "
+                                 "denoiser serves; 0 trains on every timestep") or None
+    check_number("--margin", margin, minimum=0, meaning="the relative margin above --max-sigma")
+    check_number("--ema-decay", ema_decay, above=0, below=1, meaning="the EMA weight of the old average")
+    if checkpoint_every is not None:
+        check_int("--checkpoint-every", checkpoint_every, 1, meaning="steps between resumable states")
+    check_int("--log-every", log_every, 1, meaning="steps between lines of train.log")
+    check_seed(seed, "--seed")
+    return {"output": output, "max_sigma": max_sigma, "channels": widths}
+
+
 def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, denoiser: str = "ddpm",
                        size: int | None = None, channels=(16, 32, 32, 64), layers_per_block: int = 1,
                        attention: bool = False, steps: int = 2000, batch_size: int = 16, lr: float = 5e-4,
@@ -49,22 +95,28 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
                        checkpoint_every: int | None = None, log_every: int = 50, resume: bool = False,
                        overwrite: bool = False, device: str = "auto", seed: int = 0, quiet: bool = False,
                        crop: int | None = None, registry=None, console=None):
-    """Build the data set (``split=train``), train with the denoiser's trainer, save; returns its result."""
-    from certframe.run.build import resolve_device
+    """Check every option, build the data set (``split=train``), train with the denoiser's trainer, save.
 
+    Returns the trainer's result. Every option is checked (:func:`check_train_denoiser_options`)
+    before the data set is built, a model is made or anything is written. max_sigma: None or 0
+    trains on every timestep.
+    """
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
+    options = check_train_denoiser_options(
+        output=output, size=size, crop=crop, channels=channels, layers_per_block=layers_per_block,
+        attention=attention, steps=steps, batch_size=batch_size, lr=lr, max_sigma=max_sigma, margin=margin,
+        ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every, resume=resume,
+        overwrite=overwrite, seed=seed)
+    output, max_sigma, channels = options["output"], options["max_sigma"], options["channels"]
+    dev = resolve_device(device)
     trainer = denoiser_trainer(denoiser, registry)
-    output = Path(output)
     if "split" in dataset_options:
         raise ValueError("do not pass a split option: the denoiser trains on split=train")
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
     train = registry.create("dataset", dataset, **dataset_options, split="train")
     if 3 not in model_spatial_dims(registry.get("denoiser", denoiser).factory):  # what the plugin declares
         require_images(train, f"certframe train denoiser: the denoiser {denoiser!r} is a 2-D model "
                               f"(spatial_dims=2) and trains", dataset)
-    dev = resolve_device(device)
     h, w = (int(v) for v in train[0].image.shape[-2:])
     if size is not None and (size, size) != (h, w):
         console.print(f"[yellow]note: the data set's images (what the segmenter sees) are {h}x{w}; a {size}x{size} "
@@ -103,7 +155,7 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
 @click.option("--max-sigma", type=float, default=1.0, show_default=True,
               help="Largest smoothing sigma to serve, on the data set's images: t is drawn from "
                    "0..t*(max_sigma*(1+margin)) (after the noise shrink of a resize to --size); the denoiser "
-                   "refuses larger sigma. 0 trains on every timestep.")
+                   "refuses larger sigma. 0 trains on every timestep (a finite number >= 0).")
 @click.option("--margin", type=float, default=0.25, show_default=True)
 @click.option("--beta-schedule", type=click.Choice(["linear", "scaled_linear", "squaredcos_cap_v2"]),
               default="linear", show_default=True)
@@ -130,7 +182,7 @@ def denoiser(dataset_name, dataset_options, denoiser_name, size, crop, channels,
         run_train_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
                            output=output, denoiser=denoiser_name, size=size, channels=_widths(channels),
                            layers_per_block=layers_per_block, attention=attention, steps=steps,
-                           batch_size=batch_size, lr=lr, max_sigma=max_sigma if max_sigma > 0 else None,
+                           batch_size=batch_size, lr=lr, max_sigma=max_sigma,
                            margin=margin, beta_schedule=beta_schedule, prediction_type=prediction_type,
                            ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
                            resume=resume, overwrite=overwrite, device=device, seed=seed, crop=crop, quiet=quiet)

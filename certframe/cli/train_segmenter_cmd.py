@@ -18,6 +18,7 @@ and keeps its ``nn.Module`` in ``.net`` and the configuration that rebuilds it i
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from rich.console import Console
 from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
 from certframe.registry import PluginError, get_registry
 from certframe.training import TrainResult, noise_sigmas, resume_dir, train_segmenter
+from certframe.validation import OptionError, check_int, check_number, check_seed, resolve_device
 
 RANDOM = "random"
 
@@ -40,12 +42,52 @@ def file_sha256(path: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _plain(value):
+    """A value as JSON would give it back (tuples as lists), so option values compare as the user means them."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_init_options(config: dict, options: dict, init, flags: dict | None = None) -> None:
+    """With ``--init``, the network is the checkpoint's: an option that its configuration states otherwise is refused.
+
+    config: the configuration of the model built from ``init`` (``model.config``); options: the
+    segmenter options given (``--arch`` and ``--network-option`` merged in); flags: how each
+    top-level key was given (``{"arch": "--arch", "network": "--network-option"}``; default
+    ``--segmenter-option``). A segmenter plugin loads the architecture its weights record and
+    would silently ignore another one asked for; this names the option, both values and the fix.
+    """
+    flags = flags or {}
+    for key, value in options.items():
+        flag = flags.get(key, "--segmenter-option")
+        if key == "network" and isinstance(value, dict) and isinstance(config.get("network"), dict):
+            pairs = [(k, v, config["network"].get(k, "<not set>")) for k, v in value.items()]
+        elif key in config:
+            pairs = [(key, value, config[key])]
+        else:
+            continue
+        for name, given, saved in pairs:
+            if _plain(given) == _plain(saved):
+                continue
+            if flag == "--arch":
+                shown = given
+            elif key == "network" and flag == "--segmenter-option":
+                shown = f"network={json.dumps(value)}"
+            else:
+                shown = f"{name}={given}" if isinstance(given, str) else f"{name}={given!r}"
+            raise ValueError(f"{flag} {shown} conflicts with --init {init}, whose weights have {name}={saved!r}: "
+                             f"fine-tuning keeps the network of the --init weights (drop {flag}, or train from "
+                             f"scratch without --init)")
+
+
 def build_trainable(registry, segmenter: str, options: dict, in_channels: int, num_classes: int,
-                    init: str | Path | None = None, seed: int = 0, spatial_shape: tuple[int, ...] | None = None):
+                    init: str | Path | None = None, seed: int = 0, spatial_shape: tuple[int, ...] | None = None,
+                    flags: dict | None = None):
     """The segmenter to train, through the registry: untrained (``weights=random``) or from ``init``.
 
     The random initial weights come from torch's generator seeded with ``seed`` (the caller's
     random state is left as it was), so a training run is reproducible whatever ran before it.
+    With ``init``, every option given must agree with the network the weights record
+    (:func:`check_init_options`; flags: how each option was given, for the message).
     spatial_shape: the size ``(H, W)`` or ``(D, H, W)`` of the training items. For volumes, a
     segmenter that takes the options ``spatial_dims`` and ``roi_size`` (monai) gets
     ``spatial_dims=3`` and ``roi_size=spatial_shape`` unless given: the checkpoint then records
@@ -81,6 +123,8 @@ def build_trainable(registry, segmenter: str, options: dict, in_channels: int, n
     if not hasattr(model, "net") or not isinstance(getattr(model, "config", None), dict):
         raise ValueError(f"the {segmenter} segmenter cannot be trained by certframe: it must keep its network "
                          f"in .net and its configuration in .config")
+    if init is not None:
+        check_init_options(model.config, opts, init, flags)
     dims = getattr(model, "spatial_dims", 2)
     if spatial_shape is not None and isinstance(dims, int) and dims != len(spatial_shape):
         kind = {2: "images [C, H, W]", 3: "volumes [C, D, H, W]"}
@@ -107,24 +151,35 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
     arch, network: the ``--arch`` / ``--network-option`` shorthands for the segmenter options
     ``arch`` and ``network`` (kept for the monai segmenter; smp takes them too).
     """
-    from certframe.run.build import resolve_device
     from certframe.tuning import module_hash
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
+    # every option first, before a data set is built, a model loaded or a file touched
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"--output must be a .safetensors path, got {str(output)!r}")
+    if output.is_dir():
+        raise OptionError(f"--output {str(output)!r} is an existing folder; a .safetensors file path is expected")
+    if resume and overwrite:
+        raise OptionError("--resume and --overwrite exclude each other")
     if "split" in dataset_options:
         raise ValueError("do not pass a split option: training uses split=train and validation split=val")
+    check_int("--epochs", epochs, 1, meaning="epochs to run")
+    check_int("--batch-size", batch_size, 1, meaning="images per step")
+    check_number("--lr", lr, above=0, meaning="the Adam learning rate")
+    check_seed(seed, "--seed")
     sigmas = noise_sigmas(noise_sigma)
     if denoiser is not None and min(sigmas) <= 0:
         raise ValueError(f"--denoiser needs --noise-sigma > 0 (the noise it removes), got {sigmas}")
     options = dict(segmenter_options or {})
+    flags = {}
     if arch is not None:
         options["arch"] = arch
+        flags["arch"] = "--arch"
     if network:
         options["network"] = {**options.get("network", {}), **network}
+        flags["network"] = "--network-option"
     state = resume_dir(output)
     if not resume and (output.exists() or state.exists()):
         if not overwrite:
@@ -134,7 +189,7 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
     train = registry.create("dataset", dataset, **dataset_options, split="train")
     val = registry.create("dataset", dataset, **dataset_options, split="val")
     model = build_trainable(registry, segmenter, options, train.in_channels, train.num_classes, init, seed=seed,
-                            spatial_shape=tuple(train[0].image.shape[1:]) if len(train) else None)
+                            spatial_shape=tuple(train[0].image.shape[1:]) if len(train) else None, flags=flags)
     den, record = None, None
     if denoiser is not None:
         den = registry.create("denoiser", denoiser, **(denoiser_options or {}))

@@ -307,6 +307,19 @@ def cfg_summary(cfg: ADMConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in asdict(cfg).items())
 
 
+def _load_detail(err: Exception) -> str:
+    """What torch.load's error says about the file, without its advice to unpickle (never followed here)."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if found:                               # a pickle of some class: name the class, nothing more
+        return f"it pickles a {found.group(1)} object"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    advice = ("weights_only" in first or "arbitrary code" in first or "Weights only load failed" in first)
+    return "" if advice else first[:200]
+
+
 def load_adm_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """``{name: tensor}`` from a guided-diffusion ``.pt`` with ``torch.load(weights_only=True)``; refuses the rest."""
     path = Path(path)
@@ -314,10 +327,17 @@ def load_adm_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError (not a zip / pickle), EOFError
-        raise ValueError(f"{str(path)!r} cannot be read with torch.load(weights_only=True) ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}); only plain state dicts of tensors are "
-                         f"converted, never arbitrary pickles") from err
+    except Exception as err:  # UnpicklingError, RuntimeError (not a zip / pickle), EOFError, SafetensorError
+        expected = "expected the state dict {name: tensor} of a guided-diffusion model"
+        if path.suffix == ".safetensors" or type(err).__name__ == "SafetensorError":
+            said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file (safetensors said: {said}); "
+                             f"{expected} (.pt or .safetensors)") from None
+        detail = _load_detail(err)
+        raise ValueError(f"{str(path)!r} cannot be read as a state dict of tensors ({type(err).__name__}"
+                         f"{': ' + detail if detail else ''}); {expected} (.pt written by "
+                         f"torch.save(model.state_dict()), or .safetensors); certframe reads it with "
+                         f"torch.load(weights_only=True) and never unpickles other objects") from None
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, expected a state dict {{name: tensor}}")
     bad = sorted(k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v))

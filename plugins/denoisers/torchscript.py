@@ -11,6 +11,7 @@ import torch
 
 from certframe.interfaces import Denoiser
 from certframe.plugins.segmenters.torchscript import attach_normalization, load_torchscript
+from certframe.validation import resolve_device
 
 
 class TorchScriptDenoiser(Denoiser):
@@ -35,6 +36,7 @@ class TorchScriptDenoiser(Denoiser):
         if int(in_channels) < 1:
             raise ValueError(f"need in_channels >= 1, got {in_channels}")
         self.path = str(Path(path))
+        device = resolve_device(device)
         self.net = load_torchscript(path, device)
         self.in_channels = int(in_channels)
         self.takes_sigma, self.clip = bool(takes_sigma), bool(clip)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from certframe.interfaces import Segmenter
+from certframe.validation import resolve_device
 
 
 def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
@@ -22,7 +23,10 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> to
 
     Raises FileNotFoundError for a missing file and ValueError naming the file for a file
     that is not a TorchScript archive (a ``torch.save`` checkpoint, a state dict, safetensors).
+    The device is checked first (:func:`certframe.validation.resolve_device`: ``auto``, ``cpu``,
+    ``cuda``, ``cuda:N``): CUDA asked for on a machine without it says so, before the file is read.
     """
+    device = resolve_device(device)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"TorchScript file {str(path)!r} does not exist (expected a model saved "
@@ -30,7 +34,7 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> to
     try:
         with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit deprecated; the format still loads
             warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location=torch.device(device))
+            module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a TorchScript model: expected a file written by torch.jit.save of a "
@@ -74,7 +78,7 @@ class TorchScriptSegmenter(Segmenter):
     (checked on every call, with an error naming the file).
 
     Options: path (the .pt/.ts file from torch.jit.save; required), num_classes (2),
-    in_channels (1), normalize (None or ``{"mean": [...], "std": [...]}``), device (cpu).
+    in_channels (1), normalize (None or ``{"mean": [...], "std": [...]}``), device (cpu; auto, cuda, cuda:N).
     See the module docstring for what loading the file trusts.
     """
 
@@ -86,6 +90,7 @@ class TorchScriptSegmenter(Segmenter):
         if int(num_classes) < 2 or int(in_channels) < 1:
             raise ValueError(f"need num_classes >= 2 and in_channels >= 1, got {num_classes}, {in_channels}")
         self.path = str(Path(path))
+        device = resolve_device(device)
         self.net = load_torchscript(path, device)
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
         self.config = {"segmenter": "torchscript", "path": self.path, "num_classes": self.num_classes,
