@@ -178,7 +178,7 @@ def test_evaluate_denoiser_command(tmp_path):
     assert rows[0.25]["t_star"] == 144 and rows[0.25]["in_range"] is True and rows[0.25]["images"] == 2
     assert rows[1.5]["in_range"] is False and rows[1.5]["psnr_denoised"] is None
     assert rows[0.25]["dice_denoised"] > 0.8 and record["segmenter_options"] == {"weights": "synthetic-lung"}
-    for bad, message in ((["--sigma", "0"], "positive finite"), (["--limit", "0"], "--limit must be >= 1"),
+    for bad, message in ((["--sigma", "0"], "positive finite"), (["--limit", "0"], "--limit must be an integer >= 1"),
                          (["--output", str(tmp_path / "q.csv")], "must be a .json file")):
         res = CliRunner().invoke(main, args[:6] + ["--sigma", "0.5"] + bad)
         assert res.exit_code != 0 and message in res.output, res.output
