@@ -159,7 +159,7 @@ BUILTINS = [(kind, name) for kind in KINDS for name in _REGISTRY.names(kind)]
 
 
 @pytest.mark.parametrize("kind,name", BUILTINS, ids=[f"{k}-{n}" for k, n in BUILTINS])
-def test_builtin_plugin_honours_the_contract(kind, name, tmp_path):
+def test_builtin_plugin_honours_the_contract(kind, name, tmp_path, one_thread):
     if (kind, name) in SKIP:
         pytest.skip(f"{kind} {name!r}: {SKIP[kind, name]}")
     options = OPTIONS.get((kind, name), {})
@@ -170,7 +170,6 @@ def test_builtin_plugin_honours_the_contract(kind, name, tmp_path):
     if required:
         pytest.fail(f"built-in {kind} {name!r} needs option(s) {required}: give test values in OPTIONS of "
                     f"tests/test_contract.py, or skip it by name in SKIP with the reason")
-    torch.set_num_threads(1)
     report = check_plugin(kind, name, options=options, registry=_REGISTRY,
                           bad_options=BAD_OPTIONS.get((kind, name), ()), **CHECK_ARGS.get((kind, name), {}))
     assert isinstance(report, ContractReport)

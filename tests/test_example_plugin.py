@@ -51,9 +51,13 @@ def example_files(tmp_path_factory):
         from certframe_example_plugin.train import train
 
         root = write_example_data(tmp_path_factory.mktemp("example-csv"), count=24, size=32, seed=0)
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)
         weights = root / "tiny-cnn.safetensors"
-        train(root, weights, epochs=20, noise_sigma=0.25, seed=0)
+        try:
+            train(root, weights, epochs=20, noise_sigma=0.25, seed=0)
+        finally:
+            torch.set_num_threads(threads)  # not left at 1 for the tests that run after this module
     finally:
         if added:
             sys.path.remove(str(EXAMPLE_SRC))
