@@ -68,7 +68,9 @@ ARGS = ["certify", "--dataset", "synthetic-lung", "--dataset-option", "count=5",
         "--alpha", "0.01", "--batch-size", "12", "--seed", "7", "--device", "cpu", "--quiet"]
 
 
-def test_two_gloo_processes_give_the_results_of_one(tmp_path):
+def test_two_gloo_processes_give_the_results_of_one(tmp_path, one_thread):
+    """The in-process run uses one torch thread like the two ranks (OMP_NUM_THREADS=1), whatever this machine's
+    core count: the certificates are compared bit for bit (see conftest.one_thread)."""
     single, sharded_out = tmp_path / "single", tmp_path / "sharded"
     result = CliRunner().invoke(main, ARGS + ["--output", str(single)])
     assert result.exit_code == 0, result.output
