@@ -3,7 +3,7 @@ import torch
 
 from certframe.interfaces import ABSTAIN
 from certframe.metrics import (EMPTY_DICE, abstain_rate, certified_accuracy, certified_dice, confusion,
-                               dice_per_class, mean_dice, metric_row)
+                               dice_per_class, mean_dice, mean_dice_per_item, metric_row)
 
 A = ABSTAIN
 
@@ -72,3 +72,22 @@ def test_metric_row_says_when_the_truth_is_empty():
                    "clean_dice_heart": 1.0, "empty_truth": False, "empty_truth_lungs": False,
                    "empty_truth_heart": True}
     assert metric_row(empty, empty, ("background", "lungs", "heart"))["empty_truth"] is True
+
+
+def test_mean_dice_per_item_is_mean_dice_of_each_item_exactly():
+    """The batched Dice training validates with: the same float64 numbers as mean_dice, image by image,
+    including the empty-mask rule (both empty: 1.0; one empty: 0.0), ABSTAIN, K = 3 and K = 1."""
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randint(-1, 3, (6, 5, 7), generator=g)
+    target = torch.randint(0, 3, (6, 5, 7), generator=g)
+    pred[0], target[0] = 0, 0          # no foreground in either: EMPTY_DICE per class
+    pred[1], target[1] = 0, 1          # truth only: 0
+    target[2][target[2] == 2] = 0      # class 2 absent from the truth
+    for k in (3, 2, 1):
+        got = mean_dice_per_item(pred, target, k)
+        assert got.dtype == torch.float64
+        assert got.tolist() == [mean_dice(p, y, k) for p, y in zip(pred, target)]
+    assert mean_dice_per_item(pred, target, 2)[:2].tolist() == [EMPTY_DICE, 0.0]
+    assert mean_dice_per_item(pred, target, 3)[1].item() == 0.5  # lungs missed (0), class 2 empty in both (1)
+    with pytest.raises(ValueError, match="differs from target"):
+        mean_dice_per_item(pred, target[:, :4], 2)
