@@ -18,10 +18,22 @@ Files written for ``checkpoint="out/model.safetensors"``:
 * ``out/model.resume/``: the state after the last finished epoch, for
   ``resume=True``: ``epoch-N.weights.safetensors``, ``epoch-N.optimizer.safetensors``
   (Adam's moments and step counts) and ``state.json`` (epoch, best Dice, history,
-  and the random-number generators' states, base64). ``state.json`` is replaced
-  atomically after the tensors are written, so an interruption at any moment
-  leaves a consistent state. A resumed run gives the same weights as an
-  uninterrupted one (same device, same torch build).
+  the name of the random stream, torch's own generator state for a model's dropout,
+  base64). ``state.json`` is replaced atomically after the tensors are written, so an
+  interruption at any moment leaves a consistent state. A resumed run gives the same
+  weights as an uninterrupted one (same device, same torch build; on CUDA also
+  deterministic kernels, ``torch.use_deterministic_algorithms``).
+
+On the device (:mod:`certframe.train_device`): the stacked train and validation sets
+stay on the training device when they fit (on CPU always; on CUDA when their bytes are at
+most a quarter of the free memory; else pinned host memory, copied per batch
+``non_blocking``); the epoch's order, each batch's flip, sigma and noise come from
+:mod:`certframe.philox` (stream ``("train-segmenter", seed, purpose)``, draw index the
+epoch or the global step ``epoch * batches + b``), made on the device; the loss is summed
+on the device and read once per epoch, with the validation Dice (one batched pass on the
+device). Nothing in the step loop reads a tensor on the host (fp16's loss scaler
+excepted). A training state written before this stream (state version 1, torch.Generator
+draws) is refused on resume: continuing it could not give the uninterrupted run's weights.
 """
 from __future__ import annotations
 
@@ -33,14 +45,18 @@ from typing import Callable
 
 import torch
 
-from certframe import metrics
+from certframe import metrics, philox
 from certframe.checkpoint import save_checkpoint
 from certframe.interfaces import Denoiser, SegmentationDataset, Segmenter, class_labels
-from certframe.train_state import decode_state, encode_state, load_optimizer, save_optimizer, training_progress
+from certframe.train_device import (autocast, gather, grad_scaler, optimiser_step, place, resolve_precision,
+                                    streams)
+from certframe.train_state import (check_resumable, decode_state, encode_state, load_optimizer, save_optimizer,
+                                   training_progress)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: draws from the counter-based stream (philox.STREAM_VERSION); 1: torch.Generator
 # Settings a resumed run must share with the run it continues (epochs may grow).
-RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed", "denoiser", "lr_plateau")
+RESUME_KEYS = ("batch_size", "lr", "noise_sigma", "seed", "denoiser", "lr_plateau", "precision")
+STREAMS = ("order", "flip", "sigma", "noise", "val-noise")
 
 
 def stack(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,16 +89,25 @@ class TrainResult:
 
 
 def evaluate_dice(model: Segmenter, images: torch.Tensor, masks: torch.Tensor, num_classes: int,
-                  batch_size: int = 32, device="cpu") -> float:
+                  batch_size: int = 32, device="cpu", precision: str = "fp32") -> float:
     """Mean over images of the mean foreground Dice of ``model`` (images ``[N, C, H, W]`` or
-    volumes ``[N, C, D, H, W]``; Dice over all pixels / voxels of each item)."""
+    volumes ``[N, C, D, H, W]``; Dice over all pixels / voxels of each item,
+    :func:`certframe.metrics.mean_dice_per_item`).
+
+    Batched on ``device``: predictions and Dice stay there, and the mean is read once.
+    precision: a resolved precision (fp32, bf16, fp16) for the forward pass.
+    """
+    device = torch.device(device)
     model.eval()
-    scores = []
+    total = torch.zeros((), dtype=torch.float64, device=device)
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            pred = class_labels(model(images[i:i + batch_size].to(device))).cpu()
-            scores += [metrics.mean_dice(p, m, num_classes) for p, m in zip(pred, masks[i:i + batch_size])]
-    return sum(scores) / max(len(scores), 1)
+            x = images[i:i + batch_size].to(device, non_blocking=True)
+            with autocast(precision, device):
+                pred = class_labels(model(x))
+            total += metrics.mean_dice_per_item(pred, masks[i:i + batch_size].to(device, non_blocking=True),
+                                                num_classes).sum()
+    return float(total) / max(len(images), 1)
 
 
 def resume_dir(checkpoint: str | Path) -> Path:
@@ -105,8 +130,8 @@ def _save_state(folder: Path, epoch: int, net: torch.nn.Module, optim, config: d
     optimizer = folder / f"epoch-{epoch}.optimizer.safetensors"
     save_checkpoint(weights, net, config, sidecar=False)
     save_optimizer(optimizer, optim)
-    state = {**state, "version": STATE_VERSION, "epoch": epoch, "weights": weights.name,
-             "optimizer": optimizer.name}
+    state = {**state, "version": STATE_VERSION, "stream": philox.STREAM_VERSION, "epoch": epoch,
+             "weights": weights.name, "optimizer": optimizer.name}
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1) + "\n")
     tmp.replace(folder / "state.json")
@@ -147,14 +172,17 @@ def noise_sigmas(noise_sigma) -> list[float]:
 
 @torch.no_grad()
 def denoise_batches(denoiser: Denoiser, images: torch.Tensor, sigmas: list[float], batch_size: int,
-                    device) -> torch.Tensor:
-    """``D(images[i], sigmas[i])`` for noisy images ``[N, C, H, W]`` (one sigma per image), on the CPU."""
+                    device, precision: str = "fp32") -> torch.Tensor:
+    """``D(images[i], sigmas[i])`` for noisy images ``[N, C, H, W]`` (one sigma per image), run on
+    ``device`` (under ``precision``), returned float32 where ``images`` are."""
+    device = torch.device(device)
     out = torch.empty_like(images)
     for sigma in sorted(set(sigmas)):
-        idx = torch.tensor([i for i, s in enumerate(sigmas) if s == sigma])
+        idx = torch.tensor([i for i, s in enumerate(sigmas) if s == sigma], device=images.device)
         for j in range(0, len(idx), batch_size):
             part = idx[j:j + batch_size]
-            out[part] = denoiser(images[part].to(device), sigma).float().cpu()
+            with autocast(precision, device):
+                out[part] = denoiser(images[part].to(device), sigma).float().to(out.device)
     return out
 
 
@@ -167,7 +195,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                     on_epoch: Callable[[dict], None] | None = None,
                     resume: bool = False, progress: bool = False, console=None,
                     save_state: bool = True, patience: int | None = None,
-                    lr_plateau: int | None = None) -> TrainResult:
+                    lr_plateau: int | None = None, precision: str = "auto") -> TrainResult:
     """Train ``model`` (a :class:`Segmenter` holding an ``nn.Module`` in ``.net``) in place.
 
     train, val: data sets whose items all have one size (``[C, H, W]``, masks ``[H, W]``; or
@@ -185,7 +213,13 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     measured after every epoch on clean images for clean training and on one fixed
     noisy copy per image for noise training (image i at sigma ``sigmas[i % len(sigmas)]``),
     denoised once before the first epoch for denoised training. Each batch is flipped along its last axis (W:
-    left-right, for volumes too) with probability 1/2. checkpoint: where the best epoch is saved (with ``config`` plus
+    left-right, for volumes too) with probability 1/2. Every draw (the epoch's order, each
+    batch's flip, sigma and noise, the validation noise) comes from the counter-based stream
+    (module docstring), so the draws of step s do not depend on the steps before it and a
+    resumed run repeats the uninterrupted one. precision: ``auto`` (bf16 or fp16 on CUDA, fp32
+    on CPU), ``fp32``, ``bf16`` or ``fp16`` (CUDA only): autocast of the forward pass, the loss,
+    the frozen denoiser and validation; recorded (resolved) in the training settings, and a
+    resumed run must resolve to the same. checkpoint: where the best epoch is saved (with ``config`` plus
     a ``training`` section); the resumable state goes to :func:`resume_dir`.
     resume: continue from the state saved by an earlier run with the same
     checkpoint path and the same batch_size, lr, noise_sigma and seed.
@@ -221,29 +255,31 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path of the run to continue")
     net = model.net if hasattr(model, "net") else model
-    torch.manual_seed(seed)
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    torch.manual_seed(seed)  # torch's own generator: only a model's own randomness (dropout) draws from it
+    keys = streams("train-segmenter", seed, STREAMS)
     model.to(device)
     if denoiser is not None:
         denoiser.to(device).eval().requires_grad_(False)
-    images, masks = stack(train)
-    val_images, val_masks = stack(val)
+    (images, masks), data_device = place(stack(train), device)
+    (val_images, val_masks), val_device = place(stack(val), device)
     noisy = max(sigmas) > 0
     if noisy:
-        g = torch.Generator().manual_seed(seed + 1)
         val_sigmas = [sigmas[i % len(sigmas)] for i in range(len(val_images))]
-        per_image = torch.tensor(val_sigmas).view(-1, *([1] * (val_images.dim() - 1)))  # [N, 1, 1, 1(, 1)]
-        val_images = val_images + per_image * torch.randn(val_images.shape, generator=g)
+        per_image = torch.tensor(val_sigmas, device=val_device).view(-1, *([1] * (val_images.dim() - 1)))
+        noise = philox.normal(keys["val-noise"], 0, len(val_images), val_images[0].numel(), device=val_device)
+        val_images = val_images + per_image * noise.view_as(val_images)
         if denoiser is not None:
-            val_images = denoise_batches(denoiser, val_images, val_sigmas, batch_size, device)
+            val_images = denoise_batches(denoiser, val_images, val_sigmas, batch_size, device, precision)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = (None if lr_plateau is None else
                  torch.optim.lr_scheduler.ReduceLROnPlateau(optim, mode="max", factor=0.5, patience=lr_plateau - 1,
                                                             eps=0.0))  # eps 0: halve even a tiny lr
-    g = torch.Generator().manual_seed(seed)
+    scaler = grad_scaler(precision, device)
     training = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "noise_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "seed": seed}
+                "noise_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "seed": seed, "precision": precision}
     if lr_plateau is not None:
         training["lr_plateau"] = int(lr_plateau)
     if denoiser is not None:
@@ -260,6 +296,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     spent = (0.0, 0.0)  # wall, CPU seconds of earlier runs of a resumed training
     if resume:
         state = load_resume_state(checkpoint)
+        check_resumable(state, STATE_VERSION, resume_dir(checkpoint))
         clash = {k: (state["training"].get(k), training.get(k)) for k in RESUME_KEYS
                  if state["training"].get(k) != training.get(k)}
         if clash:
@@ -277,8 +314,11 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
         load_optimizer(folder / state["optimizer"], optim)
         if scheduler is not None:
             scheduler.load_state_dict(state["lr_scheduler"])
-        g.set_state(decode_state(state["generator"]))
+        if scaler is not None:
+            scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(decode_state(state["torch_rng"]))
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(decode_state(state["cuda_rng"]), device)
         result.best_dice, result.best_epoch = state["best_dice"], state["best_epoch"]
         result.history = list(state["history"])
         if checkpoint is not None and Path(checkpoint).is_file():
@@ -305,29 +345,34 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                 break
             model.train()
             bar.reset(batch_task, total=batches)
-            order = torch.randperm(len(images), generator=g)
-            total = 0.0
-            for i in range(0, len(images), batch_size):
-                idx = order[i:i + batch_size]
-                x, y = images[idx], masks[idx]
-                if torch.rand(1, generator=g) < 0.5:  # horizontal flip
-                    x, y = x.flip(-1), y.flip(-1)
-                sigma = sigmas[0] if len(sigmas) == 1 else sigmas[int(torch.randint(len(sigmas), (1,), generator=g))]
-                if sigma > 0:
-                    x = x + sigma * torch.randn(x.shape, generator=g)
-                x, y = x.to(device), y.to(device)
-                if denoiser is not None:
-                    with torch.no_grad():
-                        x = denoiser(x, sigma)
-                optim.zero_grad()
-                loss = loss_fn(model(x), y.unsqueeze(1))
-                loss.backward()
-                optim.step()
-                total += loss.item() * len(idx)
-                bar.update(batch_task, advance=1, info=f"loss {loss.item():.3f}")
-            dice = evaluate_dice(model, val_images, val_masks, train.num_classes, batch_size, device)
+            first = epoch * batches  # the global step of this epoch's first batch: the draw index
+            order = philox.permutation(keys["order"], epoch, len(images), device=data_device)
+            flips = philox.uniform(keys["flip"], first, batches, 1, device=device)[:, 0] < 0.5  # [batches]
+            # the denoiser takes sigma as a number: the epoch's choices are drawn on the CPU, read there
+            choice = ([0] * batches if len(sigmas) == 1 else
+                      philox.integers(keys["sigma"], first, batches, 1, len(sigmas))[:, 0].tolist())
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for b in range(batches):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                x, y = gather(images, idx, device), gather(masks, idx, device)
+                x, y = torch.where(flips[b], x.flip(-1), x), torch.where(flips[b], y.flip(-1), y)  # left-right
+                sigma = sigmas[choice[b]]
+                if sigma > 0:  # one draw per image: draws (first + b) * batch_size + j
+                    noise = philox.normal(keys["noise"], (first + b) * batch_size, len(x), x[0].numel(),
+                                          device=device)
+                    x = x + sigma * noise.view_as(x)
+                with autocast(precision, device):
+                    if denoiser is not None:
+                        with torch.no_grad():
+                            x = denoiser(x, sigma).float()
+                    optim.zero_grad()
+                    loss = loss_fn(model(x), y.unsqueeze(1))
+                optimiser_step(loss, optim, scaler)
+                total += loss.detach().double() * len(x)  # summed on the device, read once per epoch
+                bar.update(batch_task, advance=1)
+            dice = evaluate_dice(model, val_images, val_masks, train.num_classes, batch_size, device, precision)
             seconds, cpu_seconds = result.seconds, result.cpu_seconds = elapsed()
-            record = {"epoch": epoch, "loss": total / len(images), "val_dice": dice}
+            record = {"epoch": epoch, "loss": float(total) / len(images), "val_dice": dice}
             if scheduler is not None:
                 record["lr"] = optim.param_groups[0]["lr"]  # the step this epoch was trained with
                 scheduler.step(dice)
@@ -344,8 +389,12 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
                             {"training": training, "best_dice": result.best_dice,
                              "best_epoch": result.best_epoch, "history": result.history,
                              "seconds": seconds, "cpu_seconds": cpu_seconds,
-                             "generator": encode_state(g.get_state()), "torch_rng": encode_state(torch.get_rng_state()),
-                             **({} if scheduler is None else {"lr_scheduler": scheduler.state_dict()})})
+                             "torch_rng": encode_state(torch.get_rng_state()),
+                             **({"cuda_rng": encode_state(torch.cuda.get_rng_state(device))}
+                                if device.type == "cuda" else {}),
+                             **({} if scheduler is None else {"lr_scheduler": scheduler.state_dict()}),
+                             **({} if scaler is None else {"grad_scaler": scaler.state_dict()})})
+            bar.update(batch_task, info=f"loss {record['loss']:.3f}")
             bar.update(epoch_task, advance=1,
                        info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ epoch {result.best_epoch + 1})")
             if on_epoch is not None:

@@ -355,13 +355,12 @@ def test_training_range_accounts_for_the_resize_and_the_schedule(tmp_path):
 
 def test_crop_training_keeps_the_whole_image_model(tmp_path):
     data = SyntheticLung(count=4, size=32, split="train")
-    g = torch.Generator().manual_seed(0)
-    x = torch.arange(2 * 32 * 32, dtype=torch.float32).view(2, 1, 32, 32)
-    patches = random_crops(x, 16, g)
-    assert patches.shape == (2, 1, 16, 16)
-    for i in range(2):  # each patch is a contiguous window of its own image
-        r, c = divmod(int(patches[i, 0, 0, 0] - x[i, 0, 0, 0]), 32)
-        assert torch.equal(patches[i], x[i, :, r:r + 16, c:c + 16])
+    x = torch.arange(3 * 2 * 32 * 24, dtype=torch.float32).view(3, 2, 32, 24)
+    top, left = torch.tensor([0, 16, 7]), torch.tensor([8, 0, 3])  # the extremes and one inside
+    patches = random_crops(x, 16, top, left)
+    assert patches.shape == (3, 2, 16, 16)
+    for i in range(3):  # each patch is the window of its own image at its own offsets, every channel
+        assert torch.equal(patches[i], x[i, :, top[i]:top[i] + 16, left[i]:left[i] + 16])
     res = train_diffusion(data, tmp_path / "m", crop=16, block_out_channels=(8, 16), steps=2, batch_size=2)
     meta = json.loads((tmp_path / "m" / "certframe.json").read_text())["training"]
     assert meta["crop"] == 16 and meta["size"] == 32 and res.t_max == timestep_for_sigma(build_scheduler().alphas_cumprod, 1.25)

@@ -47,10 +47,25 @@ Files for ``output="out/ddpm"``:
   with ``diffusers.DDPMPipeline.from_pretrained``.
 * ``out/ddpm.resume/``: the state after the last checkpoint:
   ``step-N.unet.safetensors``, ``step-N.ema.safetensors``,
-  ``step-N.optimizer.safetensors`` and ``state.json`` (step, loss history, random
-  generators' states), replaced atomically. ``resume=True`` continues it with the
-  same settings and gives the same weights as an uninterrupted run (same device
-  and torch build).
+  ``step-N.optimizer.safetensors`` and ``state.json`` (step, loss history, the name of
+  the random stream, torch's own generator state), replaced atomically. ``resume=True``
+  continues it with the same settings and gives the same weights as an uninterrupted
+  run (same device and torch build; on CUDA also deterministic kernels,
+  ``torch.use_deterministic_algorithms``).
+
+**On the device** (:mod:`certframe.train_device`). The stacked images stay on the
+training device when they fit (on CPU always; on CUDA when their bytes are at most a
+quarter of the free memory; else pinned host memory, each batch copied
+``non_blocking``). Each step's image indices, crop offsets, flips, timesteps and noise
+come from :mod:`certframe.philox` (stream ``("train-diffusion", seed, purpose)``, draw
+index the step; noise: one draw per image, ``step * batch_size + j``), made on the device;
+the step's draws do not depend on the steps before it, and a resumed run draws what the
+uninterrupted one did, so the step number is the whole generator state. The loss is summed
+on the device and read every ``log_every`` steps; nothing else in the step loop reads a
+tensor on the host (fp16's loss scaler excepted). ``precision`` (auto, fp32, bf16, fp16)
+autocasts the UNet's forward pass as ``certify`` does; a resumed run must resolve to the
+same. A training state from before the stream (version 1, torch.Generator draws) is
+refused on resume: continuing it could not give the uninterrupted run's weights.
 """
 from __future__ import annotations
 
@@ -66,14 +81,22 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from certframe import philox
 from certframe.interfaces import SegmentationDataset
-from certframe.train_state import decode_state, encode_state, load_optimizer, save_optimizer, training_progress
+from certframe.train_device import (autocast, gather, grad_scaler, optimiser_step, place, resolve_precision,
+                                    streams)
+from certframe.train_state import (check_resumable, decode_state, encode_state, load_optimizer, save_optimizer,
+                                   training_progress)
 from certframe.training import stack
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: draws from the counter-based stream (philox.STREAM_VERSION); 1: torch.Generator
 RESUME_KEYS = ("size", "block_out_channels", "layers_per_block", "attention", "batch_size", "lr",
                "max_sigma", "margin", "beta_schedule", "num_train_timesteps", "prediction_type",
-               "ema_decay", "seed", "crop")
+               "ema_decay", "seed", "crop", "precision")
+STREAMS = ("index", "crop-top", "crop-left", "flip", "timestep", "noise")
+DRAW_CHUNK = 64
+"""Steps whose small draws (indices, crop offsets, flips, timesteps) are made in one call: the same
+numbers as one call per step (draw index = step), fewer kernel launches."""
 
 
 @dataclass
@@ -260,12 +283,15 @@ def default_checkpoint_every(steps: int) -> int:
     return max(1, min(200, -(-int(steps) // 10)))
 
 
-def random_crops(x: torch.Tensor, crop: int, g: torch.Generator) -> torch.Tensor:
-    """One ``crop`` x ``crop`` patch of each image of ``x`` ``[B, C, H, W]``, at offsets drawn from ``g``."""
-    B, _, H, W = x.shape
-    top = torch.randint(H - crop + 1, (B,), generator=g).tolist()
-    left = torch.randint(W - crop + 1, (B,), generator=g).tolist()
-    return torch.stack([x[i, :, r:r + crop, c:c + crop] for i, (r, c) in enumerate(zip(top, left))])
+def random_crops(x: torch.Tensor, crop: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """One ``crop`` x ``crop`` patch of each image of ``x`` ``[B, C, H, W]``: image ``i``'s rows
+    ``top[i] ..`` and columns ``left[i] ..`` (int64 ``[B]`` on ``x``'s device, in ``0 .. H - crop`` and
+    ``0 .. W - crop``). One gather, no host read."""
+    B, C = x.shape[:2]
+    span = torch.arange(crop, device=x.device)
+    rows, cols = top.view(B, 1, 1, 1) + span.view(1, 1, crop, 1), left.view(B, 1, 1, 1) + span.view(1, 1, 1, crop)
+    return x[torch.arange(B, device=x.device).view(B, 1, 1, 1), torch.arange(C, device=x.device).view(1, C, 1, 1),
+             rows, cols]
 
 
 def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: int | None = None,
@@ -277,7 +303,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
                     checkpoint_every: int | None = None, resume: bool = False, overwrite: bool = False,
                     progress: bool = False, console=None, info: dict | None = None,
                     on_log: Callable[[dict], None] | None = None, log_every: int = 50,
-                    crop: int | None = None) -> DiffusionTrainResult:
+                    crop: int | None = None, precision: str = "auto") -> DiffusionTrainResult:
     """Train a DDPM on ``dataset``'s images (``[C, H, W]`` in ``[0, 1]``) and save it to ``output``.
 
     size: training resolution (images are resized, bilinear antialiased); default
@@ -302,6 +328,10 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         resize in front of it, at a quarter of the training cost for ``crop = size / 2``
         (patch-wise training of diffusion models: Wang et al., "Patch Diffusion",
         NeurIPS 2023). The noise level per pixel, hence ``t*``, is the same.
+        precision: ``auto`` (bf16 or fp16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``
+        (CUDA only): autocast of the UNet's forward pass (module docstring); recorded, resolved,
+        in the training settings. Every draw comes from the counter-based stream by step
+        number (module docstring). The mean loss is read on the host every ``log_every`` steps.
         A ``KeyboardInterrupt`` (Ctrl-C, or raised by ``on_log``) saves the resume
         state and the current EMA model, then propagates.
     """
@@ -323,6 +353,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         raise FileExistsError(f"{str(output)!r} or its training state {str(folder)!r} exists; resume it or "
                               f"remove it first (--resume / --overwrite)")
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     started, cpu_started = time.perf_counter(), time.process_time()
     images, data_size = _images(dataset, size)
     size = int(images.shape[-1])
@@ -333,7 +364,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
                 "batch_size": int(batch_size), "lr": float(lr), "max_sigma": max_sigma, "margin": float(margin),
                 "beta_schedule": beta_schedule, "num_train_timesteps": int(num_train_timesteps),
                 "prediction_type": prediction_type, "ema_decay": float(ema_decay), "seed": int(seed),
-                "data_size": list(data_size), "crop": None if crop is None else int(crop)}
+                "data_size": list(data_size), "crop": None if crop is None else int(crop), "precision": precision}
     if crop is not None:
         levels = len(block_out_channels) - 1
         if not 0 < crop <= size or crop % (2 ** levels):
@@ -349,9 +380,11 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
     if overwrite:  # only now, once every setting has been accepted
         shutil.rmtree(output, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
-    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
+                   foreach=True)
     optim = torch.optim.Adam(unet.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
+    scaler = grad_scaler(precision, device)
+    keys = streams("train-diffusion", seed, STREAMS)
     history: list[dict] = []
     start, earlier, earlier_cpu = 0, 0.0, 0.0
     if resume:
@@ -359,6 +392,7 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         if not state_path.is_file():
             raise FileNotFoundError(f"cannot resume: no training state at {str(state_path)!r}")
         state = json.loads(state_path.read_text())
+        check_resumable(state, STATE_VERSION, folder)
         saved = {"data_size": list(data_size), **state["training"]}  # states written before data_size existed
         clash = {k: (saved.get(k), training[k]) for k in RESUME_KEYS + ("data_size",)
                  if saved.get(k) != training[k]}
@@ -371,7 +405,8 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         ema.shadow_params = [shadow[n].to(device) for n in names]
         ema.optimization_step = int(state["ema_step"])
         load_optimizer(folder / state["optimizer"], optim)
-        g.set_state(decode_state(state["generator"]))
+        if scaler is not None:
+            scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(decode_state(state["torch_rng"]))
         history, start = list(state["history"]), int(state["step"])
         earlier = float(state.get("seconds", 0.0))
@@ -402,7 +437,28 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         f"{steps} steps, batch {batch_size}{'' if crop is None else f' of {crop}x{crop} crops'}, lr {lr}, "
         f"checkpoint every {checkpoint_every}, device {device}")
     acp = scheduler.alphas_cumprod.to(device)
-    running, seen, done, at_boundary = 0.0, 0, start, True
+    (images,), data_device = place([images], device)
+    B, C, H, W = batch_size, *(int(v) for v in images.shape[1:])
+    side = size if crop is None else crop
+    running = torch.zeros((), dtype=torch.float64, device=device)  # the loss summed on the device
+    seen, done, at_boundary = 0, start, True
+    drawn: dict[str, torch.Tensor] = {}
+    chunk = -1
+
+    def draws(step: int) -> dict[str, torch.Tensor]:
+        """The small draws of ``step`` (rows of a chunk of DRAW_CHUNK steps drawn at once)."""
+        nonlocal chunk
+        if step // DRAW_CHUNK != chunk:
+            chunk, first = step // DRAW_CHUNK, step // DRAW_CHUNK * DRAW_CHUNK
+            count = min(DRAW_CHUNK, steps - first)
+            drawn["index"] = philox.integers(keys["index"], first, count, B, len(images), device=data_device)
+            drawn["flip"] = philox.uniform(keys["flip"], first, count, B, device=device) < 0.5
+            drawn["t"] = philox.integers(keys["timestep"], first, count, B, t_max + 1, device=device)
+            if crop is not None:
+                drawn["top"] = philox.integers(keys["crop-top"], first, count, B, H - crop + 1, device=device)
+                drawn["left"] = philox.integers(keys["crop-left"], first, count, B, W - crop + 1, device=device)
+        return {k: v[step - chunk * DRAW_CHUNK] for k, v in drawn.items()}
+
     loop_started = time.perf_counter()  # the time left is estimated from the steps alone, not the data loading
     bar = training_progress(console, enabled=progress)
     try:
@@ -411,26 +467,30 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
             unet.train()
             for step in range(start, steps):
                 at_boundary = False
-                idx = torch.randint(len(images), (batch_size,), generator=g)
-                x0 = images[idx] if crop is None else random_crops(images[idx], crop, g)
-                flip = torch.rand(batch_size, generator=g) < 0.5
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0).to(device)
-                noise = torch.randn(x0.shape, generator=g).to(device)
-                t = torch.randint(0, t_max + 1, (batch_size,), generator=g).to(device)
+                d = draws(step)
+                x0 = gather(images, d["index"], device)
+                if crop is not None:
+                    x0 = random_crops(x0, crop, d["top"], d["left"])
+                x0 = torch.where(d["flip"].view(-1, 1, 1, 1), x0.flip(-1), x0)
+                noise = philox.normal(keys["noise"], step * B, B, C * side * side, device=device).view_as(x0)
+                t = d["t"]
                 a = acp[t].view(-1, 1, 1, 1)
                 x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                loss = F.mse_loss(unet(x_t, t).sample, training_target(scheduler, x0, noise, t))
+                with autocast(precision, device):
+                    prediction = unet(x_t, t).sample
+                loss = F.mse_loss(prediction.float(), training_target(scheduler, x0, noise, t))
                 optim.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-                optim.step()
+                optimiser_step(loss, optim, scaler, clip_norm=1.0, parameters=unet.parameters())
                 ema.step(unet.parameters())
                 done, at_boundary = step + 1, True
-                running, seen = running + loss.item(), seen + 1
-                bar.update(task, advance=1, info=f"loss {loss.item():.4f}, t in 0..{t_max}")
+                running += loss.detach()
+                seen += 1
+                bar.update(task, advance=1)
                 if done % log_every == 0 or done == steps:
-                    history.append({"step": done, "loss": running / seen})
-                    running, seen = 0.0, 0
+                    history.append({"step": done, "loss": float(running) / seen})  # the one host read
+                    running.zero_()
+                    seen = 0
+                    bar.update(task, info=f"loss {history[-1]['loss']:.4f}, t in 0..{t_max}")
                     wall, _ = elapsed()
                     rate = (time.perf_counter() - loop_started) / (done - start)
                     log(f"step {done}/{steps} loss {history[-1]['loss']:.5f} "
@@ -439,13 +499,13 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
                     if on_log is not None:
                         on_log(history[-1])
                 if done % checkpoint_every == 0 or done == steps:
-                    _save_state(folder, done, unet, ema, optim, g, training, history, *elapsed())
+                    _save_state(folder, done, unet, ema, optim, scaler, training, history, *elapsed())
                     log(f"checkpoint at step {done} in {folder}")
                 if interrupt.requested:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         if at_boundary and done > start:
-            _save_state(folder, done, unet, ema, optim, g, training, history, *elapsed())
+            _save_state(folder, done, unet, ema, optim, scaler, training, history, *elapsed())
             save_ema_model(done, interrupted=True)
             log(f"interrupted at step {done}/{steps}: resume state in {folder}, EMA model in {output} "
                 f"(marked interrupted); continue with --resume")
@@ -465,7 +525,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-def _save_state(folder: Path, step: int, unet, ema, optim, g, training: dict, history: list,
+def _save_state(folder: Path, step: int, unet, ema, optim, scaler, training: dict, history: list,
                 seconds: float, cpu_seconds: float = 0.0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     names = {"unet": f"step-{step}.unet.safetensors", "ema": f"step-{step}.ema.safetensors",
@@ -474,10 +534,10 @@ def _save_state(folder: Path, step: int, unet, ema, optim, g, training: dict, hi
     save_file(_named(dict(zip([n for n, _ in unet.named_parameters()], ema.shadow_params))),
               str(folder / names["ema"]))
     save_optimizer(folder / names["optimizer"], optim)
-    state = {"version": STATE_VERSION, "step": step, "ema_step": int(ema.optimization_step),
-             "training": training, "history": history, "generator": encode_state(g.get_state()),
+    state = {"version": STATE_VERSION, "stream": philox.STREAM_VERSION, "step": step,
+             "ema_step": int(ema.optimization_step), "training": training, "history": history,
              "torch_rng": encode_state(torch.get_rng_state()), "seconds": seconds, "cpu_seconds": cpu_seconds,
-             **names}
+             **({} if scaler is None else {"grad_scaler": scaler.state_dict()}), **names}
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1) + "\n")
     tmp.replace(folder / "state.json")
