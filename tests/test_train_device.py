@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from certframe import philox, train_device
 from certframe.checkpoint import read_config
+from certframe.cli import main
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.denoisers import ddpm_training
 from certframe.plugins.denoisers.ddpm_training import random_crops, resume_dir, train_diffusion
@@ -318,6 +320,27 @@ def test_data_stays_on_the_device_when_it_fits(monkeypatch):
     (placed,), where = train_device.place([x], "cpu")
     assert where == torch.device("cpu") and torch.equal(train_device.gather(placed, torch.tensor([2, 0]), where),
                                                          x[[2, 0]])
+
+
+def test_precision_option_of_both_train_commands(tmp_path):
+    runner = CliRunner()
+    seg = ["train", "segmenter", "--dataset", "synthetic-lung", "--dataset-option", "count=4", "--dataset-option",
+           "size=32", "--network-option", "channels=[4,8]", "--network-option", "strides=[2]", "--epochs", "1",
+           "--batch-size", "4", "--device", "cpu", "-q"]
+    r = runner.invoke(main, seg + ["--precision", "bf16", "--output", str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 1 and "mixed precision (bf16) is only used on CUDA" in r.output
+    assert not (tmp_path / "x.safetensors").exists()
+    r = runner.invoke(main, seg + ["--precision", "fp32", "--output", str(tmp_path / "s.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert read_config(tmp_path / "s.safetensors")["training"]["precision"] == "fp32"
+    den = ["train", "denoiser", "--dataset", "synthetic-lung", "--dataset-option", "count=4", "--dataset-option",
+           "size=16", "--channels", "8,16", "--steps", "1", "--batch-size", "2", "--device", "cpu", "-q"]
+    r = runner.invoke(main, den + ["--precision", "fp16", "--output", str(tmp_path / "y")])
+    assert r.exit_code == 1 and "mixed precision (fp16) is only used on CUDA" in r.output and not (tmp_path / "y").exists()
+    r = runner.invoke(main, den + ["--output", str(tmp_path / "d")])  # auto: fp32 on the CPU
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d" / "certframe.json").read_text())["training"]["precision"] == "fp32"
+    assert "--precision [auto|fp32|bf16|fp16]" in runner.invoke(main, ["train", "denoiser", "--help"]).output
 
 
 def test_training_speed_benchmark_runs_on_cpu():

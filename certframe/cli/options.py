@@ -69,6 +69,16 @@ class BatchSizeType(click.ParamType):
 BATCH_SIZE = BatchSizeType()
 
 
+def precision_option(what: str):
+    """``--precision auto|fp32|bf16|fp16``, one copy for every command; ``what``: what it autocasts.
+
+    Resolved by :meth:`certframe.accelerate.Acceleration.resolve` (auto: bf16 on CUDA where
+    supported, else fp16; fp32 on CPU, where mixed precision is refused).
+    """
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                        show_default=True, help=f"Autocast of {what}; auto = bf16/fp16 on CUDA, fp32 on CPU.")
+
+
 def acceleration_options(f):
     """``--precision``, ``--channels-last/--no-channels-last``, ``--compile``, ``--prefetch``.
 
@@ -77,9 +87,7 @@ def acceleration_options(f):
     the dict ``run_certify(accelerate=...)`` takes.
     """
     for deco in reversed([
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True,
-                     help="Autocast of denoiser + segmenter; auto = bf16/fp16 on CUDA, fp32 on CPU."),
+        precision_option("denoiser + segmenter"),
         click.option("--channels-last/--no-channels-last", "channels_last", default=None,
                      help="channels_last memory format [default: on CUDA only]."),
         click.option("--compile", "compile_model", is_flag=True, help="torch.compile the base pipeline."),

@@ -15,9 +15,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
+from certframe.cli.options import device_option, parse_options, plugin_option, precision_option, seed_option
 from certframe.interfaces import model_spatial_dims
 from certframe.registry import PluginError, get_registry
+from certframe.train_device import resolve_precision
 from certframe.validation import (OptionError, check_int, check_number, check_output_folder, check_seed,
                                   require_images, resolve_device)
 
@@ -94,12 +95,13 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
                        prediction_type: str = "epsilon", ema_decay: float = 0.999,
                        checkpoint_every: int | None = None, log_every: int = 50, resume: bool = False,
                        overwrite: bool = False, device: str = "auto", seed: int = 0, quiet: bool = False,
-                       crop: int | None = None, registry=None, console=None):
+                       crop: int | None = None, registry=None, console=None, precision: str = "auto"):
     """Check every option, build the data set (``split=train``), train with the denoiser's trainer, save.
 
     Returns the trainer's result. Every option is checked (:func:`check_train_denoiser_options`)
     before the data set is built, a model is made or anything is written. max_sigma: None or 0
-    trains on every timestep.
+    trains on every timestep. precision: ``--precision`` (auto, fp32, bf16, fp16), checked against the
+    device first.
     """
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
@@ -110,6 +112,7 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
         overwrite=overwrite, seed=seed)
     output, max_sigma, channels = options["output"], options["max_sigma"], options["channels"]
     dev = resolve_device(device)
+    resolve_precision(precision, dev)  # mixed precision on a CPU: refused before anything is built
     trainer = denoiser_trainer(denoiser, registry)
     if "split" in dataset_options:
         raise ValueError("do not pass a split option: the denoiser trains on split=train")
@@ -129,6 +132,7 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
                      margin=margin, beta_schedule=beta_schedule, prediction_type=prediction_type,
                      ema_decay=ema_decay, seed=seed, device=dev, checkpoint_every=checkpoint_every,
                      log_every=log_every, crop=crop, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
+                     precision=precision,
                      info={"dataset": dataset, "dataset_options": dataset_options, "denoiser": denoiser})
     last = result.history[-1]["loss"] if result.history else float("nan")
     console.print(f"trained on t in 0..{result.t_max}; last loss {last:.4f}; saved {result.output} "
@@ -172,11 +176,12 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
 @click.option("--resume", is_flag=True, help="Continue the interrupted run that writes --output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output and its training state.")
 @device_option
+@precision_option("the UNet's forward pass")
 @seed_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
 def denoiser(dataset_name, dataset_options, denoiser_name, size, crop, channels, layers_per_block, attention, steps,
              batch_size, lr, max_sigma, margin, beta_schedule, prediction_type, ema_decay, checkpoint_every,
-             log_every, output, resume, overwrite, device, seed, quiet):
+             log_every, output, resume, overwrite, device, precision, seed, quiet):
     """Train a DDPM denoiser (diffusers UNet2DModel + DDPMScheduler, EMA) on a data set's images."""
     try:
         run_train_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
@@ -185,7 +190,8 @@ def denoiser(dataset_name, dataset_options, denoiser_name, size, crop, channels,
                            batch_size=batch_size, lr=lr, max_sigma=max_sigma,
                            margin=margin, beta_schedule=beta_schedule, prediction_type=prediction_type,
                            ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
-                           resume=resume, overwrite=overwrite, device=device, seed=seed, crop=crop, quiet=quiet)
+                           resume=resume, overwrite=overwrite, device=device, seed=seed, crop=crop, quiet=quiet,
+                           precision=precision)
     except KeyboardInterrupt:
         click.echo(f"Interrupted: the training state and the current EMA model are saved; continue with the "
                    f"same command and --resume (log: {output / 'train.log'})", err=True)

@@ -26,8 +26,9 @@ import click
 import torch
 from rich.console import Console
 
-from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
+from certframe.cli.options import device_option, parse_options, plugin_option, precision_option, seed_option
 from certframe.registry import PluginError, get_registry
+from certframe.train_device import resolve_precision
 from certframe.training import TrainResult, noise_sigmas, resume_dir, train_segmenter
 from certframe.validation import OptionError, check_int, check_number, check_seed, resolve_device
 
@@ -145,11 +146,12 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
                         denoiser_options: dict | None = None, init: str | Path | None = None,
                         resume: bool = False, overwrite: bool = False, device: str = "auto", seed: int = 0,
                         patience: int | None = None, lr_plateau: int | None = None, quiet: bool = False,
-                        registry=None, console=None) -> TrainResult:
+                        registry=None, console=None, precision: str = "auto") -> TrainResult:
     """Build the train/val splits, the model (and denoiser), train, return the :class:`TrainResult`.
 
     arch, network: the ``--arch`` / ``--network-option`` shorthands for the segmenter options
     ``arch`` and ``network`` (kept for the monai segmenter; smp takes them too).
+    precision: ``--precision`` (auto, fp32, bf16, fp16), checked against the device before anything is built.
     """
     from certframe.tuning import module_hash
 
@@ -186,6 +188,7 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
             raise FileExistsError(f"{str(output)!r} (or its training state {str(state)!r}) exists; "
                                   f"pass --resume to continue that run or --overwrite to replace it")
     dev = resolve_device(device)
+    resolve_precision(precision, dev)  # mixed precision on a CPU: refused before anything is built
     train = registry.create("dataset", dataset, **dataset_options, split="train")
     val = registry.create("dataset", dataset, **dataset_options, split="val")
     model = build_trainable(registry, segmenter, options, train.in_channels, train.num_classes, init, seed=seed,
@@ -214,7 +217,7 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
                              noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], seed=seed, device=dev,
                              checkpoint=output, config=config, denoiser=den, denoiser_record=record,
                              resume=resume, progress=not quiet, console=console, patience=patience,
-                             lr_plateau=lr_plateau,
+                             lr_plateau=lr_plateau, precision=precision,
                              on_epoch=lambda r: console.print(
                                  f"epoch {r['epoch'] + 1}/{epochs}: loss {r['loss']:.4f}, "
                                  f"val Dice {r['val_dice']:.4f}" + (f", lr {r['lr']:.3g}" if "lr" in r else "")))
@@ -259,11 +262,12 @@ def run_train_segmenter(*, dataset: str, dataset_options: dict, epochs: int, bat
 @click.option("--resume", is_flag=True, help="Continue the interrupted run that writes --output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output and its training state.")
 @device_option
+@precision_option("the segmenter's (and frozen denoiser's) forward pass and the loss")
 @seed_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
 def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, arch, network_options,
               denoiser_name, denoiser_options, init, epochs, patience, lr_plateau, batch_size, lr, noise_sigma, output,
-              resume, overwrite, device, seed, quiet):
+              resume, overwrite, device, precision, seed, quiet):
     """Train a segmenter (Dice + cross-entropy, Adam) on a data set, optionally on noisy or denoised images."""
     try:
         sigmas = list(noise_sigma) or [0.0]
@@ -276,6 +280,6 @@ def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, 
                             init=init, epochs=epochs, batch_size=batch_size, lr=lr,
                             noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], output=output,
                             resume=resume, overwrite=overwrite, device=device, seed=seed, patience=patience,
-                            lr_plateau=lr_plateau, quiet=quiet)
+                            lr_plateau=lr_plateau, quiet=quiet, precision=precision)
     except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as err:
         raise click.ClickException(str(err)) from err
