@@ -272,6 +272,8 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
         val_images = val_images + per_image * noise.view_as(val_images)
         if denoiser is not None:
             val_images = denoise_batches(denoiser, val_images, val_sigmas, batch_size, device, precision)
+        if val_device != device and device.type == "cuda":
+            val_images = val_images.pin_memory()  # a new host tensor: pinned again for non_blocking copies
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = (None if lr_plateau is None else
