@@ -306,9 +306,13 @@ def test_10_convert_names_a_broken_safetensors_file(tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(bytes(range(256)) * 8)
     r = invoke("convert", "guided-diffusion", bad, tmp_path / "out")
-    fails_with(r, f"Error: {str(bad)!r} is not a readable safetensors file (safetensors said: Error while "
-                  f"deserializing header: header too large); expected the state dict {{name: tensor}} of a "
-                  f"guided-diffusion model (.pt or .safetensors)")
+    # what safetensors says in the brackets is its own text (it varies with its version): the rest is pinned
+    first = r.output.strip().splitlines()[0]
+    assert r.exit_code == 1 and first.startswith(f"Error: {str(bad)!r} is not a readable safetensors file "
+                                                 f"(safetensors said: ")
+    assert first.endswith("); expected the state dict {name: tensor} of a guided-diffusion model "
+                          "(.pt or .safetensors)")
+    assert "weights_only" not in r.output and "unpickl" not in first
     assert not (tmp_path / "out").exists()
 
 

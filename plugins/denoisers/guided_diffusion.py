@@ -326,7 +326,12 @@ def load_adm_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":   # safetensors' own reader: torch.load would try to unpickle it
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError (not a zip / pickle), EOFError, SafetensorError
         expected = "expected the state dict {name: tensor} of a guided-diffusion model"
         if path.suffix == ".safetensors" or type(err).__name__ == "SafetensorError":
