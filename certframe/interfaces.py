@@ -83,6 +83,10 @@ class SegmentationDataset(abc.ABC):
 
     class_names: Sequence[str] = ("background", "foreground")
     in_channels: int = 1
+    default_hierarchy: dict | None = None
+    """A label hierarchy over ``class_names`` (a table with ``root`` and ``groups``, see
+    :mod:`certframe.hierarchy`) that the ``hierarchical`` certifier uses when given none;
+    None when the data set declares none."""
 
     @property
     def num_classes(self) -> int:

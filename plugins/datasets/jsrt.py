@@ -38,12 +38,17 @@ class JSRT(FileSegmentationDataset):
 
     Options: root (required), size (256), split (train/val/test/all; test), seed (0),
     val_fraction (0.1), test_fraction (0.2), image_size (2048: the raw side length).
-    Classes: background, lungs, heart, clavicles; 1 channel.
+    Classes: background, lungs, heart, clavicles; 1 channel. Default label hierarchy (for
+    ``--certifier hierarchical``): background | chest organs {cardiopulmonary {lungs, heart},
+    clavicles} (the lungs touch the heart and lie under the clavicles).
     """
 
     name = "jsrt"
     class_names = ("background", "lungs", "heart", "clavicles")
     in_channels = 1
+    default_hierarchy = {"name": "chest-organs", "root": ["background", "chest organs"],
+                         "groups": {"chest organs": ["cardiopulmonary", "clavicles"],
+                                    "cardiopulmonary": ["lungs", "heart"]}}
 
     def __init__(self, root, size=256, split="test", seed=0, val_fraction=0.1, test_fraction=0.2,
                  image_size: int = 2048):

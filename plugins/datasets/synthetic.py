@@ -118,11 +118,14 @@ class SyntheticChest(SyntheticLung):
     """Chest X-ray-like grey images with lungs and heart (background, lungs, heart).
 
     Options: count (16), size (64), seed (0), split (train/val/test).
+    Default label hierarchy (``--certifier hierarchical``): background | chest organs {lungs, heart}.
     """
 
     kind = "chest"
     class_names = ("background", "lungs", "heart")
     with_heart = True
+    default_hierarchy = {"name": "chest-organs", "root": ["background", "chest organs"],
+                         "groups": {"chest organs": ["lungs", "heart"]}}
 
 
 class SyntheticPolyp(SyntheticDataset):

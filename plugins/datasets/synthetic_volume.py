@@ -58,12 +58,15 @@ class SyntheticVolume(SyntheticDataset):
     patient's right). Bundled 3-D UNets: weights=synthetic-volume, synthetic-volume-noise0.25.
 
     Options: count (16), size (32; voxels per side, >= 16), seed (0), split (train/val/test).
+    Default label hierarchy (``--certifier hierarchical``): background | organs {liver, kidneys}.
     """
 
     kind = "volume"
     class_names = ("background", "liver", "kidneys")
     in_channels = 1
     spatial_dims = 3
+    default_hierarchy = {"name": "abdominal-organs", "root": ["background", "organs"],
+                         "groups": {"organs": ["liver", "kidneys"]}}
 
     def __init__(self, count: int = 16, size: int = 32, seed: int = 0, split: str = "test"):
         super().__init__(count=count, size=size, seed=seed, split=split)
