@@ -51,6 +51,10 @@ def register_certifiers(register):
 
     register("adaptive", AdaptiveSegCertify)
 
+    from certframe.plugins.certifiers.hierarchical import HierarchicalSegCertify
+
+    register("hierarchical", HierarchicalSegCertify)
+
 
 @hookimpl
 def register_datasets(register):

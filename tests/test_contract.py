@@ -132,6 +132,9 @@ OPTIONS = {
     ("dataset", "synthetic-volume"): {"count": 3, "size": 16},
     ("denoiser", "ddpm"): _tiny_diffusion_model,
     ("denoiser", "ddim"): _tiny_diffusion_model,
+    # the contract's votes have 3 classes without names: the hierarchy lists them
+    ("certifier", "hierarchical"): {"hierarchy": {"classes": ["c0", "c1", "c2"], "root": ["c0", "g"],
+                                                  "groups": {"g": ["c1", "c2"]}}},
 }
 CHECK_ARGS = {
     ("denoiser", "none"): {"output_range": None},  # passes x + eps on, outside [0, 1]
@@ -151,6 +154,8 @@ BAD_OPTIONS = {
     ("dataset", "synthetic-volume"): [{"size": 8}, {"split": "holdout"}],
     ("dataset", "nifti-folder"): [{"root": "/no/such/folder"}, {"window": "ct:40"}, {"spacing": [1, 2]}],
     ("certifier", "segcertify"): [{"correction": "sidak"}],
+    ("certifier", "hierarchical"): [{"hierarchy": "/no/such/hierarchy.toml"},
+                                    {"hierarchy": {"classes": ["c0", "c1", "c2"], "root": ["c0", "c1"]}}],
     ("denoiser", "ddpm"): [{"model": "/no/such/diffusers-folder"}],
 }
 

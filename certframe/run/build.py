@@ -123,7 +123,9 @@ def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
     segmenter or diffusion denoiser refuses volumes ``[C, D, H, W]``, a volume segmenter
     refuses images ``[C, H, W]``, read from the first item); the denoiser accepts the run's
     sigma (a denoiser that exposes ``check_sigma(sigma, image_size)`` refuses a noise level
-    beyond what it was trained for at the data set's image size, naming the largest it supports).
+    beyond what it was trained for at the data set's image size, naming the largest it supports);
+    a certifier that exposes ``bind_dataset(dataset)`` (the ``hierarchical`` one: its label hierarchy
+    against the data set's classes) is bound to the data set.
     """
     from certframe.smoothing import check_model_spatial_dims
 
@@ -131,6 +133,9 @@ def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
         raise ValueError(f"the segmenter {spec.segmenter!r} predicts {plugins.segmenter.num_classes} classes, the "
                          f"dataset {spec.dataset!r} declares {plugins.dataset.num_classes} "
                          f"({', '.join(plugins.dataset.class_names)})")
+    bind = getattr(plugins.certifier, "bind_dataset", None)
+    if callable(bind):  # a certifier that needs the data set's classes (a label hierarchy) checks them now
+        bind(plugins.dataset)
     check = getattr(plugins.denoiser, "check_sigma", None)
     if len(plugins.dataset) == 0:
         return
