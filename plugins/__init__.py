@@ -65,6 +65,10 @@ def register_datasets(register):
     register("synthetic-polyp", synthetic.SyntheticPolyp)
     register("synthetic-lesion", synthetic.SyntheticLesion)
 
+    from certframe.plugins.datasets.synthetic_tumour import SyntheticTumour
+
+    register("synthetic-tumour", SyntheticTumour)
+
     from certframe.plugins.datasets import (cvc_clinicdb, folder, isic2018, jsrt, kvasir, montgomery, ph2,
                                             shenzhen)
 
