@@ -30,6 +30,13 @@ reported as ``flips_beyond_claim`` and ``violations`` is None (nothing was claim
 there). With no covered pixel the result is "not tested" (``not_tested=True``,
 ``violations=None``), never 0.
 
+A hierarchical certificate (the ``hierarchical`` certifier; :mod:`certframe.hierarchy`) also
+claims pixels as a group of classes ("organ" for organ tissue or tumour): such a pixel
+keeps its claim while its vote stays in the group, ``p_i(v_i | x') > 1/2``. Its targets are
+attacked and tested the same way with the group in place of the class (the attack minimises
+the smoothed probability of the group, the test counts the votes in the group), so moving
+between two classes of the group is no violation; leaving it is.
+
 Volumes ``[C, D, H, W]`` take the same path voxel by voxel: the radius is over the whole
 volume (all C*D*H*W values), targets are (slice, row, col), and the per-pixel rows carry a
 ``slice`` column (the index along D) beside ``row`` and ``col``.
@@ -135,7 +142,23 @@ def covered_pixels(certificate) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         radius = torch.full(labels.shape, float(certificate.radius), dtype=torch.float64, device=labels.device)
     radius = torch.nan_to_num(radius, nan=0.0)
-    return (labels != ABSTAIN) & (radius > 0), radius
+    certified = labels != ABSTAIN if getattr(certificate, "nodes", None) is None else certificate.nodes >= 0
+    return certified & (radius > 0), radius
+
+
+def claimed_votes(counts: torch.Tensor, certificate) -> torch.Tensor:
+    """int64 ``[*S]``: per pixel, the votes of ``counts [K, *S]`` that keep its certificate's claim (its class,
+    or any class of its certified group); 0 where it abstains."""
+    claims = certificate.claims(counts.shape[0]).to(counts.device)
+    return (counts * claims).sum(dim=0)
+
+
+def leaves_claim(labels: torch.Tensor, certificate, num_classes: int) -> torch.Tensor:
+    """bool ``[*S]``: where the class map ``labels [*S]`` (in ``0..num_classes-1``, e.g. g's majority vote at
+    x') lies outside the certified pixel's claim; False where the certificate abstains."""
+    claims = certificate.claims(num_classes).to(labels.device)
+    inside = claims.gather(0, labels.unsqueeze(0)).squeeze(0)
+    return ~certificate.abstained.to(labels.device) & ~inside
 
 
 FALSIFY_OPTIONS = {
@@ -220,12 +243,16 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
                                    min_upper_bound=None, n_test=None, perturbation_l2_max=None,
                                    empirical_radius_min=None, certified_radius_min=None,
                                    falsify_seconds=time.perf_counter() - t0)
-    targets = weakest_pixels(certificate.labels, covered, max_pixels, estimation_counts=estimation_counts,
-                             pvalues=certificate.pvalues, pixel_radius=certificate.pixel_radius)
+    hierarchical = getattr(certificate, "nodes", None) is not None
+    claims = certificate.claims(certificate.hierarchy.num_classes) if hierarchical else None
+    targets = weakest_pixels(certificate.nodes if hierarchical else certificate.labels, covered, max_pixels,
+                             estimation_counts=estimation_counts, pvalues=certificate.pvalues,
+                             pixel_radius=certificate.pixel_radius, claims=claims)
     m = len(targets)
     n = default_n_test(m, level) if n_test is None else int(n_test)
     where = tuple(torch.as_tensor(targets[:, a]) for a in range(targets.shape[1]))   # (slice,) row, col
-    classes = certificate.labels[where].to(x.device)
+    # each target's claim: its class, or (hierarchical) the bool [P, K] set of classes of its certified node
+    classes = (claims[(slice(None), *where)].t() if hierarchical else certificate.labels[where]).to(x.device)
     claimed = radius[where].cpu().numpy()
     budget = torch.as_tensor(k * claimed, dtype=x.dtype, device=x.device)
     pix = torch.as_tensor(targets, device=x.device)
@@ -241,7 +268,9 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
     for j in range(m):
         source = fresh_votes(smoothed, res.adv[j], seed=seed, image_id=str(image_id), batch_size=batch_size)
         counts = source.counts(f"{FALSIFICATION_PHASE}-{k!r}-{j}", n)
-        votes[j] = int(counts[(int(classes[j]), *(int(v) for v in targets[j]))])
+        at = (slice(None), *(int(v) for v in targets[j]))
+        votes[j] = int(counts[at][classes[j].to(counts.device)].sum()) if hierarchical else \
+            int(counts[(int(classes[j]), *at[1:])])
     rejected, upper = flip_test(votes, n, level)
     emp = np.full(m, np.nan)
     emp_upper = np.full(m, np.nan)
@@ -255,7 +284,14 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
         emp, emp_upper = er.radius, er.upper
     found = int(rejected.sum())
     names = ("slice", "row", "col")[-targets.shape[1]:]
-    pixels = [{**{a: int(v) for a, v in zip(names, targets[j])}, "certified_class": int(classes[j]),
+    node = {}
+    if hierarchical:   # the certified node (a class or a group) and its level, beside the fine class or -1
+        tree = certificate.hierarchy
+        node = {j: {"certified_node": tree.nodes[int(certificate.nodes[where][j])],
+                    "certified_level": int(certificate.levels[where][j])} for j in range(m)}
+    pixels = [{**{a: int(v) for a, v in zip(names, targets[j])},
+               "certified_class": int(certificate.labels[where][j]) if hierarchical else int(classes[j]),
+               **node.get(j, {}),
                "certified_radius": float(claimed[j]), "budget": float(k * claimed[j]),
                "perturbation_l2": float(l2[j]), "attack_estimate": float(res.estimate[j]),
                "votes": int(votes[j]), "n_test": n, "upper_bound": float(upper[j]), "rejected": bool(rejected[j]),

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .pixel_attack import attack_pixels, hard_probability
+from .pixel_attack import as_targets, attack_pixels, hard_probability
 
 
 @dataclass
@@ -44,7 +44,7 @@ def minimal_flip_radius(model, sigma: float, x: torch.Tensor, pixels, classes, u
                         seed: int = 0, generator: torch.Generator | None = None) -> EmpiricalRadii:
     """Bisection over the L2 budget with the pixel attack; see the module docstring.
 
-    model, sigma, x, pixels ``[P, 2]`` (``[P, 3]`` for a volume), classes ``[P]``: as
+    model, sigma, x, pixels ``[P, 2]`` (``[P, 3]`` for a volume), classes ``[P]`` (or bool ``[P, K]``): as
     :func:`~certframe.attacks.pixel_attack.attack_pixels`. upper: float ``[P]`` (or a
     scalar) > 0, the largest budget per pixel. iterations: bisection steps (default 5);
     steps / restarts / num_draws: of each attack; flip_draws: draws of the flip check.
@@ -53,7 +53,7 @@ def minimal_flip_radius(model, sigma: float, x: torch.Tensor, pixels, classes, u
         generator = torch.Generator(device=x.device)
         generator.manual_seed(int(seed))
     pixels = torch.as_tensor(pixels, dtype=torch.long, device=x.device).reshape(-1, x.dim() - 1)
-    classes = torch.as_tensor(classes, dtype=torch.long, device=x.device).reshape(-1)
+    classes = as_targets(classes, x.device)
     P = pixels.shape[0]
     upper = torch.as_tensor(upper, dtype=x.dtype, device=x.device).reshape(-1).expand(P).clone()
     kw = dict(steps=steps, restarts=restarts, num_draws=num_draws, generator=generator)

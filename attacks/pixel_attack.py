@@ -87,6 +87,33 @@ def project_l2_box(x: torch.Tensor, z: torch.Tensor, budget: torch.Tensor) -> to
     return out
 
 
+def as_targets(classes, device) -> torch.Tensor:
+    """The targets' claims as given to the attack: int64 ``[P]`` (one class each) or bool ``[P, K]`` (a set
+    of classes each: a pixel certified as a group of a label hierarchy keeps its claim while its vote stays
+    in the group)."""
+    classes = torch.as_tensor(classes, device=device)
+    if classes.dtype == torch.bool:
+        if classes.dim() != 2:
+            raise ValueError(f"a set of classes per target is bool [P, K], got shape {tuple(classes.shape)}")
+        return classes
+    return classes.long().reshape(-1)
+
+
+def _claim_probability(probs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``probs [m, P, K]`` -> ``[m, P]``: the probability of each target's class (or set of classes)."""
+    m, P = probs.shape[:2]
+    if classes.dtype == torch.bool:
+        return (probs * classes.unsqueeze(0).to(probs.dtype)).sum(-1)
+    return probs.gather(-1, classes.view(1, P, 1).expand(m, P, 1)).squeeze(-1)
+
+
+def _in_claim(top: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``top [m, P]`` (each draw's class) -> bool ``[m, P]``: the class is the target's (or in its set)."""
+    if classes.dtype == torch.bool:
+        return classes.t().gather(0, top)
+    return top == classes.view(1, -1)
+
+
 def _per_target(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``values [P]`` as ``[P, 1, ..., 1]`` against ``like [P, C, *S]``."""
     return values.view(-1, *([1] * (like.dim() - 1)))
@@ -106,7 +133,8 @@ def soft_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.T
     """EOT estimate ``[P]`` of ``E_eps softmax(model(x'_j + eps))_{c_j, i_j}`` and its gradient ``[P, C, *S]``.
 
     adv ``[P, C, *S]``; pixels int64 ``[P, len(S)]`` ((row, col), or (slice, row, col) for
-    volumes); classes int64 ``[P]``.
+    volumes); classes int64 ``[P]``, or bool ``[P, K]`` for a set of classes per target (the estimate is then
+    the soft probability of the set).
     ``num_draws`` draws per target, ``draw_batch`` of them per forward pass.
     """
     P = adv.shape[0]
@@ -124,7 +152,7 @@ def soft_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.T
                                  f"[{m * P}, K, {', '.join(str(v) for v in adv.shape[2:])}]")
             logits = logits.reshape(m, P, *logits.shape[1:])
             picked = torch.softmax(_at_targets(logits, pixels), dim=-1)  # [m, P, K]
-            prob = picked.gather(-1, classes.view(1, P, 1).expand(m, P, 1)).squeeze(-1).sum(0) / num_draws
+            prob = _claim_probability(picked, classes).sum(0) / num_draws
         if grad:
             g += torch.autograd.grad(prob.sum(), x)[0]
         total += prob.detach()
@@ -135,7 +163,8 @@ def soft_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.T
 def hard_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.Tensor, pixels: torch.Tensor,
                      classes: torch.Tensor, sigma: float, num_draws: int, generator: torch.Generator,
                      draw_batch: int = 32) -> torch.Tensor:
-    """Share ``[P]`` of ``num_draws`` noise draws at ``x'_j`` whose argmax at pixel i_j is c_j (the vote estimate)."""
+    """Share ``[P]`` of ``num_draws`` noise draws at ``x'_j`` whose argmax at pixel i_j is c_j (the vote estimate;
+    for a set of classes per target, bool ``[P, K]``: whose argmax lies in the set)."""
     P = adv.shape[0]
     hits = torch.zeros(P, dtype=torch.float64, device=adv.device)
     done = 0
@@ -146,7 +175,7 @@ def hard_probability(model: Callable[[torch.Tensor], torch.Tensor], adv: torch.T
             logits = model((adv.unsqueeze(0) + noise).reshape(m * P, *adv.shape[1:]))
             logits = logits.reshape(m, P, *logits.shape[1:])
             top = _at_targets(logits, pixels).argmax(dim=-1)  # [m, P]
-            hits += (top == classes.view(1, P)).sum(0).double()
+            hits += _in_claim(top, classes).sum(0).double()
             done += m
     return hits / num_draws
 
@@ -162,7 +191,8 @@ def attack_pixels(model: Callable[[torch.Tensor], torch.Tensor], sigma: float, x
         ``SmoothedSegmenter.base_logits``; f(D(x + eps)) with eps added here, NOT clipped).
     sigma: smoothing noise std (> 0). x: ``[C, H, W]`` or a volume ``[C, D, H, W]`` in [0, 1].
     pixels: int64 ``[P, 2]`` (row, col), for a volume ``[P, 3]`` (slice, row, col);
-        classes: int64 ``[P]``; budget: float ``[P]`` > 0,
+        classes: int64 ``[P]``, or bool ``[P, K]`` (a set of classes per target: the attack minimises the
+        smoothed soft probability of the set); budget: float ``[P]`` > 0,
         the L2 radius of each target (the attack stays strictly inside).
     steps: APGD iterations per restart (default 20); restarts: default 2 (restart 0 from x
         or ``start``, the others from random points of the ball); num_draws: noise draws per
@@ -172,7 +202,7 @@ def attack_pixels(model: Callable[[torch.Tensor], torch.Tensor], sigma: float, x
     if x.dim() not in (3, 4):
         raise ValueError(f"x must be one image [C, H, W] or one volume [C, D, H, W], got shape {tuple(x.shape)}")
     pixels = torch.as_tensor(pixels, dtype=torch.long, device=x.device).reshape(-1, x.dim() - 1)
-    classes = torch.as_tensor(classes, dtype=torch.long, device=x.device).reshape(-1)
+    classes = as_targets(classes, x.device)
     budget = torch.as_tensor(budget, dtype=x.dtype, device=x.device).reshape(-1)
     P = pixels.shape[0]
     if classes.shape[0] != P or budget.shape[0] != P:

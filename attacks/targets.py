@@ -9,7 +9,8 @@ Shapes are given for images; a volume's maps are ``[D, H, W]`` (counts ``[K, D, 
 and its distances are taken in 3-D.
 
 1. ``estimation_counts`` (int ``[K, H, W]``, the certificate's estimation votes):
-   the estimated probability ``k_i(c_i) / n_i`` of the certified class;
+   the estimated probability ``k_i(c_i) / n_i`` of the certified class (of the certified
+   group of classes, for a hierarchical certificate: ``claims``);
 2. the certificate's ``pvalues`` (float ``[H, W]``, SegCertify / adaptive: the
    p-value of H0 ``p_i <= tau``; a larger p-value is a weaker pixel);
 3. the certificate's ``pixel_radius`` (float ``[H, W]``, Cohen per pixel: a smaller
@@ -43,13 +44,15 @@ def boundary_distance(labels: np.ndarray) -> np.ndarray:
 
 def weakest_pixels(labels: torch.Tensor, covered: torch.Tensor, max_pixels: int, *,
                    estimation_counts: torch.Tensor | None = None, pvalues: torch.Tensor | None = None,
-                   pixel_radius: torch.Tensor | None = None) -> np.ndarray:
+                   pixel_radius: torch.Tensor | None = None, claims: torch.Tensor | None = None) -> np.ndarray:
     """Up to ``max_pixels`` covered pixels, weakest first: int64 ``[P, 2]`` (row, col), for a volume
     ``[P, 3]`` (slice, row, col).
 
     labels: int ``[H, W]`` (``[D, H, W]``) certified labels (ABSTAIN = -1). covered: bool of the
     same shape, the pixels the claim covers. The optional margins are described in the module
-    docstring; shapes must be the labels' (``[K, *S]`` for the counts).
+    docstring; shapes must be the labels' (``[K, *S]`` for the counts). claims: optional bool
+    ``[K, *S]``, the classes each pixel's certificate allows
+    (:meth:`~certframe.results.Certificate.claims`); the margin is then the share of votes in them.
     """
     labels_np = labels.detach().cpu().numpy()
     shape = labels_np.shape
@@ -71,8 +74,11 @@ def weakest_pixels(labels: torch.Tensor, covered: torch.Tensor, max_pixels: int,
         if counts.ndim != len(shape) + 1 or counts.shape[1:] != shape:
             raise ValueError(f"estimation_counts must be int [K, *S] with S = {shape}, got {counts.shape}")
         total = np.maximum(counts.sum(axis=0), 1)
-        safe = np.clip(labels_np, 0, counts.shape[0] - 1)
-        share = np.take_along_axis(counts, safe[None], axis=0)[0] / total
+        if claims is not None:
+            share = (counts * claims.detach().cpu().numpy()).sum(axis=0) / total
+        else:
+            safe = np.clip(labels_np, 0, counts.shape[0] - 1)
+            share = np.take_along_axis(counts, safe[None], axis=0)[0] / total
         keys.append(-share)
     # larger key = weaker; lexsort sorts ascending, so sort the negated keys
     order = np.lexsort([-k.ravel() for k in keys])

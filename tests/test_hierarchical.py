@@ -1,5 +1,5 @@
 """The hierarchical certifier: exact decisions, its family-wise guarantee (and a broken control that
-fails the same check), the contract and the hierarchical metrics."""
+fails the same check), the contract, the hierarchical metrics, and the falsification of coarse claims."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from certframe.contract.certifier import ContractVotes
 from certframe.hierarchy import resolve_hierarchy
 from certframe.hierarchy_metrics import (certified_information_gain, hierarchy_metric_row, level_dice,
                                          level_prediction)
-from certframe.interfaces import ABSTAIN, CertifyRequest, class_labels
+from certframe.interfaces import ABSTAIN, CertifyRequest, Segmenter, class_labels
 from certframe.plugins.certifiers.hierarchical import (HierarchicalSegCertify, certificates_from_chain,
                                                        chain_counts, hierarchical_levels)
 from certframe.plugins.certifiers.segcertify import SegCertify
@@ -281,3 +281,77 @@ def test_level_dice_and_the_row_golden():
                    "certified_dice_level1": pytest.approx(0.75), "certified_dice_organ": pytest.approx(0.75)}
     assert hierarchy_metric_row(Certificate(labels=cert.labels, radius=0.1, tau=0.75, sigma=0.25, alpha=0.01,
                                             method="segcertify", num_samples=110), target) == {}
+
+
+# ----------------------------------------------------------------- falsification of coarse claims
+class OrganTumour(Segmenter):
+    """Two channels, closed form: background where x_0 <= 1/2, else tumour where x_1 > 1/2, else organ tissue.
+
+    Logits ``-d, d - relu(e), d - relu(-e)`` with ``d = x_0 - 1/2``, ``e = x_1 - 1/2``: under noise of std
+    sigma, ``P(organ) = Phi(d / sigma)`` and ``P(tumour | organ) = Phi(e / sigma)``, independently."""
+
+    num_classes, in_channels = 3, 2
+
+    def forward(self, images):
+        d, e = images[:, :1] - 0.5, images[:, 1:2] - 0.5
+        return torch.cat([-d, d - torch.relu(e), d - torch.relu(-e)], dim=1)
+
+
+def coarse_certificate(radius, sigma, claim_node, tree, shape=(8, 8)):
+    nodes = torch.full(shape, claim_node, dtype=torch.long)
+    return Certificate(labels=torch.full(shape, ABSTAIN, dtype=torch.long), radius=radius, tau=0.75, sigma=sigma,
+                       alpha=0.01, method="coarse", num_samples=110, nodes=nodes,
+                       levels=torch.full(shape, 1 if claim_node >= 3 else 0, dtype=torch.long), hierarchy=tree)
+
+
+def test_falsification_checks_a_group_claim_as_a_group():
+    """Organ certain (d = 3 sigma), organ tissue vs tumour a coin toss (e = 0): the hierarchical certifier
+    certifies every pixel as "organ", and the falsification test finds no violation (the votes move
+    between tissue and tumour, never leave the organ). The same pixels claimed as "organ tissue" (a fine
+    claim) are violations, and a claim of "organ" where the organ's probability is 0.31 is caught."""
+    from certframe.attacks.falsification import falsify
+    from certframe.interfaces import NoiseKey
+    from certframe.smoothing import SmoothedSegmenter
+
+    sigma = 0.125
+    tree = resolve_hierarchy(ORGAN, TUMOUR)
+    g = SmoothedSegmenter(OrganTumour(), None, sigma)
+    x = torch.stack([torch.full((8, 8), 0.5 + 3 * sigma), torch.full((8, 8), 0.5)])
+    cert, = g.certify(x, tumour_certifier(), key=NoiseKey(0, "organ"), n0=10, n=200, alpha=0.01, taus=(0.75,))
+    assert bool((cert.levels == 1).all()) and bool((cert.labels == ABSTAIN).all())
+    options = dict(seed=0, image_id="organ", empirical=False, steps=5, restarts=1, n_test=400)
+    honest = falsify(g, x, cert, **options)
+    assert honest.tested == 8 and honest.violations == 0
+    assert {p["certified_node"] for p in honest.pixels} == {"organ"}
+    assert {p["certified_level"] for p in honest.pixels} == {1} and {p["certified_class"] for p in honest.pixels} == {-1}
+    fine = falsify(g, x, coarse_certificate(cert.radius, sigma, 1, tree), **options)       # "organ tissue": p = 1/2
+    assert fine.violations >= 1
+    x_out = torch.stack([torch.full((8, 8), 0.5 - 0.5 * sigma), torch.full((8, 8), 0.5)])   # P(organ) = 0.31
+    wrong = falsify(g, x_out, coarse_certificate(cert.radius, sigma, 3, tree), **options)
+    assert wrong.tested == 8 and wrong.violations == 8
+
+
+def test_certframe_attack_checks_hierarchical_certificates(tmp_path):
+    """``certframe attack`` with the hierarchical certifier: the falsification job and the whole-image attack
+    test every claim (fine or group) with fresh draws; the honest certificates give 0 violations."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from certframe.cli import main
+
+    out = tmp_path / "attack"
+    r = CliRunner().invoke(main, [
+        "attack", "--dataset", "synthetic-tumour", "--dataset-option", "count=1", "--dataset-option", "size=32",
+        "--segmenter-option", "weights=synthetic-tumour-noise0.25", "--certifier", "hierarchical", "--sigma", "0.5",
+        "--n0", "10", "-n", "100", "--alpha", "0.01", "--tau", "0.75", "--attack", "pgdl2",
+        "--attack-option", "pgdl2:steps=3", "--falsify-option", "empirical=false", "--falsify-option", "steps=3",
+        "--falsify-option", "restarts=1", "--falsify-option", "max_pixels=16", "--device", "cpu", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = pd.read_csv(out / "results.csv")
+    assert (rows.tested > 0).all() and (rows.violations == 0).all()
+    whole = rows[rows.attack == "pgdl2"].iloc[0]
+    certified = round((1 - whole.abstain_rate) * 32 * 32)
+    assert whole.covered == certified            # group claims are covered too, not only the fine labels
+    pixels = pd.read_csv(out / "pixels.csv")
+    assert set(pixels.certified_level) <= {0, 1} and set(pixels.certified_node) <= {"background", "organ tissue",
+                                                                                       "tumour", "organ"}

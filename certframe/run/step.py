@@ -197,12 +197,13 @@ class AttackStep(CertifyStep):
         """The sound check of one certificate at one attacked image, from its fresh votes ``counts [K, H, W]``.
 
         Covered pixels: certified, with ``k R_i > ||x' - x||_2`` (k = the job's radius multiple,
-        1 for a fixed budget). Each covered pixel's votes for its certified class go into the exact
+        1 for a fixed budget). Each covered pixel's votes for its certified class (or, certified as a group of
+        a label hierarchy, for any class of the group) go into the exact
         one-sided test of ``p(c_i | x') >= 1/2`` with Holm over the covered pixels at
         ``test_level`` (:func:`certframe.attacks.flip_test.flip_test`); rejections are violations.
         Returns the check columns plus ``_majority`` (g's majority vote at x', [H, W]).
         """
-        from certframe.attacks.falsification import covered_pixels
+        from certframe.attacks.falsification import claimed_votes, covered_pixels, leaves_claim
         from certframe.attacks.flip_test import flip_test
 
         k = 1.0 if multiple is None else float(multiple)
@@ -213,11 +214,11 @@ class AttackStep(CertifyStep):
         m = int(covered.sum())
         row = {"covered": m, "tested": m, "violations": None, "flips_beyond_claim": None, "not_tested": m == 0,
                "min_upper_bound": None, "test_level": self.test_level, "n_test": n,
-               "majority_flips": int((covered & (majority != cert.labels.to(majority.device))).sum()),
+               "majority_flips": int((covered.to(majority.device)
+                                      & leaves_claim(majority, cert, counts.shape[0])).sum()),
                "empirical_radius_min": None, "certified_radius_min": None, "_majority": majority}
         if m:
-            labels = cert.labels.to(counts.device)[covered.to(counts.device)]
-            votes = counts[:, covered.to(counts.device)].gather(0, labels.unsqueeze(0)).squeeze(0)
+            votes = claimed_votes(counts, cert)[covered.to(counts.device)]
             rejected, upper = flip_test(votes.cpu().numpy(), n, self.test_level)
             found = int(rejected.sum())
             row.update(min_upper_bound=float(upper.min()), certified_radius_min=float(radius[covered].min()))
@@ -256,7 +257,7 @@ class AttackStep(CertifyStep):
                 "smoothed_dice": smoothed_dice, "smoothed_robust_dice": values.get("smoothed_robust"),
                 "certified_dice": certified,
                 "certified_dice_at_eps": certified if cert.radius >= bound else none_certified,
-                "abstain_rate": metrics.abstain_rate(cert.labels.cpu()), **check,
+                "abstain_rate": cert.abstain_rate, **check,   # at any level of a hierarchy
                 "attack_seconds": values.get("seconds"), "seconds": 0.0}
 
         for j, job in enumerate(self.jobs):
