@@ -66,3 +66,12 @@ class Certificate:
     @property
     def abstain_rate(self) -> float:
         return float(self.abstained.float().mean())
+
+
+def hierarchy_maps(certificates) -> dict:
+    """``{"levels": [T x [H, W]], "nodes": [...]}`` (numpy, on the host) of one image's certificates when they
+    are hierarchical (every one has ``nodes``), else ``{}``: what a run folder keeps beside the labels."""
+    if not certificates or any(getattr(c, "nodes", None) is None for c in certificates):
+        return {}
+    return {"levels": [c.levels.cpu().numpy() for c in certificates],
+            "nodes": [c.nodes.cpu().numpy() for c in certificates]}

@@ -16,7 +16,9 @@ Layout of a run folder::
     certificates/        one ``NNNNNN.npz`` per image (numpy, no pickle): ``labels``
                          int16 ``[T, H, W]`` (the certified class per tau, -1 = ABSTAIN),
                          ``taus`` ``[T]``, ``mask`` ``[H, W]``, ``clean`` ``[H, W]`` (the
-                         base segmenter's prediction), ``image`` uint8 ``[C, H, W]``.
+                         base segmenter's prediction), ``image`` uint8 ``[C, H, W]``; a
+                         hierarchical certifier's also ``levels`` and ``nodes`` int16
+                         ``[T, H, W]`` (the certified level and node per pixel, -1 = abstain).
 
 Resume: an interrupted run (Ctrl-C, ``kill -9``, power loss) continues with
 ``resume=True``. Rows of one image are written in one call and fsync'ed, so at
@@ -304,11 +306,16 @@ class RunFolder:
             os.fsync(f.fileno())
 
     def save_certificate(self, index: int, *, labels: np.ndarray, taus: Sequence[float], mask: np.ndarray,
-                         clean: np.ndarray, image: np.ndarray) -> Path:
+                         clean: np.ndarray, image: np.ndarray, levels: np.ndarray | None = None,
+                         nodes: np.ndarray | None = None) -> Path:
         """Write one image's label maps (``labels [T, H, W]``, -1 = ABSTAIN) as a compressed npz.
 
-        ``image`` float ``[C, H, W]`` in [0, 1] is stored as uint8 (for figures only).
+        ``image`` float ``[C, H, W]`` in [0, 1] is stored as uint8 (for figures only). ``levels`` and
+        ``nodes`` ``[T, H, W]`` (a hierarchical certificate's, :func:`certframe.results.hierarchy_maps`)
+        are stored when given.
         """
+        extra = {key: np.asarray(value, dtype=np.int16) for key, value in (("levels", levels), ("nodes", nodes))
+                 if value is not None}
         path = self.certificate_path(index)
         path.parent.mkdir(exist_ok=True)
         buf = io.BytesIO()
@@ -316,7 +323,7 @@ class RunFolder:
                             taus=np.asarray(taus, dtype=np.float64),
                             mask=np.asarray(mask, dtype=np.int16), clean=np.asarray(clean, dtype=np.int16),
                             image=np.round(np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255)
-                            .astype(np.uint8))
+                            .astype(np.uint8), **extra)
         atomic_write(path, buf.getvalue())
         return path
 
@@ -455,14 +462,15 @@ def write_parquet(df: pd.DataFrame, path: Path) -> bool:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per (segmenter, denoiser, certifier, sigma, tau, radius): mean over images of every
-    metric column (same name) and of ``num_samples`` (noise draws per image: n0 + n, or
-    fewer for an adaptive certifier), ``*_std`` (population std, ddof=0, as ``numpy.std``)
-    of certified and clean Dice, ``empty_truth_images`` (images whose mask has no foreground: by
+    metric column (same name; a hierarchical certifier's ``cig`` and ``level<l>_rate`` too) and of
+    ``num_samples`` (noise draws per image: n0 + n, or fewer for an adaptive certifier), ``*_std``
+    (population std, ddof=0, as ``numpy.std``) of certified and clean Dice, ``empty_truth_images`` (images whose mask has no foreground: by
     :data:`certframe.metrics.EMPTY_DICE` they score 1.0 when nothing is certified as foreground, an
     all-ABSTAIN map included, so they are counted apart) and ``images`` (count)."""
     keys = [k for k in SUMMARY_KEYS if k in df.columns]
     values = sorted({c for c in df.columns if c.endswith("dice") or c.startswith("certified_dice")
-                     or c in ("abstain_rate", "certified_accuracy", "seconds", "num_samples")})
+                     or c in ("abstain_rate", "certified_accuracy", "seconds", "num_samples", "cig")
+                     or (c.startswith("level") and c.endswith("_rate"))})
     g = df.groupby(keys, dropna=False, sort=False)
     summary = g[values].mean()
     for c in ("certified_dice", "clean_dice"):

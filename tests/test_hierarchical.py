@@ -355,3 +355,66 @@ def test_certframe_attack_checks_hierarchical_certificates(tmp_path):
     pixels = pd.read_csv(out / "pixels.csv")
     assert set(pixels.certified_level) <= {0, 1} and set(pixels.certified_node) <= {"background", "organ tissue",
                                                                                        "tumour", "organ"}
+
+
+# ----------------------------------------------------------------- in a run: rows, summary, resume, report
+RUN = ["certify", "--dataset", "synthetic-tumour", "--dataset-option", "count=3", "--dataset-option", "size=32",
+       "--segmenter-option", "weights=synthetic-tumour-noise0.25", "--certifier", "hierarchical", "--sigma", "0.5",
+       "--n0", "10", "-n", "100", "--alpha", "0.01", "--tau", "0.6", "--tau", "0.75", "--seed", "0", "--device", "cpu",
+       "--quiet"]
+
+
+def test_a_hierarchical_run_rows_summary_resume_and_report(tmp_path):
+    import json
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from certframe.cli import main
+    from certframe.runs import compare_results
+
+    def invoke(*args):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        return r
+
+    reference = tmp_path / "reference"
+    invoke(*RUN, "--output", reference)
+    rows = pd.read_csv(reference / "results.csv")
+    assert len(rows) == 6 and set(rows.certifier) == {"hierarchical"}
+    for col in ("certified_dice", "certified_dice_organ tissue", "certified_dice_tumour", "certified_dice_level1",
+                "certified_dice_organ", "level0_rate", "level1_rate", "cig", "abstain_rate"):
+        assert col in rows.columns, col
+    assert ((rows.level0_rate + rows.level1_rate + rows.abstain_rate - 1).abs() < 1e-12).all()
+    assert (rows.level0_rate >= rows.certified_accuracy).all()      # certified at the fine level, right or wrong
+    assert (rows.level1_rate > 0).any() and (rows.cig >= rows.certified_accuracy).all()
+    summary = pd.DataFrame(json.loads((reference / "summary.json").read_text()))
+    assert {"cig", "level0_rate", "level1_rate", "certified_dice_organ"} <= set(summary.columns)
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["plugins"]["certifier"]["options"]["hierarchy"]["groups"] == {"organ": ["organ tissue", "tumour"]}
+    saved = np.load(reference / "certificates" / "000000.npz")
+    assert saved["levels"].shape == saved["labels"].shape == (2, 32, 32)
+    assert ((saved["levels"] == 0) == (saved["labels"] >= 0)).all() and set(np.unique(saved["nodes"])) <= {-1, 0, 1, 2, 3}
+
+    # resume: a folder holding image 0 only (its rows and certificate) continues to the same results
+    run = tmp_path / "run"
+    (run / "certificates").mkdir(parents=True)
+    (run / "manifest.json").write_text((reference / "manifest.json").read_text())
+    lines = (reference / "results.csv").read_text().splitlines(keepends=True)
+    (run / "results.csv").write_text("".join(lines[:3]))
+    (run / "certificates" / "000000.npz").write_bytes((reference / "certificates" / "000000.npz").read_bytes())
+    invoke(*RUN, "--output", run, "--resume")
+    compare_results(pd.read_csv(reference / "results.csv"), pd.read_csv(run / "results.csv"))
+    for i in range(3):
+        a, b = (np.load(f / "certificates" / f"{i:06d}.npz") for f in (reference, run))
+        assert all((a[k] == b[k]).all() for k in ("labels", "levels", "nodes"))
+
+    # report: the table gains cig, the overlays a panel per tau coloured by level
+    invoke("report", reference, "--output", tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "report.csv")
+    assert "cig" in table.columns and table.cig.notna().all()
+    from PIL import Image
+
+    overlay = next((tmp_path / "report" / "figures").glob("overlays-*.png"))
+    width, height = Image.open(overlay).size
+    assert width > 2.1 * (3 + 2 * 2) * 90        # 3 + 2 taus x (labels, levels) panels

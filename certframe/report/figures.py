@@ -13,6 +13,8 @@
   segmenter's clean prediction and the certified prediction at each tau, with
   abstained pixels in red (read from the run's ``certificates/*.npz``); a volume as one
   slice per axis through the centre of its foreground (:func:`representative_slices`).
+  A hierarchical run (its certificates hold ``levels``) gets one more panel per tau: each
+  pixel coloured by the level it is certified at (fine, then coarser groups; abstain red).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from matplotlib.patches import Patch
 
 ABSTAIN_COLOR = "#e31a1c"
 _CLASS_COLORS = ["#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928", "#a6cee3", "#b2df8a", "#fdbf6f"]
+LEVEL_COLORS = ["#1a9850", "#fee08b", "#f46d43", "#762a83", "#4393c3"]
+"""Level 0 (fine classes) green, then the coarser levels; abstain is :data:`ABSTAIN_COLOR`."""
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -146,6 +150,17 @@ def _colorize(base: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
     return out
 
 
+def _colorize_levels(base: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """RGB ``[H, W, 3]``: ``base`` with each pixel blended in the colour of its certified level
+    (:data:`LEVEL_COLORS`), abstained pixels (-1) in red."""
+    out = base.copy()
+    for level in range(int(levels.max()) + 1 if levels.size else 0):
+        m = levels == level
+        out[m] = 0.35 * out[m] + 0.65 * np.array(to_rgb(LEVEL_COLORS[level % len(LEVEL_COLORS)]))
+    out[levels < 0] = to_rgb(ABSTAIN_COLOR)
+    return out
+
+
 def representative_slices(mask: np.ndarray) -> list[tuple[int, int]]:
     """``[(axis, index)]`` for a volume's mask ``[D, H, W]``: per axis (0 = D, 1 = H, 2 = W) the
     slice through the centre of the foreground (the mean position of the labels > 0, rounded),
@@ -161,24 +176,27 @@ def _overlay_rows(cert: dict, name: str) -> list[tuple[str, dict]]:
 
     An image gives one row; a volume (``image [C, D, H, W]``) one row per axis at its
     :func:`representative_slices`. Maps: image ``[C, h, w]``, mask / clean ``[h, w]``,
-    labels ``[T, h, w]``.
+    labels ``[T, h, w]`` (and levels ``[T, h, w]`` for a hierarchical run).
     """
     if cert["image"].ndim == 3:
         return [(name, cert)]
     rows = []
     for axis, index in representative_slices(cert["mask"]):
-        rows.append((f"{name}\n{'DHW'[axis]} = {index}", {
-            "image": np.take(cert["image"], index, axis=axis + 1),
-            "mask": np.take(cert["mask"], index, axis=axis),
-            "clean": np.take(cert["clean"], index, axis=axis),
-            "labels": np.take(cert["labels"], index, axis=axis + 1)}))
+        maps = {"image": np.take(cert["image"], index, axis=axis + 1),
+                "mask": np.take(cert["mask"], index, axis=axis),
+                "clean": np.take(cert["clean"], index, axis=axis),
+                "labels": np.take(cert["labels"], index, axis=axis + 1)}
+        if "levels" in cert:
+            maps["levels"] = np.take(cert["levels"], index, axis=axis + 1)
+        rows.append((f"{name}\n{'DHW'[axis]} = {index}", maps))
     return rows
 
 
 def overlays(run, n_images: int = 4) -> Figure:
     """Rows: the first ``n_images`` images (by index) of ``run`` (a loaded
     :class:`~certframe.report.report.Run`); columns: image, ground truth, clean
-    prediction, certified prediction per tau (abstained pixels red).
+    prediction, certified prediction per tau (abstained pixels red), and for a hierarchical run
+    the certified level per tau (:func:`_colorize_levels`).
 
     A volume takes three rows: one slice per axis (D, H, W), each through the centre of
     the volume's foreground (the middle slice when it has none;
@@ -191,16 +209,21 @@ def overlays(run, n_images: int = 4) -> Figure:
                       int(max(max(c["mask"].max(), c["clean"].max(), c["labels"].max()) for c in certs)) + 1)
     ids = run.results.drop_duplicates("index").set_index("index")["image_id"]
     rows = [row for index, cert in zip(indices, certs) for row in _overlay_rows(cert, str(ids.get(index, index)))]
-    cols = 3 + len(taus)
+    hierarchical = all("levels" in cert for cert in certs)
+    cols = 3 + len(taus) * (2 if hierarchical else 1)
     fig = _new_figure(2.1 * cols, 2.1 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     titles = ["image", "ground truth", "clean prediction"] + [f"certified τ={t:g}" for t in taus]
+    if hierarchical:
+        titles += [f"certified level τ={t:g}" for t in taus]
     for row, (name, cert) in enumerate(rows):
         image = cert["image"].astype(np.float32) / 255.0
         base = np.repeat(image[0][..., None], 3, axis=2) if image.shape[0] == 1 else image[:3].transpose(1, 2, 0)
         panels = [base, _colorize(base, cert["mask"], num_classes), _colorize(base, cert["clean"], num_classes)]
         for t in range(len(taus)):
             panels.append(_colorize(base, cert["labels"][t], num_classes))
+        if hierarchical:
+            panels += [_colorize_levels(base, cert["levels"][t]) for t in range(len(taus))]
         for col, panel in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(np.clip(panel, 0, 1), interpolation="nearest")
@@ -212,10 +235,17 @@ def overlays(run, n_images: int = 4) -> Figure:
                 ax.set_ylabel(name, fontsize=7)
         for t in range(len(taus)):
             rate = float((cert["labels"][t] < 0).mean())
-            axes[row, 3 + t].set_xlabel(f"abstain {rate:.1%}", fontsize=7)
+            axes[row, 3 + t].set_xlabel(f"{'not fine' if hierarchical else 'abstain'} {rate:.1%}", fontsize=7)
+            if hierarchical:
+                rate = float((cert["levels"][t] < 0).mean())
+                axes[row, 3 + len(taus) + t].set_xlabel(f"abstain {rate:.1%}", fontsize=7)
     handles = [Patch(color=_CLASS_COLORS[(c - 1) % len(_CLASS_COLORS)],
                      label=run.class_names[c] if c < len(run.class_names) else f"class {c}")
                for c in range(1, num_classes)] + [Patch(color=ABSTAIN_COLOR, label="abstain")]
+    if hierarchical:
+        top = max(int(cert["levels"].max()) for cert in certs)
+        handles += [Patch(color=LEVEL_COLORS[level % len(LEVEL_COLORS)],
+                          label="level 0 (fine)" if level == 0 else f"level {level}") for level in range(top + 1)]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle(f"{run.method}, σ={run.config.get('sigma'):g}", fontsize=9)
     return fig

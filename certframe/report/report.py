@@ -5,7 +5,10 @@ images of that run: ``certified_dice`` (mean) and ``certified_dice_std``
 (population std, ddof=0), ``abstain_rate`` (mean fraction of abstained pixels),
 ``clean_dice`` (mean Dice of the base segmenter on clean images) and its std,
 ``seconds_per_image`` (mean wall time to certify one image at all taus), the
-``radius`` sigma * Phi^-1(tau), the number of ``images`` and the ``run`` folder.
+``radius`` sigma * Phi^-1(tau), the number of ``images`` and the ``run`` folder. When a run's
+certifier is hierarchical (its rows hold ``cig``), the table gains ``cig`` (mean certified
+information gain; :mod:`certframe.hierarchy_metrics`), empty for the other runs; its
+``abstain_rate`` counts the pixels certified at no level and ``certified_dice`` is the fine level's.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from certframe.runs import MANIFEST, RunError, RunFolder
 TABLE_COLUMNS = ["dataset", "method", "certifier", "sigma", "tau", "radius", "images", "certified_dice",
                  "certified_dice_std", "abstain_rate", "clean_dice", "clean_dice_std", "seconds_per_image",
                  "run"]
+OPTIONAL_COLUMNS = ["cig"]
+"""Columns added after :data:`TABLE_COLUMNS` when some run has them."""
 
 
 @dataclass
@@ -110,11 +115,14 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             "clean_dice_std": g["clean_dice"].std(ddof=0),
             "seconds_per_image": g["seconds"].mean(),
         }).reset_index()
+        if "cig" in df.columns:
+            t["cig"] = g["cig"].mean().to_numpy()
         t.insert(0, "method", run.method)
         t.insert(0, "dataset", run.dataset)
         t["run"] = str(run.path)
         frames.append(t)
-    table = pd.concat(frames, ignore_index=True)[TABLE_COLUMNS]
+    table = pd.concat(frames, ignore_index=True)
+    table = table[TABLE_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in table.columns]]
     return table.sort_values(["dataset", "method", "certifier", "sigma", "tau"], kind="stable",
                              ignore_index=True)
 

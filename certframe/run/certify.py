@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Sample, SegmentationDataset, Segmenter
+from certframe.results import hierarchy_maps
 from certframe.run.build import (Names, Plugins, build_plugins, check_plugins, method_label, prepare_models,
                                  probe_models, resolve_device)
 from certframe.run.manifest import certify_manifest
@@ -173,7 +174,8 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
                     certs = result.certificates
                     run.save_certificate(result.index, labels=[c.labels.cpu().numpy() for c in certs],
                                          taus=[c.tau for c in certs], mask=result.sample.mask.numpy(),
-                                         clean=result.clean.numpy(), image=result.sample.image.cpu().numpy())
+                                         clean=result.clean.numpy(), image=result.sample.image.cpu().numpy(),
+                                         **hierarchy_maps(certs))
                 run.append(result.rows)
                 progress.advance(task)
         finished = set(run.repair(len(spec.taus)))

@@ -12,7 +12,9 @@ Certify rows, one per (image, tau): ``image_id``, ``index``, ``segmenter``, ``de
 ``certifier``, ``sigma``, ``tau``, ``radius``, ``n0``, ``n``, ``alpha``, ``certified_dice``
 (mean over foreground classes; per class too when K > 2), ``clean_dice`` (base segmenter on
 the clean image), ``abstain_rate``, ``certified_accuracy``, ``num_samples``,
-``forward_passes``, ``seconds``.
+``forward_passes``, ``seconds``. A hierarchical certificate adds the columns of
+:func:`certframe.hierarchy_metrics.hierarchy_metric_row` (per level, CIG) and its ``abstain_rate``
+counts the pixels certified at no level.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Sequence
 import torch
 
 from certframe import metrics
+from certframe.hierarchy_metrics import hierarchy_metric_row
 from certframe.interfaces import Certifier, CertifyRequest, NoiseKey, Sample, SegmentationDataset, class_labels
 from certframe.results import Certificate
 from certframe.run.build import Names
@@ -145,6 +148,7 @@ class CertifyStep:
                         "certified_accuracy": metrics.certified_accuracy(labels, mask),
                         "num_samples": cert.num_samples,
                         "forward_passes": cert.info.get("forward_passes", 0), "seconds": seconds})
+            row.update(hierarchy_metric_row(cert, mask))  # a hierarchical certificate: per level, CIG
             rows.append(row)
         return ImageResult(index, sample, certs, clean, rows)
 
