@@ -464,9 +464,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per (segmenter, denoiser, certifier, sigma, tau, radius): mean over images of every
     metric column (same name; a hierarchical certifier's ``cig`` and ``level<l>_rate`` too) and of
     ``num_samples`` (noise draws per image: n0 + n, or fewer for an adaptive certifier), ``*_std``
-    (population std, ddof=0, as ``numpy.std``) of certified and clean Dice, ``empty_truth_images`` (images whose mask has no foreground: by
-    :data:`certframe.metrics.EMPTY_DICE` they score 1.0 when nothing is certified as foreground, an
-    all-ABSTAIN map included, so they are counted apart) and ``images`` (count)."""
+    (population std, ddof=0, as ``numpy.std``) of certified and clean Dice, ``empty_truth_images``
+    (images whose mask has no foreground: by :data:`certframe.metrics.EMPTY_DICE` they score 1.0 when
+    nothing is certified as foreground, an all-ABSTAIN map included, so they are counted apart) and
+    ``images`` (count)."""
     keys = [k for k in SUMMARY_KEYS if k in df.columns]
     values = sorted({c for c in df.columns if c.endswith("dice") or c.startswith("certified_dice")
                      or c in ("abstain_rate", "certified_accuracy", "seconds", "num_samples", "cig")
