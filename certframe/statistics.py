@@ -115,16 +115,50 @@ def holm_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
     Sort the m p-values ascending; reject p_(1..j) where j is the largest index
     such that p_(i) <= alpha / (m - i + 1) for every i <= j. Returns bool of the
     input's shape: True where H0 is rejected (the pixel is certified).
+
+    Only p-values <= alpha can pass (every threshold is at most alpha), and they are the
+    smallest, so only they are sorted (values, not indices); the rejections are then the
+    p-values <= the last one that passed (:func:`_holm_cutoff`).
     """
     p = np.asarray(pvalues, dtype=np.float64)
     flat = p.ravel()
-    m = flat.size
-    order = np.argsort(flat, kind="stable")
-    thresholds = alpha / (m - np.arange(m))
-    passed = np.logical_and.accumulate(flat[order] <= thresholds)
-    reject = np.zeros(m, dtype=bool)
-    reject[order] = passed
-    return reject.reshape(p.shape)
+    candidates = np.sort(flat[flat <= alpha])
+    cutoff = _holm_cutoff(candidates, np.arange(candidates.size), flat.size, alpha)
+    return np.zeros(p.shape, dtype=bool) if cutoff is None else p <= cutoff
+
+
+def holm_reject_counts(k: np.ndarray, table: np.ndarray, alpha: float) -> np.ndarray:
+    """:func:`holm_reject` of the p-values ``table[k]``, from the histogram of the integer counts ``k``.
+
+    k: integers in ``0..len(table)-1`` (any shape); table: the p-value of each count (e.g.
+    :func:`upper_tail_table`). The same decisions as ``holm_reject(table[k], alpha)``, in
+    O(m + n) instead of a sort of the m p-values: the sorted p-values are runs of equal
+    values, one per count that occurs, taken in the table's ascending order.
+    """
+    k = np.asarray(k)
+    table = np.asarray(table, dtype=np.float64)
+    p = table[k]
+    order = np.argsort(table, kind="stable")
+    sizes = np.bincount(k.ravel(), minlength=table.size)[order]
+    occurs = sizes > 0
+    values, sizes = table[order][occurs], sizes[occurs]
+    cutoff = _holm_cutoff(values, np.cumsum(sizes) - sizes, k.size, alpha)
+    return np.zeros(p.shape, dtype=bool) if cutoff is None else p <= cutoff
+
+
+def _holm_cutoff(values: np.ndarray, ranks: np.ndarray, m: int, alpha: float) -> float | None:
+    """The largest p-value Holm rejects (None: none), from ascending p-values and their 0-based ranks.
+
+    ``values[j]`` is the p-value at rank ``ranks[j]`` among all m: every p-value of the family
+    (ranks ``0..``), or the first of each run of equal ones. Holm passes rank i when
+    ``p_(i) <= alpha / (m - i)`` and every smaller rank passed. Within a run of equal values
+    the thresholds grow, so the run passes exactly when its first member does; and a value
+    equal to the last one that passed passes too (its threshold is larger). So the
+    rejections are exactly the p-values <= the returned cutoff.
+    """
+    passed = values <= alpha / (m - ranks)
+    j = passed.size if passed.all() else int(np.argmin(passed))
+    return float(values[j - 1]) if j else None
 
 
 def bonferroni_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:

@@ -227,3 +227,15 @@ def test_a_certifier_that_does_not_state_its_correction_reads_unstated():
     assert AdaptiveSegCertify().correction == "holm+bonferroni-spending"
     unspent = AdaptiveSegCertify(spending="none")
     assert (unspent.name, unspent.correction) == ("adaptive-unspent", "holm+no-spending")
+
+
+def test_segcertify_selection_ties_go_to_the_lowest_class():
+    # selection counts per pixel (classes 0, 1, 2): (2, 4, 4) -> 1, (4, 2, 4) -> 0, (2, 2, 6) -> 2;
+    # two classes: (5, 5) -> 0. The same as argmax over the classes.
+    for selection, expected in ((torch.tensor([[2, 4, 2], [4, 2, 2], [4, 4, 6]]), [1, 0, 2]),
+                                (torch.tensor([[5, 3, 7], [5, 7, 3]]), [0, 1, 0])):
+        selection = selection.unsqueeze(1)                          # [K, 1, 3]
+        labels = torch.tensor(expected).unsqueeze(0)
+        estimation = torch.zeros_like(selection).scatter_(0, labels.unsqueeze(0), 100)
+        certs = SegCertify().certify(FixedVotes(selection, estimation), CertifyRequest(0.25, 10, 100, 0.001))
+        assert certs[0].labels.tolist() == [expected] == selection.argmax(0).tolist()

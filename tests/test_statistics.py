@@ -158,3 +158,28 @@ def test_smoothed_segmenter_refuses_infinite_sigma():
     for sigma in (float("inf"), float("nan"), 0.0):
         with pytest.raises(ValueError, match="sigma must be a positive noise level"):
             SmoothedSegmenter(ThresholdSegmenter(), None, sigma)
+
+
+def test_holm_shortcuts_match_the_full_sort_with_ties():
+    """holm_reject (sorts only the p-values <= alpha) and holm_reject_counts (Holm from the
+    histogram of the counts, as SegCertify calls it) decide as the full stable sort does.
+    P-values read from a table over counts tie a lot, underflow to 0.0 and round to 1.0 for
+    several counts at once (n = 100000, tau = 0.99)."""
+    from certframe.statistics import holm_reject_counts, upper_tail_table
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        m = int(rng.integers(0, 120))
+        n = int(rng.choice([1, 5, 100, 1000, 100000]))
+        tau, alpha = float(rng.choice([0.51, 0.75, 0.99])), float(rng.choice([1e-3, 0.05, 0.5]))
+        k = rng.binomial(n, rng.uniform(0.3, 1.0, size=m))
+        if rng.random() < 0.3:
+            k[rng.random(m) < 0.5] = n
+        table = upper_tail_table(n, tau)
+        expected = reference_holm(list(table[k]), alpha)
+        assert holm_reject(table[k], alpha).tolist() == expected
+        assert holm_reject_counts(k, table, alpha).tolist() == expected
+    table = upper_tail_table(100000, 0.99)
+    assert (table == 0.0).sum() > 1 and (table == 1.0).sum() > 1        # the ties the test is about
+    k = np.array([[100000, 99999, 99990], [5, 0, 100000]])
+    assert holm_reject_counts(k, table, 0.01).tolist() == [[True, True, True], [False, False, True]]
