@@ -53,3 +53,23 @@ def test_resolution_ceiling_of_the_diffusion_benchmark(monkeypatch):
     assert trip_psnr == float("inf") and dice_x == dice_trip == 1.0
     trip_psnr, dice_x, dice_trip = bench.resolution_ceiling(data, threshold, (4, 4), 1)
     assert dice_x == 1.0 and dice_trip < 0.5 and trip_psnr < 10  # 4x4 averages the checkerboard away
+
+
+def test_hierarchical_benchmark_compares_flat_and_hierarchical_on_the_same_draws():
+    import importlib.util
+
+    from certframe.registry import get_registry
+
+    spec = importlib.util.spec_from_file_location("hierarchical_bench", ROOT / "benchmarks" / "hierarchical.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    reg = get_registry(load_entrypoints=False)
+    data = reg.create("dataset", "synthetic-tumour", count=2, size=32)
+    seg = reg.create("segmenter", "monai", weights="synthetic-tumour-noise0.25").eval()
+    res = bench.compare(data, seg, 0.5)
+    flat, hier = res["flat"], res["hierarchical"]
+    assert res["identical_fine"] == 2 and flat["fine_dice"] == hier["fine_dice"]   # step 3 is SegCertify
+    assert flat["coarse"] == 0 and hier["abstain"] + hier["coarse"] == pytest.approx(flat["abstain"])
+    assert hier["cig"] >= flat["cig"]
+    line = bench.report("synthetic-tumour", 0.5, res)[2]
+    assert "fine labels identical in 2/2 items" in line
