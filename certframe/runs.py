@@ -9,8 +9,8 @@ Layout of a run folder::
                          identity (its ``identity()`` plus a SHA-256 of that JSON and the
                          item ids), the device used, package versions, the status
                          (``running`` / ``complete``) and the time stamps.
-    results.csv          one row per (image, tau), appended image by image (flush + fsync);
-                         sorted by (index, tau) once the run is complete.
+    results.csv          one row per (image, tau), appended image by image (fsync'ed, see
+                         Resume); sorted by (index, tau) once the run is complete.
     results.parquet      the same table, written at the end where pyarrow is installed.
     summary.json         mean and std over images per (method, sigma, tau, radius).
     certificates/        one ``NNNNNN.npz`` per image (numpy, no pickle): ``labels``
@@ -21,11 +21,19 @@ Layout of a run folder::
                          ``[T, H, W]`` (the certified level and node per pixel, -1 = abstain).
 
 Resume: an interrupted run (Ctrl-C, ``kill -9``, power loss) continues with
-``resume=True``. Rows of one image are written in one call and fsync'ed, so at
-most the last image is lost; a partially written trailing image (fewer rows than
-taus, or a cut-off line) is dropped and certified again. Every noise draw is
-fixed by (seed, image id, draw index), so the final results equal those of an
-uninterrupted run in every column but the wall-time ones (``seconds``).
+``resume=True``. Rows of one image are written in one call and fsync'ed after its
+certificate file is, so a row on disk means its image is complete; a partially
+written trailing image (fewer rows than taus, or a cut-off line) is dropped and
+certified again. ``certframe certify`` writes through a :class:`RunWriter`: a
+background thread that writes the images in order while the next ones are
+certified, and fsyncs results.csv once per group of images it finds waiting
+(one image when the disk keeps up). Ctrl-C (or any error) first lets it write
+every image already certified, so nothing computed is lost; a ``kill -9`` or a
+power loss can lose the images still queued (at most ``depth``, 4, plus the group
+being written), which are certified again on resume, as an image whose rows were
+never written always is. Every noise draw is fixed by (seed, image id, draw
+index), so the final results equal those of an uninterrupted run in every column
+but the wall-time ones (``seconds``).
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ import io
 import json
 import os
 import platform
+import queue
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -281,10 +291,11 @@ class RunFolder:
         self.write_manifest(manifest)
         return manifest
 
-    def append(self, rows: list[dict]) -> None:
-        """Append the rows of one image in one write, then flush and fsync.
+    def append(self, rows: list[dict], *, sync: bool = True) -> None:
+        """Append the rows of one image in one write, then flush and (``sync``) fsync.
 
-        A kill loses at most this image; :meth:`repair` drops its partial rows.
+        A kill loses at most this image; :meth:`repair` drops its partial rows. ``sync=False``
+        leaves the fsync to a later :meth:`sync_results` (the :class:`RunWriter` does one per group).
         """
         if not rows:
             return
@@ -303,7 +314,18 @@ class RunFolder:
         with results.open("a", newline="") as f:
             f.write(buf.getvalue())
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
+
+    def sync_results(self) -> None:
+        """fsync results.csv (what :meth:`append` wrote with ``sync=False`` becomes durable)."""
+        if self.results_path.exists():
+            with self.results_path.open("ab") as f:
+                os.fsync(f.fileno())
+
+    def writer(self, depth: int = 4, *, threaded: bool = True) -> "RunWriter":
+        """A :class:`RunWriter` for this folder (use it as a context manager)."""
+        return RunWriter(self, depth, threaded=threaded)
 
     def save_certificate(self, index: int, *, labels: np.ndarray, taus: Sequence[float], mask: np.ndarray,
                          clean: np.ndarray, image: np.ndarray, levels: np.ndarray | None = None,
@@ -448,6 +470,96 @@ class RunFolder:
             raise RunError(f"{path} is missing: the run was made with --no-certificates or the file was deleted")
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+
+_CLOSE = object()
+
+
+class RunWriter:
+    """Writes the files of certified images in a background thread, in the order they were submitted.
+
+    ``submit(index, rows, certificate)`` queues one image: ``certificate`` (None, or the keyword
+    arguments of :meth:`RunFolder.save_certificate`) and its result rows. The thread takes every
+    image waiting at once (a group), saves their certificates (atomic, fsync'ed), appends their
+    rows in order and fsyncs results.csv once for the group. When the disk keeps up a group is one
+    image, as before; when it falls behind, the images share one fsync. Either way the loop that
+    certifies does not wait for compression or the disk, unless ``depth`` images are waiting.
+
+    Why resume stays exact: a row reaches results.csv only after its image's certificate file
+    is durable, and results.csv is fsync'ed after every group, so what a crash can leave is a
+    tail of rows not yet durable (cut off or missing), which :meth:`RunFolder.repair` drops,
+    and images never written, which a resumed run certifies again with the same draws.
+    On leaving the ``with`` block, normally or by an exception (Ctrl-C included), every image
+    already submitted is written first: an interrupted run loses nothing it computed. A write
+    error (a full disk, say) stops the writing and is raised by the next :meth:`submit` or
+    by :meth:`close`. ``threaded=False`` writes each image in :meth:`submit` instead (no thread;
+    one image per group), as a run folder was written before.
+    """
+
+    def __init__(self, run: RunFolder, depth: int = 4, *, threaded: bool = True):
+        self.run = run
+        self._queue: queue.Queue = queue.Queue(maxsize=max(int(depth), 1))
+        self._error: BaseException | None = None
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._work, name="certframe-writer", daemon=True)
+            self._thread.start()
+
+    def submit(self, index: int, rows: list[dict], certificate: dict | None = None) -> None:
+        """Queue one image's certificate and rows (waits while ``depth`` images are waiting)."""
+        self._raise()
+        if self._thread is None:
+            self._write([(index, rows, certificate)])
+        else:
+            self._queue.put((index, rows, certificate))
+
+    def close(self) -> None:
+        """Write everything submitted, stop the thread; raise the first write error, if any."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(_CLOSE)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        if kind is None:
+            self.close()
+        else:   # write what was certified, then let the original error go on
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        while True:
+            group = [self._queue.get()]
+            while group[-1] is not _CLOSE:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            images = [item for item in group if item is not _CLOSE]
+            if images and self._error is None:
+                try:
+                    self._write(images)
+                except BaseException as err:  # handed to the caller's thread
+                    self._error = err
+            if group[-1] is _CLOSE:
+                return
+
+    def _write(self, images: list) -> None:
+        for index, _, certificate in images:
+            if certificate is not None:
+                self.run.save_certificate(index, **certificate)
+        for _, rows, _ in images:
+            self.run.append(rows, sync=False)
+        self.run.sync_results()
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> bool:

@@ -3,7 +3,9 @@
 :func:`start_paused` runs ``certframe ARGS`` in a subprocess exactly as ``python -m certframe``
 does, except that the process stops in the middle of image 1 (at image 1's first forward
 pass through the base model, once image 0's rows have been appended to ``results.csv``),
-writes a marker file, and waits there. The test waits for the marker
+writes a marker file, and waits there. ``certframe certify`` appends rows in its writer
+thread (:class:`certframe.runs.RunWriter`), so image 1 may start before image 0's rows are
+written: the pause then waits for them before it writes the marker. The test waits for the marker
 (:func:`wait_for_pause`) and only then sends its signal: SIGKILL, or SIGINT (what Ctrl-C
 sends; the wait is a ``time.sleep`` that the signal interrupts with KeyboardInterrupt, as
 it would interrupt the model's forward pass). So the signal always lands mid-run, whether
@@ -29,11 +31,13 @@ PAUSED = """
 import os, sys, time
 from pathlib import Path
 
+from certframe.run.step import CertifyStep
 from certframe.runs import RunFolder
 from certframe.smoothing import SmoothedSegmenter
 
-marker, appended = Path(os.environ["CERTFRAME_TEST_MARKER"]), []
-append, base_logits = RunFolder.append, SmoothedSegmenter.base_logits
+marker, appended, started = Path(os.environ["CERTFRAME_TEST_MARKER"]), [], []
+append, base_logits, step = RunFolder.append, SmoothedSegmenter.base_logits, CertifyStep.__call__
+deadline = time.monotonic() + float(os.environ["CERTFRAME_TEST_HANG_GUARD"])
 
 
 def appending(self, rows, *args, **kwargs):
@@ -41,17 +45,23 @@ def appending(self, rows, *args, **kwargs):
     appended.append(len(rows))
 
 
+def stepping(self, index, sample):      # certify runs (an attack run's step has its own __call__)
+    started.append(index)
+    return step(self, index, sample)
+
+
 def pausing(self, noisy, *args, **kwargs):
-    if appended and not marker.exists():   # image 1's first forward pass; image 0's rows are written
+    if (appended or len(started) > 1) and not marker.exists():   # image 1's first forward pass
+        while not appended and time.monotonic() < deadline:     # image 0's rows, from the writer thread
+            time.sleep(0.01)
         marker.write_text(str(os.getpid()))
-        deadline = time.monotonic() + float(os.environ["CERTFRAME_TEST_HANG_GUARD"])
         while time.monotonic() < deadline:  # the test's signal ends this (SIGINT: KeyboardInterrupt)
             time.sleep(1)
         sys.exit("paused run: no signal came")
     return base_logits(self, noisy, *args, **kwargs)
 
 
-RunFolder.append, SmoothedSegmenter.base_logits = appending, pausing
+RunFolder.append, SmoothedSegmenter.base_logits, CertifyStep.__call__ = appending, pausing, stepping
 from certframe.cli import main
 
 main(prog_name="certframe")

@@ -4,7 +4,8 @@
 of a torchrun/SLURM job call: it builds the plugins of a validated
 :class:`~certframe.run.spec.RunSpec`, writes the manifest, certifies the images not done
 yet through :class:`~certframe.run.step.CertifyStep` (rows appended and certificates
-saved as each image finishes, so an interrupted run resumes), and finishes the folder
+saved as each image finishes, by a :class:`~certframe.runs.RunWriter` thread that overlaps
+the next image, so an interrupted run resumes), and finishes the folder
 once every image is done. :func:`certify_dataset` is the same loop without a run folder,
 for library use.
 """
@@ -169,15 +170,19 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
         with progress_bar(console, f"certify {label} sigma={spec.sigma:g}", quiet) as progress:
             task = progress.add_task("certify", total=len(wanted), completed=len(wanted) - len(todo))
             depth = 0 if accelerate is None else accelerate.prefetch
-            for result in image_results(step, plugins.dataset, todo, depth):
-                if spec.certificates:
-                    certs = result.certificates
-                    run.save_certificate(result.index, labels=[c.labels.cpu().numpy() for c in certs],
-                                         taus=[c.tau for c in certs], mask=result.sample.mask.numpy(),
-                                         clean=result.clean.numpy(), image=result.sample.image.cpu().numpy(),
-                                         **hierarchy_maps(certs))
-                run.append(result.rows)
-                progress.advance(task)
+            # each image's certificate and rows are written by a background thread while the next
+            # image is certified; leaving the block (Ctrl-C too) writes every image certified so far
+            with run.writer() as writer:
+                for result in image_results(step, plugins.dataset, todo, depth):
+                    certificate = None
+                    if spec.certificates:
+                        certificate = {"labels": [labels.numpy() for labels in result.labels],
+                                       "taus": [c.tau for c in result.certificates],
+                                       "mask": result.sample.mask.numpy(), "clean": result.clean.numpy(),
+                                       "image": result.sample.image.cpu().numpy(),
+                                       **hierarchy_maps(result.certificates)}
+                    writer.submit(result.index, result.rows, certificate)
+                    progress.advance(task)
         finished = set(run.repair(len(spec.taus)))
         if finished >= set(range(total)):
             summary = run.finish()

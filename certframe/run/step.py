@@ -44,6 +44,7 @@ class ImageResult:
     rows: list[dict] = field(default_factory=list)
     majority: torch.Tensor | None = None  # int64 [*S]: g's plain majority vote (attack runs)
     pixels: list[dict] = field(default_factory=list)  # per attacked pixel (the falsification job)
+    labels: list[torch.Tensor] = field(default_factory=list)  # each certificate's labels [*S] on the CPU
 
 
 class RecordingVotes:
@@ -139,9 +140,10 @@ class CertifyStep:
         seconds = time.perf_counter() - start
         mask = sample.mask
         clean_dice = metrics.mean_dice(clean, mask, self.dataset.num_classes)
-        rows = []
+        rows, cpu_labels = [], []
         for cert in certs:
             labels = cert.labels.cpu()
+            cpu_labels.append(labels)
             row = self.identity(index, sample, cert)
             row.update(metrics.metric_row(labels, mask, self.dataset.class_names))
             row.update({"clean_dice": clean_dice, "abstain_rate": metrics.abstain_rate(labels),
@@ -150,7 +152,7 @@ class CertifyStep:
                         "forward_passes": cert.info.get("forward_passes", 0), "seconds": seconds})
             row.update(hierarchy_metric_row(cert, mask))  # a hierarchical certificate: per level, CIG
             rows.append(row)
-        return ImageResult(index, sample, certs, clean, rows)
+        return ImageResult(index, sample, certs, clean, rows, labels=cpu_labels)
 
 
 __all__ = ["CertifyStep", "ImageResult", "RecordingVotes", "resolve_batch_size"]
