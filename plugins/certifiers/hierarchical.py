@@ -142,10 +142,34 @@ def hierarchical_levels(pvalues: np.ndarray, alpha: float) -> tuple[np.ndarray, 
 
 
 class HierarchicalSegCertify(Certifier):
-    """Certify each pixel at the finest level of a label hierarchy that passes (see the module docstring).
+    """Certify each pixel at the finest level of a label hierarchy that passes, from one sampling pass.
+
+    Anani, Lorenz, Schiele, Fritz, "Adaptive Hierarchical Certification for Segmentation using
+    Randomized Smoothing" (ICML 2024), with a simpler valid correction than the paper's.
+
+    1. Selection (n0 draws): each pixel's class c_i, as SegCertify; its chain is c_i and the
+       groups above it, one node per level.
+    2. Estimation (n fresh draws): per level, the votes in the pixel's node and the p-value
+       ``P(Binomial(n, tau) >= k)`` of H0: P(vote in the node) <= tau.
+    3. Holm over the pixels at alpha, each with the largest p-value of its chain (its fine one):
+       exactly SegCertify with Holm; rejected pixels are certified as their class.
+    4. The rest face Holm's next threshold ``alpha / (m - r)``: each is certified at the finest
+       level whose node passes with every coarser node of its chain (a fixed sequence, coarse
+       to fine), else it abstains.
+
+    Guarantee (per tau; the family is every pixel x level test): with probability >= 1 - alpha
+    every certified pixel's node v has P(vote in v) > tau, so the smoothed segmenter's vote stays
+    in v (a class, or a group of classes) for every L2 perturbation of norm < sigma * Phi^-1(tau).
+    The proof (Holm's argument with each chain as a fixed-sequence family) is in the module
+    docstring of ``certframe.plugins.certifiers.hierarchical``.
+
+    Output: ``labels`` the fine class where certified at level 0, else ABSTAIN (SegCertify's
+    certificate); ``nodes`` / ``levels`` int64 ``[H, W]`` (or ``[D, H, W]``) the certified node and
+    its level (-1 = abstain); ``hierarchy`` names the nodes; ``radius`` sigma * Phi^-1(tau).
 
     hierarchy: a ``.toml`` / ``.json`` file, a JSON table or dict (:mod:`certframe.hierarchy`),
-    or None (default) for the data set's ``default_hierarchy``.
+    or None (default) for the data set's ``default_hierarchy``; checked against the data set's
+    classes before sampling.
     """
 
     name = "hierarchical"
