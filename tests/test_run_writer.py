@@ -78,3 +78,20 @@ def test_a_write_error_reaches_the_caller_and_nothing_after_it_is_written(tmp_pa
     # too when the thread took them in one group with image 2)
     assert set(done) <= {0, 1} and (threaded or set(done) == {0, 1})
     assert not any(run.certificate_path(i).exists() for i in range(2, 6))
+
+
+def test_certificate_files_read_back_as_numpy_writes_them(tmp_path):
+    """The run folder's npz (zlib level 1, faster) holds the members, dtypes and values numpy's would."""
+    import io
+
+    from certframe.runs import savez_compressed
+
+    arrays = {"labels": certificate(4)["labels"].astype(np.int16), "taus": np.array(TAUS),
+              "image": np.arange(60, dtype=np.uint8).reshape(3, 4, 5)}
+    ours, numpys = io.BytesIO(), io.BytesIO()
+    savez_compressed(ours, **arrays)
+    np.savez_compressed(numpys, **arrays)
+    a, b = np.load(io.BytesIO(ours.getvalue())), np.load(io.BytesIO(numpys.getvalue()))
+    assert a.files == b.files == list(arrays)
+    for key in arrays:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key])
