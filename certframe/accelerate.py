@@ -27,6 +27,7 @@ precision and device type. Runs record the resolved options in their manifest.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -104,6 +105,21 @@ class Acceleration:
         return AcceleratedSmoothedSegmenter(segmenter, denoiser, sigma, self.resolve(device))
 
 
+def strict_fp32(device_type: str):
+    """cuDNN convolutions in true fp32 on CUDA (no TF32), for ``precision fp32``; nothing elsewhere.
+
+    cuDNN's default ``allow_tf32`` rounds convolution inputs to 10-bit mantissas on Ampere and
+    later GPUs, which moves logits by about 1e-3: fp32 is the option for exact reproduction (the
+    certified labels of a CPU run), so it means fp32 arithmetic. Matrix products already default
+    to fp32 (``torch.backends.cuda.matmul.allow_tf32`` is False unless a user sets it).
+    """
+    if device_type != "cuda":
+        return contextlib.nullcontext()
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=False)
+
+
 class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
     """:class:`SmoothedSegmenter` whose base pipeline runs with the options of an :class:`Acceleration`.
 
@@ -135,7 +151,8 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
         if self.options.channels_last and noisy.dim() in (4, 5):
             noisy = noisy.contiguous(memory_format=_memory_format(noisy.dim() == 5))
         if self.options.precision == "fp32":
-            return self._pipeline(noisy)
+            with strict_fp32(noisy.device.type):
+                return self._pipeline(noisy)
         with torch.autocast(device_type=noisy.device.type, dtype=_DTYPES[self.options.precision]):
             return self._pipeline(noisy).float()
 

@@ -15,8 +15,16 @@ _MARK = "_certframe_rich_handler"
 
 
 def setup_logging(level: int = logging.INFO) -> logging.Logger:
-    """Attach a RichHandler (to stderr) to the ``certframe`` logger, once; set its level."""
+    """Attach a RichHandler (to stderr) to the ``certframe`` logger, once; set its level.
+
+    Each call gives the handler a new console: a rich Console reads the terminal width
+    (``COLUMNS``) when it is made, so one kept from an earlier command in the same process
+    (tests, notebooks) would keep that command's width.
+    """
     logger = logging.getLogger("certframe")
+    for handler in logger.handlers:
+        if getattr(handler, _MARK, False):
+            handler.console = Console(stderr=True)
     if not any(getattr(h, _MARK, False) for h in logger.handlers):
         handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False,
                               log_time_format="[%X]")
