@@ -82,17 +82,6 @@ def stream_key(*identity) -> StreamKey:
     return StreamKey(k0, k1, c3)
 
 
-def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of ``a * b`` (``a`` < 2**32, ``b`` int64 holding values < 2**32).
-
-    The product is computed in int64, which wraps modulo 2**64 on every torch device (two's
-    complement); the masks recover the unsigned words (the all-ones known-answer vector
-    exercises the wrap).
-    """
-    p = b * a
-    return (p >> 32) & MASK32, p & MASK32
-
-
 def philox4x32(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: int, k1: int,
                rounds: int = ROUNDS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Philox4x32-``rounds`` of counters ``(c0, c1, c2, c3)`` under key ``(k0, k1)``.
@@ -100,13 +89,30 @@ def philox4x32(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.T
     c0..c3: int64 tensors (broadcastable to one shape, on one device) holding unsigned 32-bit
     values. k0, k1: Python ints < 2**32. Returns the four output words, int64 in ``[0, 2**32)``,
     of the broadcast shape.
+
+    The two multiplications of a round run as one, on the pair ``A = (c0, c2)`` against
+    ``(M0, M1)``, beside ``B = (c3, c1)``: a round is then ``P = A * M``, ``hi = P >> 32``,
+    ``lo = P & mask``, ``A' = flip(hi ^ B ^ (k1, k0))``, ``B' = lo``: seven tensor operations
+    instead of twelve kernel launches, which on a GPU (small tensors: launches are most of the
+    cost) is about a third fewer per call. The products are computed in int64, which wraps modulo 2**64 on every torch
+    device (two's complement); the masks recover the unsigned words (the all-ones
+    known-answer vector exercises the wrap).
     """
+    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape)
+    device = c0.device
+    a = torch.stack([c0.expand(shape), c2.expand(shape)])                       # (c0, c2)
+    b = torch.stack([c3.expand(shape), c1.expand(shape)])                       # (c3, c1)
+    view = (2,) + (1,) * len(shape)
+    # constants made on the device from Python scalars (a host-to-device copy would wait for the stream)
+    multipliers = (torch.arange(2, dtype=torch.int64, device=device) * (M1 - M0) + M0).view(view)   # (M0, M1)
+    steps = torch.arange(rounds, dtype=torch.int64, device=device)
+    keys = torch.stack([(steps * W1 + k1) & MASK32, (steps * W0 + k0) & MASK32], dim=1).view(rounds, *view)
     for r in range(rounds):
-        hi0, lo0 = _mulhilo(M0, c0)
-        hi1, lo1 = _mulhilo(M1, c2)
-        kr0, kr1 = (k0 + r * W0) & MASK32, (k1 + r * W1) & MASK32
-        c0, c1, c2, c3 = (hi1 ^ c1) ^ kr0, lo1, (hi0 ^ c3) ^ kr1, lo0
-    return c0, c1, c2, c3
+        p = a * multipliers                                                  # (p0, p1)
+        x = ((p >> 32) & MASK32).bitwise_xor_(b).bitwise_xor_(keys[r])     # (c2', c0'); keys[r] = (k1r, k0r)
+        b = p.bitwise_and_(MASK32)                                           # (lo0, lo1) = (c3', c1')
+        a = x.flip(0)                                                        # (c0', c2')
+    return a[0], b[1], a[1], b[0]
 
 
 def _counter_words(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
