@@ -81,11 +81,13 @@ def torchrun(out: Path, args) -> None:
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
         envs.pop(k, None)
     work = out / "torchrun-runs"
-    one = subprocess.run(base + ["--output", str(work / "one"), "--overwrite"], env=envs, capture_output=True,
-                         text=True)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          *base[1:], "--output", str(work / "two"), "--overwrite"], env=envs, capture_output=True,
-                         text=True)
+    # both at once (their start-up, importing torch, is most of the time); each has its own folder
+    procs = [subprocess.Popen(command, env=envs, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for command in (base + ["--output", str(work / "one"), "--overwrite"],
+                             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              *base[1:], "--output", str(work / "two"), "--overwrite"])]
+    outputs = [p.communicate() for p in procs]
+    one, two = (subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outputs))
     record = {"status": "measured", "device": args.device, "images": count, "size": size, "n": n,
               "rc_one": one.returncode, "rc_two": two.returncode}
     if one.returncode or two.returncode:
