@@ -30,16 +30,16 @@ SmoothAdv objective with APGD's schedule), searches the minimal flipping norm
 from .base import SegmentationAttack, check_eps, check_norm
 from .eot_pgd import EOTPGD
 from .eot_pgdl2 import EOTPGDL2
+from .falsification import FalsificationResult, falsify, falsify_all
 from .fgsm import FGSM
+from .flip_test import default_n_test, flip_test
+from .min_norm import minimal_flip_radius
 from .pgd import PGD
 from .pgdl2 import PGDL2
 from .pipeline import DenoisedSegmenter
+from .pixel_attack import attack_pixels
 from .segpgd import SegPGD
 from .targeted import TargetedPGD
-from .falsification import FalsificationResult, falsify, falsify_all
-from .flip_test import default_n_test, flip_test
-from .min_norm import minimal_flip_radius
-from .pixel_attack import attack_pixels
 from .targets import weakest_pixels
 from .violations import Violations, check_certificates, count_violations
 

@@ -30,7 +30,7 @@ reported as ``flips_beyond_claim`` and ``violations`` is None (nothing was claim
 there). With no covered pixel the result is "not tested" (``not_tested=True``,
 ``violations=None``), never 0.
 
-A hierarchical certificate (the ``hierarchical`` certifier; :mod:`certframe.hierarchy`) also
+A hierarchical certificate (the ``hierarchical`` certifier; :mod:`certframe.core.hierarchy`) also
 claims pixels as a group of classes ("organ" for organ tissue or tumour): such a pixel
 keeps its claim while its vote stays in the group, ``p_i(v_i | x') > 1/2``. Its targets are
 attacked and tested the same way with the group in place of the class (the attack minimises
@@ -206,10 +206,10 @@ def falsify(smoothed, x: torch.Tensor, certificate, *, estimation_counts: torch.
             seed: int = 0, image_id: str = "0", batch_size: int = 64) -> FalsificationResult:
     """Attack ``certificate``'s claim on ``x`` and test the attacked images; see the module docstring.
 
-    smoothed: :class:`~certframe.smoothing.SmoothedSegmenter` (its ``base_logits`` is
+    smoothed: :class:`~certframe.core.smoothing.SmoothedSegmenter` (its ``base_logits`` is
         differentiated; its ``voter`` gives the fresh draws). x: ``[C, H, W]`` (or a volume
         ``[C, D, H, W]``) in [0, 1] on the model's device. certificate:
-        :class:`~certframe.results.Certificate` of x at ``smoothed.sigma``.
+        :class:`~certframe.core.certificate.Certificate` of x at ``smoothed.sigma``.
         estimation_counts: optional int ``[K, *S]`` votes of the
         certificate's estimation phase (to pick the weakest pixels).
     radius_multiple: k > 0, the attack budget is ``k R_i`` (k > 1 is beyond the claim).

@@ -27,12 +27,11 @@ All functions are pure numpy / scipy and vectorised over pixels.
 """
 from __future__ import annotations
 
-
 import numpy as np
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
-from certframe.statistics import check_alpha
+from certframe.core.statistics import check_alpha
 
 DEFAULT_LEVEL = 0.001
 DEFAULT_P_ALT = 0.44
@@ -72,7 +71,7 @@ def holm_last_axis(pvalues: np.ndarray, level: float) -> np.ndarray:
 
     Sort each family's m p-values ascending; reject p_(1..j) for the largest j with
     ``p_(i) <= level / (m - i + 1)`` for every i <= j. Equals
-    :func:`certframe.statistics.holm_reject` on each family; vectorised over families.
+    :func:`certframe.core.statistics.holm_reject` on each family; vectorised over families.
     """
     p = np.asarray(pvalues, dtype=np.float64)
     m = p.shape[-1]

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import Denoiser, Segmenter
-from certframe.smoothing import SmoothedSegmenter
 
 OBJECTIVES = ("expected-loss", "smoothed-softmax")
 
@@ -24,11 +24,11 @@ class DenoisedSegmenter(nn.Module):
     """``f o D`` at noise level sigma: noisy images ``[B, C, H, W]`` -> logits ``[B, K, H, W]``.
 
     The module form of the smoothing pipeline itself: ``forward`` IS
-    :meth:`certframe.smoothing.SmoothedSegmenter.base_logits`, so an attack differentiates
+    :meth:`certframe.core.smoothing.SmoothedSegmenter.base_logits`, so an attack differentiates
     exactly the function the certificate votes with (there is one pipeline, not a copy).
     segmenter: :class:`~certframe.interfaces.Segmenter`; denoiser: a
     :class:`~certframe.interfaces.Denoiser` or ``None`` (Gaussian-trained baseline).
-    The input is ``x + eps`` (NOT clipped), as in :mod:`certframe.sampler`.
+    The input is ``x + eps`` (NOT clipped), as in :mod:`certframe.core.sampler`.
     """
 
     def __init__(self, segmenter: Segmenter, denoiser: Denoiser | None, sigma: float):

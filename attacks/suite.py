@@ -41,7 +41,7 @@ results (``image_id``, ``index``, ``segmenter``, ``denoiser``, ``certifier``, ``
   (minimal-norm search), ``certified_radius_min``;
 * ``attack_seconds``, ``seconds`` (wall time of the job and of the whole image).
 
-Mean Dice is over foreground classes (:func:`certframe.metrics.mean_dice`). With a
+Mean Dice is over foreground classes (:func:`certframe.core.metrics.mean_dice`). With a
 correct certificate the expected number of violations is 0 (a false alarm has
 probability at most ``alpha + test_level`` per image and job): the suite's worth is its
 power on false certificates, shown by the controls in ``tests/test_falsification.py``.
@@ -53,7 +53,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import pandas as pd
 
-from certframe.statistics import check_tau
+from certframe.core.statistics import check_tau
 
 from .base import check_eps, check_norm
 

@@ -25,8 +25,14 @@ from __future__ import annotations
 import torch
 from torchattacks.attack import Attack
 
-from .base import (SegmentationAttack, check_norm, check_positive, default_step_size, quiet_device_message,
-                   validate_labels)
+from .base import (
+    SegmentationAttack,
+    check_norm,
+    check_positive,
+    default_step_size,
+    quiet_device_message,
+    validate_labels,
+)
 
 
 def target_margin(logits: torch.Tensor, target: torch.Tensor, kappa: float = 0.0, cap: float = 10.0) -> torch.Tensor:

@@ -52,7 +52,7 @@ def weakest_pixels(labels: torch.Tensor, covered: torch.Tensor, max_pixels: int,
     same shape, the pixels the claim covers. The optional margins are described in the module
     docstring; shapes must be the labels' (``[K, *S]`` for the counts). claims: optional bool
     ``[K, *S]``, the classes each pixel's certificate allows
-    (:meth:`~certframe.results.Certificate.claims`); the margin is then the share of votes in them.
+    (:meth:`~certframe.core.certificate.Certificate.claims`); the margin is then the share of votes in them.
     """
     labels_np = labels.detach().cpu().numpy()
     shape = labels_np.shape

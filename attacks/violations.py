@@ -125,7 +125,7 @@ def count_violations(certified: torch.Tensor, radius: float, adversarial: torch.
 
 def check_certificates(clean, adversarial, perturbation_l2: float,
                        majority: torch.Tensor | None = None) -> Violations:
-    """:func:`count_violations` for two :class:`~certframe.results.Certificate` objects.
+    """:func:`count_violations` for two :class:`~certframe.core.certificate.Certificate` objects.
 
     Both must share sigma (the smoothed segmenter is defined by it); the radius is
     the clean certificate's.

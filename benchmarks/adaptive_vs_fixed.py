@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from certframe.run import Names, certify_dataset
 from certframe.interfaces import CertifyRequest
 from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.registry import get_registry
+from certframe.run import Names, certify_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 KVASIR = Path("/work/shared/data/Kvasir-SEG")

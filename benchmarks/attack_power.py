@@ -36,9 +36,9 @@ import pandas as pd
 import torch
 
 from certframe.attacks.falsification import falsify
-from certframe.registry import get_registry
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import NoiseKey
-from certframe.smoothing import SmoothedSegmenter
+from certframe.registry import get_registry
 
 OUT = Path(__file__).resolve().parent / "results" / "attack_power.txt"
 

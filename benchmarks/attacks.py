@@ -40,10 +40,9 @@ import pandas as pd
 import torch
 
 from certframe.attacks.suite import robustness_table, summarize_attacks
-from certframe.run import attack_dataset
-from certframe.run import Names
+from certframe.core.statistics import certified_radius
 from certframe.registry import get_registry
-from certframe.statistics import certified_radius
+from certframe.run import Names, attack_dataset
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"

@@ -31,10 +31,10 @@ import time
 
 import torch
 
-from certframe.accelerate import Acceleration
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.registry import get_registry
 from certframe.run import certify_dataset
+from certframe.run.accelerate import Acceleration
 from certframe.run.build import prepare_models
 
 SIGMA, N0, ALPHA, TAU = 0.25, 10, 0.001, 0.75

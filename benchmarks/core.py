@@ -36,7 +36,7 @@ import torch
 def bench_stats(side: int = 256, n: int = 1000, tau: float = 0.75, alpha: float = 0.001, loop_pixels=None):
     from scipy.stats import binomtest
 
-    from certframe.statistics import binomial_pvalues, holm_reject
+    from certframe.core.statistics import binomial_pvalues, holm_reject
 
     rng = np.random.default_rng(0)
     k = rng.binomial(n, rng.uniform(0.6, 1.0, size=(side, side)))
@@ -64,11 +64,11 @@ def _timed(f) -> float:
 
 
 def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int = 32, repeats: int = 5):
+    from certframe.core.smoothing import SmoothedSegmenter
     from certframe.interfaces import NoiseKey
     from certframe.plugins.certifiers.segcertify import SegCertify
     from certframe.plugins.denoisers.none import NoDenoiser
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
-    from certframe.smoothing import SmoothedSegmenter
 
     seg, den = MonaiSegmenter(weights="synthetic-lung"), NoDenoiser()
     x = torch.rand(1, side, side)
@@ -107,7 +107,7 @@ _MEMORY_CHILD = r"""
 import json, sys, torch
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
-from certframe.smoothing import SmoothedSegmenter
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import NoiseKey
 def status(key):
     for line in open('/proc/self/status'):

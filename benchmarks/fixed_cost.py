@@ -21,7 +21,7 @@ Per setting, three timings of the same run:
 * ``no noise``: the same with the noise generator replaced by zeros (the votes of a
   constant model do not depend on the noise, so the run does the same work otherwise).
   It is the fixed cost without the noise stage, which is being rewritten apart
-  (certframe/sampler.py, certframe/philox.py): ``wall - no noise`` is what the noise
+  (certframe/core/sampler.py, certframe/core/philox.py): ``wall - no noise`` is what the noise
   costs the run; ``noise`` in the breakdown is the time spent inside the generator
   (on the CPU in a helper thread, overlapping the vote loop).
 * the breakdown: one more run per variant with every stage wrapped in a timer (wall time
@@ -192,14 +192,15 @@ class Stages:
 
 # (owner, attribute, stage): the stages of one image's path through run_certify
 def stage_points():
-    import certframe.metrics as metrics
-    import certframe.plugins.certifiers.segcertify as segcertify
-    import certframe.run.step as step
-    import certframe.runs as runs
-    import certframe.sampler as sampler
-    import certframe.smoothing as smoothing
-    from certframe.validation import BatchChecks
     from rich.progress import Progress
+
+    import certframe.core.metrics as metrics
+    import certframe.core.sampler as sampler
+    import certframe.core.smoothing as smoothing
+    import certframe.plugins.certifiers.segcertify as segcertify
+    import certframe.run.folder as runs
+    import certframe.run.step as step
+    from certframe.validation import BatchChecks
 
     return [
         (MemoryDataset, "__getitem__", "data"),
@@ -250,7 +251,7 @@ class Clock:
 
     def install(self, stages: Stages) -> None:
         import certframe.run.certify as certify
-        from certframe.runs import RunFolder
+        from certframe.run.folder import RunFolder
 
         samples, append, repair = certify.samples, RunFolder.append, RunFolder.repair
 
@@ -282,7 +283,7 @@ class Clock:
 
 def zero_noise():
     """Replace NoiseVoter._noise by zeros of the same shape (undo with the returned function)."""
-    from certframe.sampler import NoiseVoter
+    from certframe.core.sampler import NoiseVoter
 
     raw = NoiseVoter._noise
 
@@ -462,7 +463,7 @@ def main(argv=None):
                    help="write each image's files in the loop (RunWriter threaded=False), not in the writer thread")
     args = p.parse_args(argv)
     if args.sync_writer:
-        from certframe.runs import RunFolder, RunWriter
+        from certframe.run.folder import RunFolder, RunWriter
 
         RunFolder.writer = lambda self, depth=4: RunWriter(self, depth, threaded=False)
     torch.set_num_threads(args.threads)

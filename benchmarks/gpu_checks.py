@@ -28,8 +28,8 @@ def write(out: Path, name: str, record: dict) -> None:
 
 def env(out: Path, args) -> None:
     import certframe
-    from certframe.philox_cpu import AVAILABLE as numba_loop
-    from certframe.sampler import NOISE_STREAM
+    from certframe.core.philox_cpu import AVAILABLE as numba_loop
+    from certframe.core.sampler import NOISE_STREAM
 
     cuda = torch.cuda.is_available()
     write(out, "env.json", {
@@ -42,9 +42,9 @@ def env(out: Path, args) -> None:
 
 def noise(out: Path, args) -> None:
     """Words bit for bit and normals to rounding, CPU against the device, for a few keys."""
-    from certframe import philox
+    from certframe.core import philox
+    from certframe.core.sampler import gaussian_noise
     from certframe.interfaces import NoiseKey
-    from certframe.sampler import gaussian_noise
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -70,7 +70,7 @@ def torchrun(out: Path, args) -> None:
     """``torchrun --nproc-per-node 2`` on one device against one process: every column but ``seconds``."""
     import pandas as pd
 
-    from certframe.runs import RunFolder
+    from certframe.run.folder import RunFolder
 
     size, count, n = (32, 2, 20) if args.quick else (128, 8, 100)
     base = [sys.executable, "-m", "certframe", "certify", "--dataset", "synthetic-lung", "--dataset-option",

@@ -13,7 +13,7 @@ means over images of:
 * ``fine Dice``: certified Dice at the fine level (mean over the foreground classes; a pixel
   certified only as a group counts as abstained, as in flat certified Dice);
 * ``CIG``: certified information gain (Anani et al., ICML 2024; for flat certificates it is the
-  certified accuracy), :mod:`certframe.hierarchy_metrics`;
+  certified accuracy), :mod:`certframe.core.hierarchy_metrics`;
 * ``coarse``: pixels certified as a group; ``group Dice``: certified Dice at level 1 (mean over
   its foreground nodes); ``clean Dice``: the base segmenter on the clean image.
 
@@ -59,8 +59,8 @@ class CachedVotes:
 
 def image_metrics(cert, mask, tree) -> dict:
     """abstain, fine Dice, CIG, coarse share and level-1 Dice of one certificate (flat or hierarchical)."""
-    from certframe.hierarchy_metrics import certified_information_gain, level_dice
-    from certframe.metrics import mean_dice
+    from certframe.core.hierarchy_metrics import certified_information_gain, level_dice
+    from certframe.core.metrics import mean_dice
 
     labels = cert.labels.cpu()
     if cert.nodes is None:      # flat: every certified pixel is a fine class at level 0
@@ -76,11 +76,11 @@ def image_metrics(cert, mask, tree) -> dict:
 
 def compare(dataset, segmenter, sigma: float, *, seed: int = 0, batch_size: int = 55) -> dict:
     """Flat SegCertify and the hierarchical certifier on every item of ``dataset`` at ``sigma``, same draws."""
+    from certframe.core.metrics import mean_dice
+    from certframe.core.smoothing import SmoothedSegmenter
     from certframe.interfaces import CertifyRequest, NoiseKey
-    from certframe.metrics import mean_dice
     from certframe.plugins.certifiers.hierarchical import HierarchicalSegCertify
     from certframe.plugins.certifiers.segcertify import SegCertify
-    from certframe.smoothing import SmoothedSegmenter
 
     flat, hier = SegCertify(), HierarchicalSegCertify()
     tree = hier.bind_dataset(dataset)

@@ -24,7 +24,7 @@ noise-trained segmenter fails, at sigma 0.5 and 1.0. Protocol (issue 15):
    fine-tuned on D(x + eps), from ``certframe train segmenter --denoiser ddpm
    --denoiser-option model=DDPM --noise-sigma SIGMA --init CLEAN`` (issue 15 item
    1); the row says "not run" without it).
-4. Beside it: the denoiser-quality table (:func:`certframe.denoiser_quality.denoiser_quality`:
+4. Beside it: the denoiser-quality table (:func:`certframe.quality.denoiser.denoiser_quality`:
    PSNR/SSIM of D(x + eps) and of the noisy input, t*, trained range, the clean
    segmenter's Dice on denoised images), the training cost of each row (CPU
    seconds of the DDPM and the segmenters, where this script or the recipe
@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _kvasir import Report, kvasir_splits, paired_bootstrap_ci
 
 HERE = Path(__file__).resolve().parent
@@ -88,7 +87,7 @@ def train_segmenter_here(path: Path, sigma, data, args, log, *, init: Path | Non
                          denoiser_record=None):
     """Train (or fine-tune from ``init``) the benchmark's UNet until its validation Dice stops improving."""
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
-    from certframe.training import resume_dir, train_segmenter
+    from certframe.training.segmenter import resume_dir, train_segmenter
 
     seed = args.seed if init is None or args.train_seed is None else args.train_seed
     torch.manual_seed(seed)
@@ -139,10 +138,10 @@ def resolution_ceiling(dataset, segmenter, model_size: tuple[int, int], limit: i
     working at ``model_size`` cannot do better than the round trip; when its Dice is close to
     the clean one, resolution is not what the denoised rows lose.
     """
-    from certframe.image_quality import psnr
+    from certframe.core.metrics import mean_dice
     from certframe.interfaces import class_labels
-    from certframe.metrics import mean_dice
     from certframe.plugins.denoisers.diffusion import resize
+    from certframe.quality.image import psnr
 
     samples = [dataset[i] for i in range(min(limit, len(dataset)))]
     x = torch.stack([s.image for s in samples]).float()
@@ -229,10 +228,10 @@ def main(argv=None):
     if rows_wanted - set(ROWS):
         p.error(f"--rows: unknown {sorted(rows_wanted - set(ROWS))}; choose from {','.join(ROWS)}")
 
-    from certframe.denoiser_quality import denoiser_quality
-    from certframe.run import Names, certify_dataset
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
+    from certframe.quality.denoiser import denoiser_quality
     from certframe.registry import get_registry
+    from certframe.run import Names, certify_dataset
 
     torch.set_num_threads(args.threads)
     if not args.root.is_dir():
@@ -277,7 +276,7 @@ def main(argv=None):
         f"steps of batch {ddpm_meta.get('batch_size')}, t in 0..{ddpm_meta.get('t_max')}, {ddpm_cpu} CPU s")
 
     if not finetuned:
-        from certframe.tuning import module_hash
+        from certframe.training.tuning import module_hash
 
         ft_sigmas = [float(s) for s in args.finetune_sigmas.split(",") if s.strip()]
         record = {"name": "ddpm", "options": {"model": str(ddpm_dir)}, "hash": module_hash(ddpm)}

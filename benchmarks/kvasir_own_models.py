@@ -24,7 +24,7 @@ the MONAI UNet of the same training budget: clean Dice, certified Dice at sigma
   weights: nothing is downloaded) and the smp plugin's default input normalisation
   ``normalize="imagenet"`` (ImageNet mean/std, applied inside the segmenter after the
   noise, so radii stay in [0, 1] pixel units).
-* Training (:func:`certframe.training.train_segmenter`: Dice + CE, Adam lr 1e-3,
+* Training (:func:`certframe.training.segmenter.train_segmenter`: Dice + CE, Adam lr 1e-3,
   batch 16, h-flip, best epoch by validation Dice kept): the SAME budget of
   ``--budget-cpu-minutes`` (20) CPU minutes per model (``--budget-clock wall`` for
   wall-clock minutes instead, e.g. on a GPU, where the process's CPU time only tracks
@@ -92,7 +92,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _kvasir import Report, kvasir_splits, paired_bootstrap_ci
 
 HERE = Path(__file__).resolve().parent
@@ -164,7 +163,7 @@ def read_json(path: Path) -> dict:
 
 def finish_record(path: Path, stopped_by: str, args) -> dict:
     """Write the whole run's totals (from the resume state) and the budget record into ``path``'s JSON."""
-    from certframe.training import load_resume_state
+    from certframe.training.segmenter import load_resume_state
 
     state = load_resume_state(path)
     info = read_json(path)
@@ -179,7 +178,7 @@ def finish_record(path: Path, stopped_by: str, args) -> dict:
 def train_model(arch: str, sigma: float, init: Path | None, data, args, device, log) -> Path:
     """Train (clean, from random weights) or fine-tune (Gaussian, from ``init``) one model within the budget."""
     from certframe.registry import get_registry
-    from certframe.training import load_resume_state, resume_dir, train_segmenter
+    from certframe.training.segmenter import load_resume_state, resume_dir, train_segmenter
 
     path = checkpoint_path(args.out, arch, sigma, args.train_limit)
     info = read_json(path)
@@ -288,7 +287,7 @@ def clean_dice(model, test, count: int, device, sigma: float = 0.0, seed: int = 
     """Per-image mean foreground Dice of ``model`` (the base model, not smoothed) on the first ``count`` test
     images; with ``sigma`` > 0 on one noisy copy ``x + N(0, sigma^2 I)`` of each (CPU generator seeded with
     ``seed``): how well the base model keeps its prediction under the noise the smoothing adds."""
-    from certframe import metrics
+    from certframe.core import metrics
     from certframe.interfaces import class_labels
 
     model = model.to(device).eval()

@@ -39,7 +39,7 @@ SIGMAS = (0.25, 0.5)
 
 def train_one(name, sigma, train, val, args, out: Path, log):
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
-    from certframe.training import load_resume_state, resume_dir, train_segmenter
+    from certframe.training.segmenter import load_resume_state, resume_dir, train_segmenter
 
     path = out / f"{name}.safetensors"
     resume = (resume_dir(path) / "state.json").is_file()
@@ -75,10 +75,10 @@ def main(argv=None):
     p.add_argument("--results", type=Path, default=HERE / "results" / "kvasir_segmenters.txt")
     args = p.parse_args(argv)
 
-    from certframe import metrics
-    from certframe.run import Names, certify_dataset
+    from certframe.core import metrics
     from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
     from certframe.registry import get_registry
+    from certframe.run import Names, certify_dataset
 
     torch.set_num_threads(args.threads)
     if not args.root.is_dir():

@@ -8,9 +8,9 @@ Three ways to draw the same amount of noise, in one run, medians of ``--repeats`
 * **before**: the stream certframe used until the one-stream change: on CPU numpy's
   Philox4x64-10 one draw at a time (``np.random.Philox(key, counter=i << 64)``, ziggurat
   normals); on CUDA torch's generator reseeded for each draw (``manual_seed`` + ``randn``);
-* **after**: :func:`certframe.sampler.gaussian_noise` (Philox4x32-10 + Box-Muller, the same
+* **after**: :func:`certframe.core.sampler.gaussian_noise` (Philox4x32-10 + Box-Muller, the same
   numbers on every device; on CPU the words come from the numba loop of
-  :mod:`certframe.philox_cpu`, then Box-Muller in torch in cache-sized tiles).
+  :mod:`certframe.core.philox_cpu`, then Box-Muller in torch in cache-sized tiles).
 
 The issue's goal on CPU: after <= 1.5x ``torch.randn``. Figures and ratios, not verdicts.
 """
@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
+from certframe.core.sampler import gaussian_noise
 from certframe.interfaces import NoiseKey
-from certframe.sampler import gaussian_noise
 
 
 def before_cpu(shape, count, key=12345):

@@ -22,7 +22,7 @@ import torch
 
 
 def main(side: int = 256, images: int = 50, taus=(0.6, 0.75, 0.9)):
-    from certframe.runs import RunFolder
+    from certframe.run.folder import RunFolder
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -45,7 +45,7 @@ import torch
 
 from certframe.plugins.denoisers.ddpm_training import train_diffusion
 from certframe.registry import get_registry
-from certframe.training import train_segmenter
+from certframe.training.segmenter import train_segmenter
 
 DEFAULTS = {
     "cuda": {"ddpm_size": 128, "ddpm_batch": 64, "ddpm_channels": "32,64,128,128", "ddpm_images": 429,
@@ -114,7 +114,7 @@ def _precision(fn, args, device) -> tuple[dict, str]:
     """The precision keyword for ``fn`` (none for a trainer without the option) and the precision it runs in."""
     if "precision" not in inspect.signature(fn).parameters:
         return {}, "fp32 (no option)"
-    from certframe.train_device import resolve_precision
+    from certframe.device import resolve_precision
 
     return {"precision": args.precision}, resolve_precision(args.precision, device)
 

@@ -14,7 +14,7 @@ and ``synthetic-lung`` / ``synthetic-lung-noise0.25``); certification is
 run on whatever machine runs it (a shared, noisy one here): read the ratios, not the
 absolute times. Nothing here asserts.
 
-1. sizing: :func:`certframe.accelerate.certification_cost` (docs/volumes.md) for the
+1. sizing: :func:`certframe.run.accelerate.certification_cost` (docs/volumes.md) for the
    phantom and a CT-sized case, checked against the window passes counted (a forward
    pre-hook on the network) while certifying a 48^3 phantom volume with the bundled
    32^3-patch model (sliding window, 8 windows per draw).
@@ -75,13 +75,13 @@ def first_item(case: str, **options):
 
 # ------------------------------------------------------------------ sizing
 def bench_sizing():
-    from certframe.accelerate import certification_cost
+    from certframe.core.smoothing import SmoothedSegmenter
     from certframe.interfaces import NoiseKey
     from certframe.plugins.certifiers.segcertify import SegCertify
     from certframe.run import Names, certify_dataset
-    from certframe.smoothing import SmoothedSegmenter
+    from certframe.run.accelerate import certification_cost
 
-    print("[sizing] certframe.accelerate.certification_cost (docs/volumes.md): window passes = (n0 + n) x windows")
+    print("[sizing] certframe.run.accelerate.certification_cost (docs/volumes.md): window passes = (n0 + n) x windows")
     print(f"  {'case':44s} {'roi, overlap':16s} {'windows/draw':>12s} {'n0 + n':>7s} {'window passes':>14s}")
     cases = [("phantom 32^3 (bundled model, roi 32^3)", (32, 32, 32), (32, 32, 32)),
              ("phantom 48^3 (bundled model, roi 32^3)", (48, 48, 48), (32, 32, 32)),
@@ -143,10 +143,10 @@ def _cpu(f) -> float:
 
 # ---------------------------------------------------------------- overhead
 def bench_overhead(case: str, repeats: int):
+    from certframe.core.sampler import accumulate_votes, gaussian_noise
+    from certframe.core.smoothing import SmoothedSegmenter
     from certframe.interfaces import CertifyRequest, NoiseKey, class_labels
     from certframe.plugins.certifiers.segcertify import SegCertify, certificates_from_counts
-    from certframe.sampler import accumulate_votes, gaussian_noise
-    from certframe.smoothing import SmoothedSegmenter
 
     _, _, weights, _ = CASES[case]
     seg = registry().create("segmenter", "monai", weights=weights)
@@ -227,7 +227,7 @@ import json, sys, torch
 torch.set_num_threads(1)
 from certframe.registry import get_registry
 from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.smoothing import SmoothedSegmenter
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import NoiseKey
 def status(key):
     for line in open('/proc/self/status'):

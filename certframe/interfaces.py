@@ -13,7 +13,7 @@ masks ``[D, H, W]``, logits ``[B, K, D, H, W]``, votes ``[K, D, H, W]``
   fall outside ``[0, 1]``) and the noise level ``sigma`` -> images ``[B, C, H, W]``
   (in ``[0, 1]`` for a real denoiser; the ``none`` denoiser passes the noisy input on).
 * :class:`Certifier`  draws votes through a :class:`VoteSource` and returns one
-  :class:`~certframe.results.Certificate` per threshold ``tau``.
+  :class:`~certframe.core.certificate.Certificate` per threshold ``tau``.
 * :class:`SegmentationDataset` yields :class:`Sample` (image, mask, id) plus metadata
   (class names, channels).
 
@@ -31,6 +31,10 @@ from torch import nn
 
 ABSTAIN = -1
 """Label of a pixel the certifier refuses to certify (int64 label maps)."""
+
+RANDOM_WEIGHTS = "random"
+"""The ``weights`` option value that builds a trainable segmenter untrained, on purpose (training
+does; a segmenter built without ``weights`` is refused, so none is certified by accident)."""
 
 SPATIAL_DIMS = (2, 3)
 """The spatial dimensionalities certframe handles: images ``[C, H, W]`` and volumes ``[C, D, H, W]``."""
@@ -85,7 +89,7 @@ class SegmentationDataset(abc.ABC):
     in_channels: int = 1
     default_hierarchy: dict | None = None
     """A label hierarchy over ``class_names`` (a table with ``root`` and ``groups``, see
-    :mod:`certframe.hierarchy`) that the ``hierarchical`` certifier uses when given none;
+    :mod:`certframe.core.hierarchy`) that the ``hierarchical`` certifier uses when given none;
     None when the data set declares none."""
 
     @property
@@ -172,7 +176,7 @@ class Denoiser(nn.Module, abc.ABC):
 
 @runtime_checkable
 class VoteSource(Protocol):
-    """Where a certifier gets its Monte-Carlo votes from (see :mod:`certframe.sampler`).
+    """Where a certifier gets its Monte-Carlo votes from (see :mod:`certframe.core.sampler`).
 
     ``counts(phase, n, start=0)`` returns int64 ``[K, *S]`` (``[K, H, W]`` or ``[K, D, H, W]``) class counts of the
     draws ``start .. start + n - 1`` of the named phase ("selection",
@@ -187,7 +191,7 @@ class VoteSource(Protocol):
 
 @dataclass(frozen=True)
 class NoiseKey:
-    """Which noise an image gets: every draw of :class:`~certframe.sampler.NoiseVoter` is
+    """Which noise an image gets: every draw of :class:`~certframe.core.sampler.NoiseVoter` is
     a function of ``(seed, image_id, phase, draw index)`` and nothing else.
 
     seed: the run's seed, an int in ``[0, 2**64)``.
@@ -230,7 +234,7 @@ class CertifyRequest:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from certframe.statistics import check_alpha, check_count, check_sigma, check_tau
+        from certframe.core.statistics import check_alpha, check_count, check_sigma, check_tau
 
         taus = self.taus
         if isinstance(taus, (int, float)) and not isinstance(taus, bool):
@@ -257,10 +261,10 @@ class CertifyRequest:
 
         The best a pixel can do is k = n votes of n, whose p-value ``P(Binomial(n, tau) >= n)`` is
         ``tau**n``: with ``tau**n > alpha`` nothing is certified, whatever the model
-        (:func:`certframe.statistics.smallest_certifying_n` gives the smallest n that could). The
+        (:func:`certframe.core.statistics.smallest_certifying_n` gives the smallest n that could). The
         bound is necessary, not sufficient: Holm or Bonferroni over the image's pixels asks for more.
         """
-        from certframe.statistics import smallest_certifying_n
+        from certframe.core.statistics import smallest_certifying_n
 
         out = []
         for tau in self.taus:
@@ -290,4 +294,4 @@ class Certifier(abc.ABC):
 
     @abc.abstractmethod
     def certify(self, votes: VoteSource, request: CertifyRequest) -> list:
-        """Return a list of :class:`~certframe.results.Certificate`, one per tau, in order."""
+        """Return a list of :class:`~certframe.core.certificate.Certificate`, one per tau, in order."""

@@ -244,7 +244,7 @@ class BatchChecks:
     The flags accumulate in one int64 bit mask on the tensors' device: no host
     synchronisation per batch (on CUDA a ``bool()`` per batch would stall the pipeline).
     :meth:`raise_pending` reads the mask once, at the end of each
-    :meth:`~certframe.sampler.NoiseVoter.counts` call, and raises one
+    :meth:`~certframe.core.sampler.NoiseVoter.counts` call, and raises one
     :class:`ModelOutputError` naming every failed check. CPU and CUDA run the same code,
     so the CPU tests exercise the CUDA logic. ``source`` names the plugin ("the segmenter
     MonaiSegmenter"); the voter adds the image id and the draws.

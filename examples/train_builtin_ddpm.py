@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from certframe.plugins.denoisers.ddpm_training import resume_dir, train_diffusion
 from certframe.plugins.datasets.synthetic import SyntheticLung
+from certframe.plugins.denoisers.ddpm_training import resume_dir, train_diffusion
 from certframe.plugins.denoisers.diffusion import WEIGHTS_DIR
 
 SETTINGS = dict(block_out_channels=(16, 32, 32, 64), layers_per_block=1, steps=500, batch_size=16, lr=1e-3,

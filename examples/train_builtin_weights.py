@@ -13,7 +13,7 @@ import torch
 
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.segmenters.monai_segmenter import WEIGHTS_DIR, MonaiSegmenter
-from certframe.training import train_segmenter
+from certframe.training.segmenter import train_segmenter
 
 NETWORK = {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1}
 

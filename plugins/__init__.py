@@ -69,8 +69,7 @@ def register_datasets(register):
 
     register("synthetic-tumour", SyntheticTumour)
 
-    from certframe.plugins.datasets import (cvc_clinicdb, folder, isic2018, jsrt, kvasir, montgomery, ph2,
-                                            shenzhen)
+    from certframe.plugins.datasets import cvc_clinicdb, folder, isic2018, jsrt, kvasir, montgomery, ph2, shenzhen
 
     register("kvasir-seg", kvasir.KvasirSEG)
     register("cvc-clinicdb", cvc_clinicdb.CVCClinicDB)

@@ -3,15 +3,14 @@ import threading
 
 import pytest
 import torch
-
-from certframe import accelerate as acc
-from certframe.interfaces import NoiseKey
-from certframe.accelerate import Acceleration, AcceleratedSmoothedSegmenter, auto_batch_size, prefetch
-from certframe.run import certify_dataset
-from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.sampler import NoiseVoter
-from certframe.smoothing import SmoothedSegmenter
 from conftest import ListDataset, ThresholdSegmenter
+
+from certframe.core.sampler import NoiseVoter
+from certframe.core.smoothing import SmoothedSegmenter
+from certframe.interfaces import NoiseKey
+from certframe.plugins.certifiers.segcertify import SegCertify
+from certframe.run import certify_dataset
+from certframe.run.accelerate import AcceleratedSmoothedSegmenter, Acceleration, auto_batch_size, prefetch
 
 
 def test_mixed_precision_and_channels_last_are_chosen_only_on_cuda(monkeypatch):

@@ -2,18 +2,26 @@
 import numpy as np
 import pytest
 import torch
+from conftest import ThresholdSegmenter
 from scipy.stats import norm
+from test_certifiers import ALPHA, SIGMA, TAU, TRIALS, within_alpha, worst_case_image, wrong_images
 
+from certframe.core.smoothing import SmoothedSegmenter
+from certframe.core.statistics import binomial_pvalues, clopper_pearson_lower, holm_reject
 from certframe.interfaces import ABSTAIN, CertifyRequest, NoiseKey
-from certframe.plugins.certifiers.adaptive import (AdaptiveSegCertify, alpha_spending, certification_chance,
-                                                   check_looks, clopper_pearson_upper, expected_dice_shortfall,
-                                                   first_useful_look, geometric_looks, min_certifiable_count)
+from certframe.plugins.certifiers.adaptive import (
+    AdaptiveSegCertify,
+    alpha_spending,
+    certification_chance,
+    check_looks,
+    clopper_pearson_upper,
+    expected_dice_shortfall,
+    first_useful_look,
+    geometric_looks,
+    min_certifiable_count,
+)
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.registry import get_registry
-from certframe.smoothing import SmoothedSegmenter
-from certframe.statistics import binomial_pvalues, clopper_pearson_lower, holm_reject
-from conftest import ThresholdSegmenter
-from test_certifiers import ALPHA, SIGMA, TAU, TRIALS, within_alpha, worst_case_image, wrong_images
 
 
 def boundary_image(side=16):

@@ -11,14 +11,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"certframe": ROOT / "certframe", "certframe.plugins": ROOT / "plugins",
            "certframe.attacks": ROOT / "attacks"}
 
-MATH = ("certframe.interfaces", "certframe.results", "certframe.statistics", "certframe.sampler",
-        "certframe.smoothing", "certframe.metrics", "certframe.validation")
+MATH = ("certframe.interfaces", "certframe.core.certificate", "certframe.core.statistics", "certframe.core.sampler",
+        "certframe.core.smoothing", "certframe.core.metrics", "certframe.validation")
 """The mathematics: smoothing, sampler, certification statistics, results, metrics."""
 
 
@@ -77,8 +75,8 @@ def _in(module: str, *prefixes: str) -> bool:
 
 def test_the_walk_sees_every_layer():
     assert {"certframe.run.step", "certframe.cli.certify_cmd", "certframe.plugins.certifiers.segcertify",
-            "certframe.attacks.suite", "certframe.smoothing"} <= set(MODULES)
-    assert "certframe.smoothing" in GRAPH["certframe.run.step"]
+            "certframe.attacks.suite", "certframe.core.smoothing"} <= set(MODULES)
+    assert "certframe.core.smoothing" in GRAPH["certframe.run.step"]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -112,8 +110,8 @@ def test_the_checks_fire(tmp_path):
     """Controls: a plugin import inside a function is seen, and a cycle through a lazy import is found."""
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from certframe.plugins.denoisers.diffusion import resize\n"
-                   "from .smoothing import SmoothedSegmenter\n")
-    assert _imports("certframe.fake", src) == {"certframe.plugins.denoisers.diffusion", "certframe.smoothing"}
+                   "from .core.smoothing import SmoothedSegmenter\n")
+    assert _imports("certframe.fake", src) == {"certframe.plugins.denoisers.diffusion", "certframe.core.smoothing"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -136,12 +134,12 @@ def test_plugins_reach_the_core_only_through_its_interfaces():
     """Built-in plugins never import the run layer, the commands or the attack suite."""
     assert _violations(lambda m: _in(m, "certframe.plugins"),
                        lambda n: _in(n, "certframe.run", "certframe.cli", "certframe.attacks",
-                                     "certframe.distributed")) == []
+                                     "certframe.run.distributed")) == []
 
 
 def test_the_mathematics_imports_nothing_above_it():
-    above = ("certframe.run", "certframe.cli", "certframe.attacks", "certframe.runs", "certframe.registry",
-             "certframe.config", "certframe.distributed", "certframe.accelerate", "certframe.report",
+    above = ("certframe.run", "certframe.cli", "certframe.attacks", "certframe.run.folder", "certframe.registry",
+             "certframe.run.config", "certframe.run.distributed", "certframe.run.accelerate", "certframe.report",
              "certframe.contract")
     assert _violations(lambda m: m in MATH, lambda n: _in(n, *above)) == []
 

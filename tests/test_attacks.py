@@ -11,26 +11,34 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import ListDataset, ThresholdSegmenter
+from paused_run import interrupt, start_paused, wait_for_pause
 
-from certframe import metrics
-from certframe.attacks import (EOTPGDL2, PGD, PGDL2, DenoisedSegmenter, SegPGD, TargetedPGD, check_eps,
-                               check_norm, count_violations)
+from certframe.attacks import (
+    EOTPGDL2,
+    PGD,
+    PGDL2,
+    DenoisedSegmenter,
+    SegPGD,
+    TargetedPGD,
+    check_eps,
+    check_norm,
+    count_violations,
+)
 from certframe.attacks.base import project, validate_labels
 from certframe.attacks.pipeline import eot_gradient
 from certframe.attacks.segpgd import segpgd_lambda, segpgd_loss
-from certframe.attacks.suite import attack_jobs, budgets, robustness_table
-from certframe.run import attack_dataset
+from certframe.attacks.suite import attack_jobs, robustness_table
 from certframe.attacks.violations import check_certificates
 from certframe.cli import main
+from certframe.core import metrics
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import ABSTAIN, NoiseKey
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.plugins.denoisers.none import NoDenoiser
 from certframe.registry import get_registry
-from certframe.runs import RunError, RunFolder, compare_results
-from certframe.smoothing import SmoothedSegmenter
-
-from conftest import ListDataset, ThresholdSegmenter
-from paused_run import interrupt, start_paused, wait_for_pause
+from certframe.run import attack_dataset
+from certframe.run.folder import RunError, RunFolder, compare_results
 
 TOL = 1e-6
 
@@ -331,7 +339,7 @@ def test_bad_norm_target_and_inputs(lung):
 # ------------------------------------------------------------------ suite and CLI
 def test_suite_rows_and_no_violations_on_threshold_model():
     """The full loop on a model whose smoothed behaviour is known: rows, own-radius budgets, no violations."""
-    from certframe.statistics import certified_radius
+    from certframe.core.statistics import certified_radius
 
     torch.manual_seed(0)
     img = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3

@@ -141,7 +141,7 @@ def test_4_certify_warns_before_sampling_and_the_summary_repeats_it(tmp_path):
 
 
 def test_4_smallest_certifying_n():
-    from certframe.statistics import smallest_certifying_n
+    from certframe.core.statistics import smallest_certifying_n
 
     assert smallest_certifying_n(0.75, 0.001) == 25       # 0.75^24 = 0.00100 > 0.001 >= 0.75^25
     assert smallest_certifying_n(0.75, 0.01) == 17

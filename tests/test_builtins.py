@@ -6,9 +6,8 @@ from safetensors.torch import save_file
 
 from certframe.checkpoint import load_checkpoint, read_config, save_checkpoint
 from certframe.cli import main
-from certframe.metrics import mean_dice
-from certframe.plugins.datasets.synthetic import (SyntheticChest, SyntheticLesion, SyntheticLung,
-                                                  SyntheticPolyp)
+from certframe.core.metrics import mean_dice
+from certframe.plugins.datasets.synthetic import SyntheticChest, SyntheticLesion, SyntheticLung, SyntheticPolyp
 from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 from certframe.validation import validate_sample
 

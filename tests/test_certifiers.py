@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import ThresholdSegmenter
 from scipy.stats import beta, binom, norm
 
+from certframe.core.smoothing import SmoothedSegmenter
+from certframe.core.statistics import binomial_pvalues, holm_reject
 from certframe.interfaces import ABSTAIN, CertifyRequest, NoiseKey
 from certframe.plugins.certifiers.cohen_per_pixel import CohenPerPixel
 from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.smoothing import SmoothedSegmenter
-from certframe.statistics import binomial_pvalues, holm_reject
-from conftest import ThresholdSegmenter
 
 
 class FixedVotes:

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from certframe.cli import main
-from certframe.metrics import mean_dice
+from certframe.core.metrics import mean_dice
 from certframe.registry import get_registry
 
 

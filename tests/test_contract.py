@@ -18,13 +18,22 @@ import torch
 from torch import nn
 
 from certframe import hookimpl
-from certframe.contract import (RULES, ContractError, ContractReport, ContractVotes, check_certifier,
-                                check_dataset, check_denoiser, check_plugin, check_segmenter)
+from certframe.contract import (
+    RULES,
+    ContractError,
+    ContractReport,
+    ContractVotes,
+    check_certifier,
+    check_dataset,
+    check_denoiser,
+    check_plugin,
+    check_segmenter,
+)
+from certframe.core.certificate import Certificate
+from certframe.core.statistics import certified_radius
 from certframe.interfaces import ABSTAIN, Certifier, Denoiser, Sample, SegmentationDataset, Segmenter
 from certframe.plugins.certifiers.segcertify import SegCertify
 from certframe.registry import get_registry
-from certframe.results import Certificate
-from certframe.statistics import certified_radius
 
 KINDS = ("segmenter", "denoiser", "dataset", "certifier")
 

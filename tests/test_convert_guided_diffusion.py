@@ -15,8 +15,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from certframe.plugins.denoisers.guided_diffusion import (ADMConfig, convert_guided_diffusion, convert_state_dict,
-                                                          diffusers_config, load_adm_checkpoint)
+from certframe.plugins.denoisers.guided_diffusion import (
+    ADMConfig,
+    convert_guided_diffusion,
+    convert_state_dict,
+    diffusers_config,
+    load_adm_checkpoint,
+)
 
 
 # ------------------------------------------------------- the ADM reference

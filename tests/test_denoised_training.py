@@ -16,8 +16,8 @@ from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.denoisers.none import NoDenoiser
 from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 from certframe.registry import get_registry
-from certframe.training import load_resume_state, train_segmenter
-from certframe.tuning import check_tuning, module_hash, segmenter_tuning_warning, tuned_for, tuning_record
+from certframe.training.segmenter import load_resume_state, train_segmenter
+from certframe.training.tuning import check_tuning, module_hash, segmenter_tuning_warning, tuned_for, tuning_record
 
 NET = {"channels": [4, 8], "strides": [2], "num_res_units": 1}
 
@@ -136,7 +136,7 @@ def test_cli_fine_tunes_the_clean_unet_behind_the_bundled_ddpm(tmp_path):
     assert cfg["tuned_for"] == {"denoiser": "ddpm", "denoiser_options": {"model": "ddpm-synthetic-lung"},
                                 "denoiser_hash": module_hash(ddpm), "sigmas": [0.25]}
     # a bundled name is recorded as given (portable), with the hash of the file it resolved to
-    from certframe.cli.train_segmenter_cmd import file_sha256
+    from certframe.training.segmenter_job import file_sha256
 
     assert cfg["init"] == {"weights": "synthetic-lung", "sha256": file_sha256(Path(init))}
     tuned = get_registry().create("segmenter", "monai", weights=str(out))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from certframe.denoiser_quality import denoiser_quality, noise_for
-from certframe.image_quality import mse, psnr, ssim
 from certframe.interfaces import Denoiser, Sample, SegmentationDataset, Segmenter
 from certframe.plugins.denoisers.none import NoDenoiser
+from certframe.quality.denoiser import denoiser_quality, noise_for
+from certframe.quality.image import mse, psnr, ssim
 
 
 # ------------------------------------------------------------------- metrics
@@ -153,7 +153,7 @@ def test_shipped_ddpm_rows_say_t_star_and_the_trained_range():
     assert (beyond["t_star"], beyond["in_range"]) == (475, False)
     assert math.isnan(beyond["psnr_denoised"]) and "largest sigma it supports on 64x64 images is 1.254" in beyond["note"]
     assert beyond["max_sigma"] == pytest.approx(1.2544, abs=1e-4)
-    from certframe.denoiser_quality import quality_records
+    from certframe.quality.denoiser import quality_records
 
     records = quality_records(table)
     assert records[1]["psnr_denoised"] is None and records[1]["in_range"] is False and records[0]["t_star"] == 258

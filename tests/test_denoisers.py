@@ -11,15 +11,28 @@ import torch
 from click.testing import CliRunner
 
 from certframe.interfaces import NoiseKey
-from certframe.plugins.denoisers.ddpm_training import (build_scheduler, build_unet, default_checkpoint_every, random_crops,
-                                                       max_timestep, resume_dir, save_diffusion_folder,
-                                                       train_diffusion)
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.denoisers import diffusion
 from certframe.plugins.denoisers.ddim import DDIMDenoiser
 from certframe.plugins.denoisers.ddpm import DDPMDenoiser
-from certframe.plugins.denoisers.diffusion import (ddim_timesteps, paper_code_timestep, predict_x0, resize,
-                                                   resized_noise_std, timestep_for_sigma)
+from certframe.plugins.denoisers.ddpm_training import (
+    build_scheduler,
+    build_unet,
+    default_checkpoint_every,
+    max_timestep,
+    random_crops,
+    resume_dir,
+    save_diffusion_folder,
+    train_diffusion,
+)
+from certframe.plugins.denoisers.diffusion import (
+    ddim_timesteps,
+    paper_code_timestep,
+    predict_x0,
+    resize,
+    resized_noise_std,
+    timestep_for_sigma,
+)
 
 T = 1000
 
@@ -512,9 +525,9 @@ def test_shipped_model_denoises_synthetic_lungs(shipped):
 
 @pytest.mark.parametrize("name, options", [("ddpm", {}), ("ddim", {"steps": 2})])
 def test_denoisers_compose_with_the_certifier(name, options):
-    from certframe import metrics
+    from certframe.core import metrics
+    from certframe.core.smoothing import SmoothedSegmenter
     from certframe.registry import get_registry
-    from certframe.smoothing import SmoothedSegmenter
 
     registry = get_registry()
     segmenter = registry.create("segmenter", "monai", weights="synthetic-lung")

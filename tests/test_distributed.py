@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from certframe.cli import main
-from certframe.distributed import DistEnv, dist_env, rank_device, rank_folder, shard
-from certframe.runs import RunError, RunFolder, compare_results
+from certframe.run.distributed import DistEnv, dist_env, rank_device, rank_folder, shard
+from certframe.run.folder import RunError, RunFolder, compare_results
 
 
 def test_environment_of_torchrun_and_slurm():
@@ -97,7 +97,7 @@ def test_two_gloo_processes_give_the_results_of_one(tmp_path, one_thread):
 
 
 def test_merge_refuses_incomplete_parts(tmp_path):
-    from certframe.distributed import merge_runs
+    from certframe.run.distributed import merge_runs
 
     result = CliRunner().invoke(main, ARGS[:-1] + ["--limit", "2", "--output", str(rank_folder(tmp_path, 0))])
     assert result.exit_code == 0, result.output

@@ -14,23 +14,28 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ThresholdSegmenter
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom, binomtest, norm
 
 from certframe.attacks.falsification import covered_pixels, falsify
-from certframe.attacks.flip_test import (clopper_pearson_upper, critical_count, default_n_test, flip_pvalues,
-                                         flip_test, flip_test_power)
+from certframe.attacks.flip_test import (
+    clopper_pearson_upper,
+    critical_count,
+    default_n_test,
+    flip_pvalues,
+    flip_test,
+    flip_test_power,
+)
 from certframe.attacks.min_norm import minimal_flip_radius
 from certframe.attacks.pixel_attack import apgd_checkpoints, attack_pixels, hard_probability
 from certframe.attacks.targets import boundary_distance, weakest_pixels
+from certframe.core.certificate import Certificate
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import ABSTAIN, Certifier, NoiseKey, Segmenter
 from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
 from certframe.plugins.certifiers.cohen_per_pixel import CohenPerPixel
 from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.results import Certificate
-from certframe.smoothing import SmoothedSegmenter
-
-from conftest import ThresholdSegmenter
 
 SIGMA = 0.25
 R75 = SIGMA * norm.ppf(0.75)
@@ -107,7 +112,7 @@ def test_flip_test_holm_golden():
     assert rejected.tolist() == [True, False, True]
     assert upper == pytest.approx(beta_dist.ppf(1 - 0.05 / 3, k + 1, 100 - k), rel=1e-12)
     # families along the last axis: the same decisions as one call per family (and as statistics.holm_reject)
-    from certframe.statistics import holm_reject
+    from certframe.core.statistics import holm_reject
     batch = np.array([[30, 50, 38], [50, 50, 20], [45, 46, 47]])
     got = flip_test(batch, 100, level=0.05)[0]
     for row, want in zip(batch, got):
@@ -399,10 +404,10 @@ def test_an_attack_run_with_default_options_catches_an_overclaiming_certifier_pl
     that claims 2x SegCertify's radius is caught (violations in the rows, the manifest and the table),
     the honest plugin on the same image gives 0 violations with the tested pixels shown."""
     from certframe import hookimpl
-    from certframe.interfaces import SegmentationDataset, Sample
+    from certframe.interfaces import Sample, SegmentationDataset
     from certframe.registry import get_registry
     from certframe.run import AttackSpec, run_attack
-    from certframe.runs import RunFolder
+    from certframe.run.folder import RunFolder
 
     class Block(SegmentationDataset):
         def __len__(self):

@@ -19,8 +19,8 @@ def load_benchmark():
 
 
 def test_fixed_cost_benchmark_runs_and_its_noise_free_run_does_the_same_work(tmp_path, capsys, one_thread):
-    from certframe.runs import RunFolder
-    from certframe.sampler import NoiseVoter
+    from certframe.core.sampler import NoiseVoter
+    from certframe.run.folder import RunFolder
 
     bench = load_benchmark()
     noise, append = NoiseVoter._noise, RunFolder.append

@@ -11,15 +11,23 @@ from scipy.stats import beta, norm
 
 from certframe.contract import check_certifier
 from certframe.contract.certifier import ContractVotes
-from certframe.hierarchy import resolve_hierarchy
-from certframe.hierarchy_metrics import (certified_information_gain, hierarchy_metric_row, level_dice,
-                                         level_prediction)
+from certframe.core.certificate import Certificate
+from certframe.core.hierarchy import resolve_hierarchy
+from certframe.core.hierarchy_metrics import (
+    certified_information_gain,
+    hierarchy_metric_row,
+    level_dice,
+    level_prediction,
+)
+from certframe.core.statistics import binomial_pvalues, holm_reject
 from certframe.interfaces import ABSTAIN, CertifyRequest, Segmenter, class_labels
-from certframe.plugins.certifiers.hierarchical import (HierarchicalSegCertify, certificates_from_chain,
-                                                       chain_counts, hierarchical_levels)
+from certframe.plugins.certifiers.hierarchical import (
+    HierarchicalSegCertify,
+    certificates_from_chain,
+    chain_counts,
+    hierarchical_levels,
+)
 from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.results import Certificate
-from certframe.statistics import binomial_pvalues, holm_reject
 
 TUMOUR = ("background", "organ tissue", "tumour")
 ORGAN = {"root": ["background", "organ"], "groups": {"organ": ["organ tissue", "tumour"]}}
@@ -263,7 +271,7 @@ def test_certified_information_gain_golden():
     # a flat certificate's CIG is its certified accuracy
     flat = torch.tensor([[0, 1, 2, -1, 0, 1]])
     levels = torch.where(flat >= 0, 0, -1)
-    from certframe.metrics import certified_accuracy
+    from certframe.core.metrics import certified_accuracy
 
     assert certified_information_gain(flat, levels, target, tree) == pytest.approx(4 / 6)
     assert certified_accuracy(flat, target) == pytest.approx(4 / 6)
@@ -310,8 +318,8 @@ def test_falsification_checks_a_group_claim_as_a_group():
     between tissue and tumour, never leave the organ). The same pixels claimed as "organ tissue" (a fine
     claim) are violations, and a claim of "organ" where the organ's probability is 0.31 is caught."""
     from certframe.attacks.falsification import falsify
+    from certframe.core.smoothing import SmoothedSegmenter
     from certframe.interfaces import NoiseKey
-    from certframe.smoothing import SmoothedSegmenter
 
     sigma = 0.125
     tree = resolve_hierarchy(ORGAN, TUMOUR)
@@ -371,7 +379,7 @@ def test_a_hierarchical_run_rows_summary_resume_and_report(tmp_path):
     from click.testing import CliRunner
 
     from certframe.cli import main
-    from certframe.runs import compare_results
+    from certframe.run.folder import compare_results
 
     def invoke(*args):
         r = CliRunner().invoke(main, [str(a) for a in args])

@@ -1,4 +1,4 @@
-"""Label hierarchies (certframe/hierarchy.py): the format, the levels, and every bad input's one error."""
+"""Label hierarchies (certframe/core/hierarchy.py): the format, the levels, and every bad input's one error."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from certframe.cli import main
-from certframe.hierarchy import HierarchyError, resolve_hierarchy
+from certframe.core.hierarchy import HierarchyError, resolve_hierarchy
 
 TUMOUR = ("background", "organ tissue", "tumour")
 ORGAN = {"root": ["background", "organ"], "groups": {"organ": ["organ tissue", "tumour"]}}

@@ -113,8 +113,8 @@ def test_broken_weights_are_one_line_naming_the_file(tmp_path):
     r = run("certify", *TINY, "--segmenter-option", f"weights={truncated}", "--output", tmp_path / "a", ok=False)
     one_line_error(r, "segmenter 'monai'", str(truncated), "could not be built")
     # weights of another architecture: hundreds of "size mismatch" lines become one
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     with safe_open(str(WEIGHTS_DIR / "synthetic-lung.safetensors"), "pt") as f:
         meta = f.metadata()
@@ -139,7 +139,7 @@ def test_a_corrupt_diffusers_folder_is_one_line(tmp_path):
 
 def test_a_read_only_output_folder_is_one_line(tmp_path, monkeypatch):
     """(Tests run as root, who may write anywhere: the folder's refusal is simulated where it happens.)"""
-    from certframe.runs import RunFolder
+    from certframe.run.folder import RunFolder
 
     def refuse(self):
         raise PermissionError(13, "Permission denied", str(self.path / ".lock"))
@@ -165,7 +165,7 @@ def test_a_failing_data_set_marks_the_run_failed_and_report_says_why(tmp_path):
     from certframe.plugins.datasets.synthetic import SyntheticLung
     from certframe.registry import get_registry
     from certframe.run import RunSpec, run_certify
-    from certframe.runs import RunError, RunFolder
+    from certframe.run.folder import RunError, RunFolder
 
     class Flaky(SyntheticLung):
         def item_ids(self):
@@ -217,7 +217,7 @@ def test_every_example_experiment_file_expands():
     """The files of examples/configs parse and expand (names unique, outputs distinct); the data set
     files run the paper's Gaussian and DDPM rows plus the denoised-fine-tuned row at every sigma; the bundled
     synthetic-lung file its bundled denoised-fine-tuned model, behind the denoiser and at the sigma it was tuned for."""
-    from certframe.config import load_experiment
+    from certframe.run.config import load_experiment
 
     for path in sorted((ROOT / "examples" / "configs").glob("*.toml")):
         runs = load_experiment(path)
@@ -227,7 +227,7 @@ def test_every_example_experiment_file_expands():
             assert {f"ddpm-finetuned-sigma{s}" for s in (0.25, 0.5, 1.0)} <= names, (path.name, names)
         else:
             from certframe.registry import get_registry
-            from certframe.tuning import segmenter_tuning_warning
+            from certframe.training.tuning import segmenter_tuning_warning
 
             (tuned,) = [r for r in runs if r["name"] == "ddpm-finetuned"]
             registry = get_registry()

@@ -1,9 +1,18 @@
 import pytest
 import torch
 
+from certframe.core.metrics import (
+    EMPTY_DICE,
+    abstain_rate,
+    certified_accuracy,
+    certified_dice,
+    confusion,
+    dice_per_class,
+    mean_dice,
+    mean_dice_per_item,
+    metric_row,
+)
 from certframe.interfaces import ABSTAIN
-from certframe.metrics import (EMPTY_DICE, abstain_rate, certified_accuracy, certified_dice, confusion,
-                               dice_per_class, mean_dice, mean_dice_per_item, metric_row)
 
 A = ABSTAIN
 

@@ -9,11 +9,11 @@ import torch
 
 pytest.importorskip("dynamic_network_architectures")
 
-from certframe.contract import check_segmenter  # noqa: E402
-from certframe.plugins.segmenters.nnunet import NNUNetSegmenter, read_nnunet_checkpoint  # noqa: E402
-
 from nnunet_fixture import INTENSITY, arch_kwargs, make_results_folder  # noqa: E402
 from routes import attack_cli, certify_cli  # noqa: E402
+
+from certframe.contract import check_segmenter  # noqa: E402
+from certframe.plugins.segmenters.nnunet import NNUNetSegmenter, read_nnunet_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 import torch
 from scipy import stats
 
-from certframe import philox, philox_cpu
+from certframe.core import philox, philox_cpu
+from certframe.core.sampler import NOISE_STREAM, gaussian_noise
 from certframe.interfaces import NoiseKey
-from certframe.sampler import NOISE_STREAM, gaussian_noise
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]

@@ -21,7 +21,7 @@ from certframe.hookspecs import hookimpl
 from certframe.registry import get_registry
 from certframe.report import Reporter, comparison_table, load_runs, make_report
 from certframe.report.figures import ABSTAIN_COLOR, _colorize, abstain_vs_radius, dice_vs_radius
-from certframe.runs import RunFolder
+from certframe.run.folder import RunFolder
 
 # per image: (certified Dice, abstain rate) per tau, clean Dice, seconds
 RUN_A = {"label": "alpha-method-with-a-long-name", "sigma": 0.25, "taus": [0.6, 0.75],

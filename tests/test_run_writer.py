@@ -1,11 +1,11 @@
 """The run folder's writer thread: images written in order, nothing certified lost on an error,
-a write error raised in the caller (certframe.runs.RunWriter)."""
+a write error raised in the caller (certframe.run.folder.RunWriter)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from certframe.runs import RunFolder
+from certframe.run.folder import RunFolder
 
 TAUS = (0.6, 0.75)
 
@@ -84,7 +84,7 @@ def test_certificate_files_read_back_as_numpy_writes_them(tmp_path):
     """The run folder's npz (zlib level 1, faster) holds the members, dtypes and values numpy's would."""
     import io
 
-    from certframe.runs import savez_compressed
+    from certframe.run.folder import savez_compressed
 
     arrays = {"labels": certificate(4)["labels"].astype(np.int16), "taus": np.array(TAUS),
               "image": np.arange(60, dtype=np.uint8).reshape(3, 4, 5)}

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from paused_run import interrupt, start_paused, wait_for_pause  # noqa: E402  (tests/)
 
 from certframe.cli import main
-from certframe.config import ConfigError, apply_overrides, expand, load_experiment
 from certframe.registry import get_registry
-from certframe.runs import RunError, RunFolder, compare_results, dataset_identity
-from paused_run import interrupt, start_paused, wait_for_pause  # noqa: E402  (tests/)
+from certframe.run.config import ConfigError, apply_overrides, expand, load_experiment
+from certframe.run.folder import RunError, RunFolder, compare_results, dataset_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 # small and fast: 64x64 synthetic chest X-rays, the bundled Gaussian-trained UNet
@@ -269,7 +269,7 @@ def test_two_processes_cannot_write_one_run_folder(tmp_path):
     first = RunFolder(tmp_path / "run")
     first.start({"config": {"taus": [0.75]}})
     first.append([_row(0)])
-    code = ("import sys; from certframe.runs import RunFolder, RunError\n"
+    code = ("import sys; from certframe.run.folder import RunFolder, RunError\n"
             "try:\n    RunFolder(sys.argv[1]).start({'config': {'taus': [0.75]}}, resume=True)\n"
             "except RunError as e:\n    print(e); sys.exit(3)\n")
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)

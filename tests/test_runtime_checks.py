@@ -1,14 +1,14 @@
 """Runtime checks on every batch: a misbehaving model raises, naming the plugin, the image and what was wrong."""
 import pytest
 import torch
+from conftest import ListDataset, ThresholdSegmenter
 
-from certframe.run import certify_dataset
+from certframe.core.sampler import NoiseVoter
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import Denoiser, NoiseKey
 from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.sampler import NoiseVoter
-from certframe.smoothing import SmoothedSegmenter
+from certframe.run import certify_dataset
 from certframe.validation import BatchChecks, ModelOutputError
-from conftest import ListDataset, ThresholdSegmenter
 
 KW = dict(n0=5, n=20, alpha=0.01, taus=(0.75,), batch_size=4)
 

@@ -1,13 +1,12 @@
 import hashlib
 
-import numpy as np
 import pytest
 import torch
-
-from certframe.interfaces import NoiseKey, class_labels
-from certframe.philox import stream_key
-from certframe.sampler import NoiseVoter, accumulate_votes, check_totals, gaussian_noise, noise_stream
 from conftest import ThresholdSegmenter
+
+from certframe.core.philox import stream_key
+from certframe.core.sampler import NoiseVoter, accumulate_votes, check_totals, gaussian_noise, noise_stream
+from certframe.interfaces import NoiseKey, class_labels
 
 
 def labels_of(model):

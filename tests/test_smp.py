@@ -7,13 +7,13 @@ from click.testing import CliRunner
 
 smp = pytest.importorskip("segmentation_models_pytorch")
 
+from routes import attack_cli, certify_cli  # noqa: E402
+
 from certframe.checkpoint import read_config, save_checkpoint  # noqa: E402
 from certframe.cli import main  # noqa: E402
 from certframe.contract import check_segmenter  # noqa: E402
 from certframe.plugins.segmenters.smp_segmenter import SMPSegmenter, normalization_stats  # noqa: E402
 from certframe.registry import get_registry  # noqa: E402
-
-from routes import attack_cli, certify_cli  # noqa: E402
 
 TINY = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 

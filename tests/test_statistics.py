@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from certframe.statistics import (binomial_pvalues, bonferroni_reject, certified_radius, check_alpha,
-                                  check_count, check_tau, clopper_pearson_lower, holm_reject, reject)
+from certframe.core.statistics import (
+    binomial_pvalues,
+    bonferroni_reject,
+    certified_radius,
+    check_alpha,
+    check_count,
+    check_tau,
+    clopper_pearson_lower,
+    holm_reject,
+    reject,
+)
 
 
 @pytest.mark.parametrize("n,tau", [(10, 0.75), (100, 0.75), (100, 0.9), (37, 0.6)])
@@ -152,8 +161,9 @@ def test_certify_request_refuses_bad_parameters(kw, match):
 
 
 def test_smoothed_segmenter_refuses_infinite_sigma():
-    from certframe.smoothing import SmoothedSegmenter
     from conftest import ThresholdSegmenter
+
+    from certframe.core.smoothing import SmoothedSegmenter
 
     for sigma in (float("inf"), float("nan"), 0.0):
         with pytest.raises(ValueError, match="sigma must be a positive noise level"):
@@ -165,7 +175,7 @@ def test_holm_shortcuts_match_the_full_sort_with_ties():
     histogram of the counts, as SegCertify calls it) decide as the full stable sort does.
     P-values read from a table over counts tie a lot, underflow to 0.0 and round to 1.0 for
     several counts at once (n = 100000, tau = 0.99)."""
-    from certframe.statistics import holm_reject_counts, upper_tail_table
+    from certframe.core.statistics import holm_reject_counts, upper_tail_table
 
     rng = np.random.default_rng(1)
     for _ in range(300):

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from certframe.hierarchy import resolve_hierarchy
-from certframe.metrics import mean_dice
+from certframe.core.hierarchy import resolve_hierarchy
+from certframe.core.metrics import mean_dice
 from certframe.registry import get_registry
 
 

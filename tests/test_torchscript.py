@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from routes import attack_cli, certify_cli
 from torch import nn
 
 from certframe.contract import check_denoiser, check_segmenter
 from certframe.plugins.denoisers.torchscript import TorchScriptDenoiser
 from certframe.plugins.segmenters.torchscript import TorchScriptSegmenter, load_torchscript
 from certframe.registry import get_registry
-
-from routes import attack_cli, certify_cli
 
 # TorchScript modules cannot be moved to the meta device (torch refuses, "param must be a Parameter"),
 # so the contract's device rule is checked on the CPU (and on CUDA where there is one).

@@ -12,15 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from certframe import philox, train_device
 from certframe.checkpoint import read_config
 from certframe.cli import main
+from certframe.core import philox
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.denoisers import ddpm_training
 from certframe.plugins.denoisers.ddpm_training import random_crops, resume_dir, train_diffusion
 from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
-from certframe import training
-from certframe.training import load_resume_state, stack, train_segmenter
+from certframe.training import device as train_device
+from certframe.training import segmenter as training
+from certframe.training.segmenter import stack, train_segmenter
 
 NET = {"channels": [4, 8], "strides": [2], "num_res_units": 1}
 DDPM = dict(block_out_channels=(8, 16), batch_size=4, lr=1e-3, checkpoint_every=10 ** 6)

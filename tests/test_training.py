@@ -13,7 +13,7 @@ from certframe.cli import main
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 from certframe.registry import get_registry
-from certframe.training import evaluate_dice, load_resume_state, resume_dir, stack, train_segmenter
+from certframe.training.segmenter import evaluate_dice, load_resume_state, resume_dir, stack, train_segmenter
 
 NET = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
 

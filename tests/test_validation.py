@@ -1,12 +1,12 @@
 """Bad input gets a clear error naming what was expected and what came."""
 import pytest
 import torch
+from conftest import ListDataset, ThresholdSegmenter
 
-from certframe.run import certify_dataset
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import NoiseKey
 from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.smoothing import SmoothedSegmenter
-from conftest import ListDataset, ThresholdSegmenter
+from certframe.run import certify_dataset
 
 
 def run(pairs, class_names=("background", "foreground"), in_channels=1, **kw):

@@ -14,14 +14,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from nifti_fixture import AFFINE, CLASSES, MARKER_DHW, SHAPE, image_array, label_array, save_nifti, write_fixture
 
 from certframe.contract import ContractError, check_dataset
 from certframe.plugins.datasets._volumes import Window, pad_or_crop, resample, resampled_shape
 from certframe.plugins.datasets.synthetic_volume import SyntheticVolume
 from certframe.registry import get_registry
-from certframe.runs import dataset_identity
-
-from nifti_fixture import AFFINE, CLASSES, MARKER_DHW, SHAPE, image_array, label_array, save_nifti, write_fixture
+from certframe.run.folder import dataset_identity
 
 needs_nibabel = pytest.mark.skipif(importlib.util.find_spec("nibabel") is None,
                                    reason="nibabel is not installed (pip install 'certframe[nifti]')")

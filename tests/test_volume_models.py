@@ -9,11 +9,11 @@ from click.testing import CliRunner
 
 from certframe.checkpoint import read_config, save_checkpoint
 from certframe.cli import main
-from certframe.metrics import mean_dice
+from certframe.core.metrics import mean_dice
 from certframe.plugins.datasets.synthetic_volume import SyntheticVolume
 from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 from certframe.registry import get_registry
-from certframe.training import evaluate_dice, stack, train_segmenter
+from certframe.training.segmenter import evaluate_dice, stack, train_segmenter
 
 TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 1}
 

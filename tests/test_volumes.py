@@ -15,19 +15,18 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from scipy.stats import norm
-
-from certframe import hookimpl
-from certframe.interfaces import (ABSTAIN, Certifier, CertifyRequest, NoiseKey, Sample, SegmentationDataset,
-                                  Segmenter)
-from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
-from certframe.plugins.certifiers.segcertify import SegCertify
-from certframe.sampler import gaussian_noise
-from certframe.smoothing import SmoothedSegmenter
-from certframe.statistics import certified_radius
 from conftest import ThresholdSegmenter
+from scipy.stats import norm
 from test_attacks import ALL as ATTACK_CASES
 from test_certifiers import ALPHA, BROKEN, SOUND, TAU, TRIALS, BinomialVotes, within_alpha, wrong_images
+
+from certframe import hookimpl
+from certframe.core.sampler import gaussian_noise
+from certframe.core.smoothing import SmoothedSegmenter
+from certframe.core.statistics import certified_radius
+from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, NoiseKey, Sample, SegmentationDataset, Segmenter
+from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
+from certframe.plugins.certifiers.segcertify import SegCertify
 
 SIGMA = 0.25
 R75 = SIGMA * norm.ppf(0.75)
@@ -126,7 +125,7 @@ def test_the_adaptive_certifier_certifies_a_volume():
 def test_certified_dice_per_volume_and_per_class():
     """The same metric rows as for images: mean foreground Dice, one column per class for K > 2, the
     empty-truth flags; abstained voxels count as errors."""
-    from certframe.metrics import metric_row
+    from certframe.core.metrics import metric_row
 
     truth = torch.zeros(4, 4, 4, dtype=torch.long)
     truth[:2, :2, :2] = 1                      # 8 voxels of class 1
@@ -142,7 +141,7 @@ def test_certified_dice_per_volume_and_per_class():
 
 
 def test_batch_size_auto_counts_voxels_on_the_cpu():
-    from certframe.accelerate import auto_batch_size
+    from certframe.run.accelerate import auto_batch_size
 
     sm = SmoothedSegmenter(VoxelThreshold(), None, SIGMA)
     assert auto_batch_size(sm, torch.zeros(1, 64, 64, 64), limit=1000) == 8       # 32 x 256^2 voxels per pass
@@ -159,7 +158,7 @@ def test_the_documented_window_count_is_monais(size, roi, overlap):
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
-    from certframe.accelerate import certification_cost, sliding_windows
+    from certframe.run.accelerate import certification_cost, sliding_windows
 
     padded = [max(s, r) for s, r in zip(size, roi)]     # sliding_window_inference pads up to the roi first
     interval = _get_scan_interval(padded, roi, len(size), (overlap,) * len(size))
@@ -348,7 +347,7 @@ def test_certify_resume_and_report_a_volume_run(cli, tmp_path, one_thread):
     assert len(pd.read_csv(run / "results.csv")) == 4
     INTERRUPT["at"] = None
     cli("certify", *VOLUME_RUN, "--dataset-option", "count=3", "--output", run, "--resume")
-    from certframe.runs import compare_results
+    from certframe.run.folder import compare_results
     compare_results(pd.read_csv(reference / "results.csv"), pd.read_csv(run / "results.csv"))
     for i in range(3):
         a, b = (np.load(r / "certificates" / f"{i:06d}.npz") for r in (reference, run))

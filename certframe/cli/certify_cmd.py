@@ -1,7 +1,7 @@
 """``certframe certify``: certify every image of a data set, one row per (image, tau).
 
 A thin command: it parses the options (or an experiment file / a run's manifest,
-:mod:`certframe.config`, with explicit options on top) into validated
+:mod:`certframe.run.config`, with explicit options on top) into validated
 :class:`~certframe.run.RunSpec` objects, calls :func:`certframe.run.run_certify_sharded`
 for each (one process, or this process's shard under torchrun/SLURM) and prints the
 summary table.
@@ -17,11 +17,11 @@ from rich.console import Console
 
 from certframe.cli.options import acceleration_from_params, acceleration_options, certify_options, parse_options
 from certframe.cli.tables import print_summary, print_warnings
-from certframe.config import apply_overrides, load_experiment, manifest_provenance
-from certframe.distributed import dist_env
 from certframe.registry import get_registry
 from certframe.run import RunSpec, run_certify_sharded
 from certframe.run.build import method_label
+from certframe.run.config import apply_overrides, load_experiment, manifest_provenance
+from certframe.run.distributed import dist_env
 from certframe.run.spec import spec_fields
 
 log = logging.getLogger("certframe.certify")

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from certframe.config import DEFAULTS
+from certframe.run.config import DEFAULTS
 
 
 def parse_options(pairs: tuple[str, ...], what: str) -> dict:
@@ -72,7 +72,7 @@ BATCH_SIZE = BatchSizeType()
 def precision_option(what: str):
     """``--precision auto|fp32|bf16|fp16``, one copy for every command; ``what``: what it autocasts.
 
-    Resolved by :meth:`certframe.accelerate.Acceleration.resolve` (auto: bf16 on CUDA where
+    Resolved by :meth:`certframe.run.accelerate.Acceleration.resolve` (auto: bf16 on CUDA where
     supported, else fp16; fp32 on CPU, where mixed precision is refused).
     """
     return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",

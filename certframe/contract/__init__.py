@@ -41,7 +41,7 @@ The rules, by kind (``RULES`` holds them with one sentence each):
   equal to ``item_ids()``; reading (and building under the same options) is
   deterministic; ``dataset[len(dataset)]`` raises ``IndexError``; ``identity()``
   is JSON.
-* certifier: one :class:`~certframe.results.Certificate` per tau, in order, with
+* certifier: one :class:`~certframe.core.certificate.Certificate` per tau, in order, with
   ``labels`` int64 ``[H, W]`` in ``{ABSTAIN} u {0..K-1}`` on the votes' device and
   ``radius == sigma * Phi^-1(tau)``; every draw comes through the
   :class:`~certframe.interfaces.VoteSource` (nothing else of it is touched, no

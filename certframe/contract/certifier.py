@@ -10,8 +10,8 @@ import torch
 from scipy.stats import norm
 
 from certframe.contract._common import ContractError, ContractReport, _begin, _check_bad_options, _shape
+from certframe.core.sampler import draw_seed
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest
-from certframe.sampler import draw_seed
 
 
 class ContractVotes:
@@ -137,11 +137,11 @@ def check_certifier(certifier, *, options: dict | None = None, name: str | None 
         got = len(certs) if isinstance(certs, (list, tuple)) else type(certs).__name__
         ck.fail("certificates", f"expected a list of {len(request.taus)} certificates (one per tau "
                                 f"{list(request.taus)}), got {got}")
-    from certframe.results import Certificate
+    from certframe.core.certificate import Certificate
 
     for tau, c in zip(request.taus, certs):
         if not isinstance(c, Certificate):
-            ck.fail("certificates", f"expected certframe.results.Certificate, got {type(c).__name__}")
+            ck.fail("certificates", f"expected certframe.core.certificate.Certificate, got {type(c).__name__}")
         if not math.isclose(c.tau, tau, rel_tol=0, abs_tol=1e-12):
             ck.fail("certificates", f"certificates must follow the request's taus {list(request.taus)} in order; "
                                     f"got tau {c.tau} where {tau} was expected")

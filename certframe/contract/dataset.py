@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-from certframe.contract._common import ContractReport, _begin, _build, _Checker, _check_bad_options, _shape
+from certframe.contract._common import ContractReport, _begin, _build, _check_bad_options, _Checker, _shape
 from certframe.interfaces import Sample, SegmentationDataset
 
 

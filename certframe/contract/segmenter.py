@@ -6,8 +6,17 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from certframe.contract._common import (ContractReport, _begin, _build, _check_bad_input, _check_bad_options,
-                                        _check_module, _close, _images, _shape)
+from certframe.contract._common import (
+    ContractReport,
+    _begin,
+    _build,
+    _check_bad_input,
+    _check_bad_options,
+    _check_module,
+    _close,
+    _images,
+    _shape,
+)
 from certframe.interfaces import Segmenter, model_spatial_dims
 
 

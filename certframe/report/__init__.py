@@ -13,7 +13,7 @@ import pandas as pd
 
 from certframe.report.base import Reporter
 from certframe.report.report import TABLE_COLUMNS, Run, comparison_table, find_runs, load_runs, runs_table
-from certframe.runs import MANIFEST, RunFolder
+from certframe.run.folder import MANIFEST, RunFolder
 
 DEFAULT_REPORTERS = ("table", "figures", "html")
 

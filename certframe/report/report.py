@@ -7,7 +7,7 @@ images of that run: ``certified_dice`` (mean) and ``certified_dice_std``
 ``seconds_per_image`` (mean wall time to certify one image at all taus), the
 ``radius`` sigma * Phi^-1(tau), the number of ``images`` and the ``run`` folder. When a run's
 certifier is hierarchical (its rows hold ``cig``), the table gains ``cig`` (mean certified
-information gain; :mod:`certframe.hierarchy_metrics`), empty for the other runs; its
+information gain; :mod:`certframe.core.hierarchy_metrics`), empty for the other runs; its
 ``abstain_rate`` counts the pixels certified at no level and ``certified_dice`` is the fine level's.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from certframe.runs import MANIFEST, RunError, RunFolder
+from certframe.run.folder import MANIFEST, RunError, RunFolder
 
 TABLE_COLUMNS = ["dataset", "method", "certifier", "sigma", "tau", "radius", "images", "certified_dice",
                  "certified_dice_std", "abstain_rate", "clean_dice", "clean_dice_std", "seconds_per_image",

@@ -17,7 +17,7 @@ module             what it owns
                    :func:`certify_dataset` without a run folder)
 ``attack``         attack runs (:func:`run_attack`, :func:`attack_dataset`)
 =================  =====================================================================
-The run folder itself is :mod:`certframe.runs`.
+The run folder itself is :mod:`certframe.run.folder`.
 """
 from certframe.run.attack import attack_dataset, run_attack
 from certframe.run.build import Names, build_plugins, method_label, resolve_device

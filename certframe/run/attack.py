@@ -19,14 +19,14 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from certframe.interfaces import CertifyRequest, Certifier, Denoiser, SegmentationDataset, Segmenter
+from certframe.interfaces import Certifier, CertifyRequest, Denoiser, SegmentationDataset, Segmenter
 from certframe.run.build import Names, build_plugins, check_plugins, prepare_models, probe_models, resolve_device
 from certframe.run.certify import image_results, progress_bar, smoothed_segmenter, with_warnings
+from certframe.run.folder import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
 from certframe.run.manifest import attack_manifest
 from certframe.run.selection import run_size, select_indices
 from certframe.run.spec import AttackSpec
 from certframe.run.step import AttackStep
-from certframe.runs import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
 from certframe.validation import OptionError, check_keys, check_output_folder
 
 ATTACK_SUMMARY, ROBUSTNESS, PIXELS = "summary.json", "robustness.json", "pixels.csv"
@@ -124,7 +124,7 @@ def build_attacks(spec: AttackSpec, jobs, plugins) -> None:
     ``--attack-option`` value fails here, named as ``ATTACK:KEY=VALUE``, instead of after the
     first image is certified. Nothing is run.
     """
-    from certframe.statistics import certified_radius
+    from certframe.core.statistics import certified_radius
 
     for job in jobs:
         if job.factory is None or job.name not in spec.attack_options:

@@ -127,7 +127,7 @@ def check_plugins(spec: RunSpec, plugins: Plugins) -> None:
     a certifier that exposes ``bind_dataset(dataset)`` (the ``hierarchical`` one: its label hierarchy
     against the data set's classes) is bound to the data set.
     """
-    from certframe.smoothing import check_model_spatial_dims
+    from certframe.core.smoothing import check_model_spatial_dims
 
     if plugins.segmenter.num_classes != plugins.dataset.num_classes:
         raise ValueError(f"the segmenter {spec.segmenter!r} predicts {plugins.segmenter.num_classes} classes, the "
@@ -160,13 +160,13 @@ def probe_models(segmenter: Segmenter, denoiser: Denoiser | None, dataset: Segme
     """One pass of the base pipeline ``f(D(x))`` on the data set's first image, without noise.
 
     The models on ``device`` (:func:`prepare_models`) get the checks every batch of the
-    sampler gets (:class:`~certframe.smoothing.SmoothedSegmenter`: logits of floating-point
+    sampler gets (:class:`~certframe.core.smoothing.SmoothedSegmenter`: logits of floating-point
     dtype and shape ``[1, K, *S]`` on the input's device, finite values), so a model that
     returns the wrong thing fails here, before the run folder is written or a noise sample is
     drawn, with the same message. An item that cannot be read or is malformed is left to the
     step, which names it (and marks the run failed).
     """
-    from certframe.smoothing import SmoothedSegmenter
+    from certframe.core.smoothing import SmoothedSegmenter
     from certframe.validation import validate_sample
 
     if len(dataset) == 0:
@@ -190,7 +190,7 @@ def resolved_options(entry, given: dict, built: Any = None) -> dict:
     said, e.g. ``in_channels`` and ``network`` of loaded weights) is taken from the object
     rather than from the signature's default, which the weights may have overridden.
     """
-    from certframe.runs import jsonable
+    from certframe.run.folder import jsonable
 
     config = getattr(built, "config", None)
     config = config if isinstance(config, dict) else {}

@@ -4,7 +4,7 @@
 of a torchrun/SLURM job call: it builds the plugins of a validated
 :class:`~certframe.run.spec.RunSpec`, writes the manifest, certifies the images not done
 yet through :class:`~certframe.run.step.CertifyStep` (rows appended and certificates
-saved as each image finishes, by a :class:`~certframe.runs.RunWriter` thread that overlaps
+saved as each image finishes, by a :class:`~certframe.run.folder.RunWriter` thread that overlaps
 the next image, so an interrupted run resumes), and finishes the folder
 once every image is done. :func:`certify_dataset` is the same loop without a run folder,
 for library use.
@@ -19,16 +19,24 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from certframe.core.certificate import hierarchy_maps
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import Certifier, CertifyRequest, Denoiser, Sample, SegmentationDataset, Segmenter
-from certframe.results import hierarchy_maps
-from certframe.run.build import (Names, Plugins, build_plugins, check_plugins, method_label, prepare_models,
-                                 probe_models, resolve_device)
+from certframe.run.build import (
+    Names,
+    Plugins,
+    build_plugins,
+    check_plugins,
+    method_label,
+    prepare_models,
+    probe_models,
+    resolve_device,
+)
+from certframe.run.folder import RunFolder, summarize
 from certframe.run.manifest import certify_manifest
 from certframe.run.selection import run_size, samples, select_indices
 from certframe.run.spec import RunSpec
 from certframe.run.step import CertifyStep, ImageResult
-from certframe.runs import RunFolder, summarize
-from certframe.smoothing import SmoothedSegmenter
 from certframe.validation import check_output_folder
 
 log = logging.getLogger("certframe.certify")
@@ -36,7 +44,7 @@ log = logging.getLogger("certframe.certify")
 
 def smoothed_segmenter(segmenter: Segmenter, denoiser: Denoiser | None, request: CertifyRequest,
                        device: torch.device, accelerate=None) -> SmoothedSegmenter:
-    """The smoothed segmenter of a run, plain or with an :class:`~certframe.accelerate.Acceleration`."""
+    """The smoothed segmenter of a run, plain or with an :class:`~certframe.run.accelerate.Acceleration`."""
     if accelerate is None:
         return SmoothedSegmenter(segmenter, denoiser, request.sigma)
     return accelerate.smoothed(segmenter, denoiser, request.sigma, device)
@@ -45,7 +53,7 @@ def smoothed_segmenter(segmenter: Segmenter, denoiser: Denoiser | None, request:
 def _acceleration(options: dict | None):
     if options is None:
         return None
-    from certframe.accelerate import Acceleration
+    from certframe.run.accelerate import Acceleration
 
     return Acceleration(**options)
 
@@ -85,7 +93,7 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
     seed: with each image's id, fixes every noise draw (required: there is no default seed).
     indices: which items to certify (default: all). on_image(index, image id, rows) and
     on_certificates(index, sample, certificates, clean prediction [H, W] on the CPU) are
-    called after each image. accelerate: an :class:`~certframe.accelerate.Acceleration`
+    called after each image. accelerate: an :class:`~certframe.run.accelerate.Acceleration`
     or None (plain fp32, no prefetch). batch_size: draws per pass or ``"auto"``.
     """
     request = CertifyRequest(sigma, n0, n, alpha, taus)
@@ -135,10 +143,10 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
         (sorted results, Parquet, summary.json, status "complete") only once every image is done.
     A failure while certifying marks the manifest ``failed`` (Ctrl-C: ``interrupted``) with
     the reason; the rows of finished images stay, and ``--resume`` continues.
-    Returns the summary (:func:`certframe.runs.summarize`) of the rows done so far.
+    Returns the summary (:func:`certframe.run.folder.summarize`) of the rows done so far.
     """
     from certframe.registry import get_registry
-    from certframe.runs import RunError, provenance_diff
+    from certframe.run.folder import RunError, provenance_diff
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
@@ -197,12 +205,12 @@ def run_certify_sharded(spec: RunSpec, output: str | Path, *, environ=None, regi
     """:func:`run_certify` in one process, or this process's shard of a torchrun/SLURM job.
 
     Rank r certifies ``indices[r::world_size]`` into ``OUTPUT/ranks/rank{r}``; after a barrier
-    rank 0 merges the parts into ``OUTPUT`` (:func:`certframe.distributed.merge_runs`) and
+    rank 0 merges the parts into ``OUTPUT`` (:func:`certframe.run.distributed.merge_runs`) and
     returns the merged summary (other ranks return their part's). Returns ``(summary, world_size)``.
     """
-    from certframe import distributed
     from certframe.registry import get_registry
-    from certframe.runs import RunError
+    from certframe.run import distributed
+    from certframe.run.folder import RunError
 
     env = distributed.dist_env(environ)
     if not env.distributed:

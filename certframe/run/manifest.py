@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from certframe.run.build import Plugins, method_label, plugin_record, plugin_records, resolve_device
+from certframe.run.folder import FORMAT, dataset_identity, now, package_versions
 from certframe.run.provenance import provenance
 from certframe.run.spec import AttackSpec, RunSpec
-from certframe.runs import FORMAT, dataset_identity, now, package_versions
 
 log = logging.getLogger("certframe.run")
 
@@ -38,7 +38,7 @@ def run_config(spec: RunSpec) -> dict:
     A resumed run must match it: rows drawn from another noise stream (an older certframe's)
     are not mixed with this one's; the resume error names ``noise_stream``.
     """
-    from certframe.sampler import NOISE_STREAM
+    from certframe.core.sampler import NOISE_STREAM
 
     return {**spec.config(), "noise_stream": NOISE_STREAM}
 
@@ -50,13 +50,13 @@ QUALITY_IMAGES = 4
 def denoiser_record(spec: RunSpec, plugins: Plugins) -> list[dict] | None:
     """The denoiser's quality at the run's sigma on the first images (None without a denoiser).
 
-    :func:`certframe.denoiser_quality.denoiser_quality` on ``QUALITY_IMAGES`` images, with the
+    :func:`certframe.quality.denoiser.denoiser_quality` on ``QUALITY_IMAGES`` images, with the
     segmenter's Dice on the denoised images: a poor denoiser shows here before its
     certificates are read.
     """
     if spec.denoiser == "none" or plugins.denoiser is None:
         return None
-    from certframe.denoiser_quality import denoiser_quality, quality_records
+    from certframe.quality.denoiser import denoiser_quality, quality_records
 
     table = denoiser_quality(plugins.denoiser, plugins.dataset, [spec.sigma], segmenter=plugins.segmenter,
                              limit=min(QUALITY_IMAGES, len(plugins.dataset)), seed=spec.seed)
@@ -67,10 +67,10 @@ def tuning_record(spec: RunSpec, plugins: Plugins) -> dict:
     """What the segmenter was tuned for (its checkpoint's record) and a warning when this run differs.
 
     Certifying a segmenter fine-tuned on one denoiser and sigma with another is valid but
-    not what it was tuned for (:func:`certframe.tuning.check_tuning`); the warning is logged
+    not what it was tuned for (:func:`certframe.training.tuning.check_tuning`); the warning is logged
     and kept in the manifest.
     """
-    from certframe.tuning import segmenter_tuning_warning, tuned_for
+    from certframe.training.tuning import segmenter_tuning_warning, tuned_for
 
     config = getattr(plugins.segmenter, "checkpoint_config", None)
     warning = segmenter_tuning_warning(plugins.segmenter, spec.denoiser, plugins.denoiser, spec.sigma)
@@ -81,7 +81,7 @@ def tuning_record(spec: RunSpec, plugins: Plugins) -> dict:
 
 def certify_manifest(spec: RunSpec, plugins: Plugins, registry) -> dict:
     """The manifest of a ``certframe certify`` run."""
-    from certframe.accelerate import Acceleration
+    from certframe.run.accelerate import Acceleration
 
     records = plugin_records(spec, registry, plugins=plugins)
     device = resolve_device(spec.device)

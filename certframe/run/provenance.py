@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from certframe.runs import jsonable
+from certframe.run.folder import jsonable
 
 CHUNK = 1 << 20
 
@@ -58,8 +58,8 @@ def file_identity(path: str | Path) -> dict:
 
 
 def state_hash(module: torch.nn.Module) -> str:
-    """SHA-256 over ``module.state_dict()`` (:func:`certframe.tuning.module_hash`: names, dtypes, shapes, bytes)."""
-    from certframe.tuning import module_hash
+    """SHA-256 over ``module.state_dict()`` (:func:`certframe.training.tuning.module_hash`: names, dtypes, shapes, bytes)."""
+    from certframe.training.tuning import module_hash
 
     return module_hash(module)
 

@@ -1,9 +1,9 @@
 """Which images a run certifies, in what order, and how they are loaded.
 
 :func:`select_indices` turns ``limit`` / explicit indices into the list of data set
-indices of a run (checked against the data set's size); :func:`certframe.distributed.shard`
+indices of a run (checked against the data set's size); :func:`certframe.run.distributed.shard`
 splits that list between processes; :func:`samples` loads the images, ahead of use in a
-background thread when prefetching is on (:func:`certframe.accelerate.prefetch`).
+background thread when prefetching is on (:func:`certframe.run.accelerate.prefetch`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def select_indices(total: int, indices: Sequence[int] | None = None) -> list[int
 def samples(dataset: SegmentationDataset, indices: Iterable[int], prefetch_depth: int = 0,
             device: str | torch.device = "cpu") -> Iterator[tuple[int, Sample]]:
     """``(index, sample)`` for each index in order; loaded ``prefetch_depth`` images ahead in a thread."""
-    from certframe.accelerate import prefetch
+    from certframe.run.accelerate import prefetch
 
     return prefetch(dataset, indices, int(prefetch_depth), device)
 

@@ -1,7 +1,7 @@
 """The run specification: every setting of one run, validated once, before anything is loaded.
 
 A :class:`RunSpec` is built from command-line options, from one run of an experiment
-file (:mod:`certframe.config`) or from a run's ``manifest.json``; an :class:`AttackSpec`
+file (:mod:`certframe.run.config`) or from a run's ``manifest.json``; an :class:`AttackSpec`
 adds the attack settings. Validation happens in ``__post_init__``, so a spec that
 exists is a valid one: sigma is a finite positive float, n0 / n / limit are positive
 integers, alpha lies in (0, 1), the taus are distinct and in (0.5, 1), batch_size is a positive
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 from certframe.interfaces import CertifyRequest
 from certframe.run.provenance import absolute_paths
@@ -73,7 +73,7 @@ class RunSpec:
     device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.  limit: certify only the first N images.
     label: the method's name in reports (default: segmenter, weights and denoiser).
     certificates: keep each image's label maps in the run folder.
-    accelerate: options of :class:`certframe.accelerate.Acceleration`, or None (plain fp32).
+    accelerate: options of :class:`certframe.run.accelerate.Acceleration`, or None (plain fp32).
     """
 
     dataset: str = "synthetic-lung"

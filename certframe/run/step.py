@@ -13,23 +13,22 @@ Certify rows, one per (image, tau): ``image_id``, ``index``, ``segmenter``, ``de
 (mean over foreground classes; per class too when K > 2), ``clean_dice`` (base segmenter on
 the clean image), ``abstain_rate``, ``certified_accuracy``, ``num_samples``,
 ``forward_passes``, ``seconds``. A hierarchical certificate adds the columns of
-:func:`certframe.hierarchy_metrics.hierarchy_metric_row` (per level, CIG) and its ``abstain_rate``
+:func:`certframe.core.hierarchy_metrics.hierarchy_metric_row` (per level, CIG) and its ``abstain_rate``
 counts the pixels certified at no level.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
-from certframe import metrics
-from certframe.hierarchy_metrics import hierarchy_metric_row
+from certframe.core import metrics
+from certframe.core.certificate import Certificate
+from certframe.core.hierarchy_metrics import hierarchy_metric_row
+from certframe.core.smoothing import SmoothedSegmenter
 from certframe.interfaces import Certifier, CertifyRequest, NoiseKey, Sample, SegmentationDataset, class_labels
-from certframe.results import Certificate
 from certframe.run.build import Names
-from certframe.smoothing import SmoothedSegmenter
 from certframe.validation import validate_sample
 
 
@@ -77,7 +76,7 @@ def resolve_batch_size(batch_size: int | str, smoothed: SmoothedSegmenter, x: to
     """``"auto"`` becomes the draws per pass that fit the memory (sized on ``x``); an int stays."""
     if batch_size != "auto":
         return int(batch_size)
-    from certframe.accelerate import auto_batch_size
+    from certframe.run.accelerate import auto_batch_size
 
     return auto_batch_size(smoothed, x, max(request.n0, request.n))
 

@@ -95,7 +95,7 @@ Options:
         when every pixel is resolved.
 
 Votes: int64 ``[K, H, W]`` counts from a :class:`~certframe.interfaces.VoteSource`;
-returns one :class:`~certframe.results.Certificate` per tau with labels int64
+returns one :class:`~certframe.core.certificate.Certificate` per tau with labels int64
 ``[H, W]`` (class or ABSTAIN), ``num_samples = n0 + estimation draws used``,
 ``pvalues`` float64 ``[H, W]``: for a certified pixel the raw p-value at the DECIDING
 look (the look that certified it, ``P(Binomial(n_j, tau) >= k_i)``), for any other pixel
@@ -113,12 +113,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.stats import beta as beta_dist
 from scipy.special import bdtrc
+from scipy.stats import beta as beta_dist
 
+from certframe.core.certificate import Certificate
+from certframe.core.statistics import binomial_pvalues, certified_radius, check_alpha, holm_reject, upper_tail_table
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource
-from certframe.results import Certificate
-from certframe.statistics import binomial_pvalues, certified_radius, check_alpha, holm_reject, upper_tail_table
 
 SPENDINGS = ("bonferroni", "weighted", "none")
 

@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from certframe.core.certificate import Certificate
+from certframe.core.statistics import certified_radius, clopper_pearson_lower
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource
-from certframe.results import Certificate
-from certframe.statistics import certified_radius, clopper_pearson_lower
 
 
 class CohenPerPixel(Certifier):

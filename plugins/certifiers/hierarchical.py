@@ -9,7 +9,7 @@ Randomized Smoothing", ICML 2024) certify such pixels at a coarser node of a lab
 hierarchy instead of abstaining, with the same radius and the same family-wise
 guarantee. :class:`HierarchicalSegCertify` does this from ONE sampling pass.
 
-Notation: a hierarchy (:mod:`certframe.hierarchy`) with levels ``0 .. L-1`` (0 = the K
+Notation: a hierarchy (:mod:`certframe.core.hierarchy`) with levels ``0 .. L-1`` (0 = the K
 fine classes, each level merges nodes of the one before); ``node_l(c)`` is the node
 holding class c at level l. Image of m pixels (voxels), one tau.
 
@@ -83,7 +83,7 @@ the levels; ``tests/test_hierarchical.py`` shows it failing the statistical chec
 this certifier passes.
 
 Options:
-    hierarchy: a ``.toml`` / ``.json`` file (:mod:`certframe.hierarchy`), a JSON table, a
+    hierarchy: a ``.toml`` / ``.json`` file (:mod:`certframe.core.hierarchy`), a JSON table, a
         dict, or None (default): the data set's own ``default_hierarchy``. Checked when the
         certifier is built (the file, its syntax) and against the data set's classes before
         anything is sampled (:meth:`bind_dataset`).
@@ -95,10 +95,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from certframe.hierarchy import HierarchyError, LabelHierarchy, read_hierarchy, resolve_hierarchy
+from certframe.core.certificate import Certificate
+from certframe.core.hierarchy import HierarchyError, LabelHierarchy, read_hierarchy, resolve_hierarchy
+from certframe.core.statistics import binomial_pvalues, certified_radius, holm_reject
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource, class_labels
-from certframe.results import Certificate
-from certframe.statistics import binomial_pvalues, certified_radius, holm_reject
 
 CORRECTION = "holm-fixed-sequence"
 
@@ -167,7 +167,7 @@ class HierarchicalSegCertify(Certifier):
     certificate); ``nodes`` / ``levels`` int64 ``[H, W]`` (or ``[D, H, W]``) the certified node and
     its level (-1 = abstain); ``hierarchy`` names the nodes; ``radius`` sigma * Phi^-1(tau).
 
-    hierarchy: a ``.toml`` / ``.json`` file, a JSON table or dict (:mod:`certframe.hierarchy`),
+    hierarchy: a ``.toml`` / ``.json`` file, a JSON table or dict (:mod:`certframe.core.hierarchy`),
     or None (default) for the data set's ``default_hierarchy``; checked against the data set's
     classes before sampling.
     """
@@ -185,7 +185,7 @@ class HierarchicalSegCertify(Certifier):
     def bind(self, class_names, default: Any = None, where: str = "the data set") -> LabelHierarchy:
         """Resolve the hierarchy against the data set's ``class_names`` (``default``: its default hierarchy).
 
-        Called by the run before sampling; raises :class:`~certframe.hierarchy.HierarchyError`.
+        Called by the run before sampling; raises :class:`~certframe.core.hierarchy.HierarchyError`.
         """
         source = self._table if self._table is not None else default
         if source is None and len(class_names) != 2:   # (a binary task gets its own error from resolve)

@@ -4,10 +4,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from certframe.core.certificate import Certificate
+from certframe.core.statistics import (
+    CORRECTIONS,
+    binomial_pvalues,
+    certified_radius,
+    holm_reject_counts,
+    reject,
+    upper_tail_table,
+)
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource, class_labels
-from certframe.results import Certificate
-from certframe.statistics import (CORRECTIONS, binomial_pvalues, certified_radius, holm_reject_counts, reject,
-                                  upper_tail_table)
 
 
 class SegCertify(Certifier):

@@ -13,8 +13,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ._files import (CorruptFileError, FileSegmentationDataset, binary_mask, list_images, pair_by_stem,
-                     read_array, require_dir)
+from ._files import (
+    CorruptFileError,
+    FileSegmentationDataset,
+    binary_mask,
+    list_images,
+    pair_by_stem,
+    read_array,
+    require_dir,
+)
 
 
 class FolderDataset(FileSegmentationDataset):

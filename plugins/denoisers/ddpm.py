@@ -9,8 +9,14 @@ import torch
 
 from certframe.interfaces import Denoiser
 
-from .diffusion import (check_trained_range, ddim_denoise, largest_sigma, load_diffusion_model, resized_noise_std,
-                        timestep_for_sigma)
+from .diffusion import (
+    check_trained_range,
+    ddim_denoise,
+    largest_sigma,
+    load_diffusion_model,
+    resized_noise_std,
+    timestep_for_sigma,
+)
 
 
 def train_ddpm(dataset, output, **options):

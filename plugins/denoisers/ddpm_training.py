@@ -53,11 +53,11 @@ Files for ``output="out/ddpm"``:
   run (same device and torch build; on CUDA also deterministic kernels,
   ``torch.use_deterministic_algorithms``).
 
-**On the device** (:mod:`certframe.train_device`). The stacked images stay on the
+**On the device** (:mod:`certframe.training.device`). The stacked images stay on the
 training device when they fit (on CPU always; on CUDA when their bytes are at most a
 quarter of the free memory; else pinned host memory, each batch copied
 ``non_blocking``). Each step's image indices, crop offsets, flips, timesteps and noise
-come from :mod:`certframe.philox` (stream ``("train-diffusion", seed, purpose)``, draw
+come from :mod:`certframe.core.philox` (stream ``("train-diffusion", seed, purpose)``, draw
 index the step; noise: one draw per image, ``step * batch_size + j``), made on the device;
 the step's draws do not depend on the steps before it, and a resumed run draws what the
 uninterrupted one did, so the step number is the whole generator state. The loss is summed
@@ -81,13 +81,19 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from certframe import philox
+from certframe.core import philox
+from certframe.device import autocast, resolve_precision
 from certframe.interfaces import SegmentationDataset
-from certframe.train_device import (autocast, gather, grad_scaler, optimiser_step, place, resolve_precision,
-                                    streams)
-from certframe.train_state import (check_resumable, decode_state, encode_state, load_optimizer, save_optimizer,
-                                   training_progress)
-from certframe.training import stack
+from certframe.training.device import gather, grad_scaler, optimiser_step, place, streams
+from certframe.training.segmenter import stack
+from certframe.training.state import (
+    check_resumable,
+    decode_state,
+    encode_state,
+    load_optimizer,
+    save_optimizer,
+    training_progress,
+)
 
 STATE_VERSION = 2  # 2: draws from the counter-based stream (philox.STREAM_VERSION); 1: torch.Generator
 RESUME_KEYS = ("size", "block_out_channels", "layers_per_block", "attention", "batch_size", "lr",

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from certframe.interfaces import RANDOM_WEIGHTS
+
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-RANDOM = "random"
+RANDOM = RANDOM_WEIGHTS
 """The ``weights`` value that asks for a randomly initialised network on purpose (training)."""
 
 

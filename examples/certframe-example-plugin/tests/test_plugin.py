@@ -63,7 +63,7 @@ def test_certified_segmentation_is_useful_and_random_weights_are_not(example_roo
     test = CSVDataset(example_root, split="test")
     reg = get_registry(load_entrypoints=False, plugins=[("example", certframe_example_plugin)])
     certifier = reg.create("certifier", "segcertify")
-    from certframe.metrics import mean_dice
+    from certframe.core.metrics import mean_dice
 
     def certified_dice(seg):
         g = SmoothedSegmenter(seg, None, sigma=0.25)

@@ -7,7 +7,7 @@ this module makes each pass cheap without changing what is certified.
   concrete choices. Safe defaults: on CPU everything stays fp32 / contiguous (an
   explicit mixed precision on CPU is an error); on CUDA ``auto`` picks bf16 autocast
   where the GPU supports it (else fp16) and channels_last.
-* :class:`AcceleratedSmoothedSegmenter`: a :class:`~certframe.smoothing.SmoothedSegmenter`
+* :class:`AcceleratedSmoothedSegmenter`: a :class:`~certframe.core.smoothing.SmoothedSegmenter`
   whose base pipeline runs under ``torch.autocast`` (mixed precision), with inputs in
   channels_last memory format, optionally ``torch.compile``'d, and which splits a
   batch in halves when CUDA runs out of memory (the noise is drawn before the model
@@ -27,7 +27,6 @@ precision and device type. Runs record the resolved options in their manifest.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import queue
@@ -37,13 +36,12 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from certframe.core.smoothing import SmoothedSegmenter
+from certframe.device import PRECISIONS, autocast, resolve_precision, strict_fp32
 from certframe.interfaces import Denoiser, Sample, SegmentationDataset, Segmenter, model_spatial_dims
-from certframe.smoothing import SmoothedSegmenter
 
-log = logging.getLogger("certframe.accelerate")
+log = logging.getLogger("certframe.run.accelerate")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_PIXEL_BUDGET = 32 * 256 * 256
 """On CPU, draws per pass = this many input pixels or voxels (32 images of 256 x 256, 8 volumes of
 64^3), at least 1."""
@@ -84,14 +82,8 @@ class Acceleration:
 
     def resolve(self, device: str | torch.device) -> "Acceleration":
         """Concrete options for ``device``: ``precision`` becomes fp32/bf16/fp16, ``channels_last`` a bool."""
-        device = torch.device(device)
-        cuda = device.type == "cuda"
-        precision = self.precision
-        if precision == "auto":
-            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-        elif precision != "fp32" and not cuda:
-            raise ValueError(f"mixed precision ({precision}) is only used on CUDA; the device here is "
-                             f"{device}: use precision fp32 or auto")
+        precision = resolve_precision(self.precision, device)
+        cuda = torch.device(device).type == "cuda"
         channels_last = cuda if self.channels_last is None else bool(self.channels_last)
         return Acceleration(precision=precision, channels_last=channels_last, compile=bool(self.compile),
                             prefetch=int(self.prefetch))
@@ -103,21 +95,6 @@ class Acceleration:
                  device: str | torch.device) -> "AcceleratedSmoothedSegmenter":
         """The smoothed segmenter with these (resolved) options on ``device``."""
         return AcceleratedSmoothedSegmenter(segmenter, denoiser, sigma, self.resolve(device))
-
-
-def strict_fp32(device_type: str):
-    """cuDNN convolutions in true fp32 on CUDA (no TF32), for ``precision fp32``; nothing elsewhere.
-
-    cuDNN's default ``allow_tf32`` rounds convolution inputs to 10-bit mantissas on Ampere and
-    later GPUs, which moves logits by about 1e-3: fp32 is the option for exact reproduction (the
-    certified labels of a CPU run), so it means fp32 arithmetic. Matrix products already default
-    to fp32 (``torch.backends.cuda.matmul.allow_tf32`` is False unless a user sets it).
-    """
-    if device_type != "cuda":
-        return contextlib.nullcontext()
-    cudnn = torch.backends.cudnn
-    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                       allow_tf32=False)
 
 
 class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
@@ -153,7 +130,7 @@ class AcceleratedSmoothedSegmenter(SmoothedSegmenter):
         if self.options.precision == "fp32":
             with strict_fp32(noisy.device.type):
                 return self._pipeline(noisy)
-        with torch.autocast(device_type=noisy.device.type, dtype=_DTYPES[self.options.precision]):
+        with autocast(self.options.precision, noisy.device):
             return self._pipeline(noisy).float()
 
     def base_logits(self, noisy: torch.Tensor) -> torch.Tensor:

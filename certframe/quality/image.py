@@ -17,7 +17,7 @@ PSNR).
   ``C1 = (K1 data_range)^2``.
 
 A noisy input ``x + eps`` lies outside ``[0, 1]``: clip it (``.clamp(0, 1)``)
-before measuring it, as :func:`certframe.denoiser_quality.denoiser_quality` does.
+before measuring it, as :func:`certframe.quality.denoiser.denoiser_quality` does.
 """
 from __future__ import annotations
 

@@ -16,11 +16,19 @@ from typing import Sequence
 
 import torch
 
-from certframe.interfaces import (SPATIAL_NAMES, Certifier, CertifyRequest, Denoiser, NoiseKey, Segmenter,
-                                  class_labels, model_spatial_dims)
-from certframe.results import Certificate
-from certframe.sampler import NoiseVoter
-from certframe.statistics import check_sigma
+from certframe.core.certificate import Certificate
+from certframe.core.sampler import NoiseVoter
+from certframe.core.statistics import check_sigma
+from certframe.interfaces import (
+    SPATIAL_NAMES,
+    Certifier,
+    CertifyRequest,
+    Denoiser,
+    NoiseKey,
+    Segmenter,
+    class_labels,
+    model_spatial_dims,
+)
 from certframe.validation import BatchChecks, ModelOutputError, validate_image
 
 
@@ -59,7 +67,7 @@ class SmoothedSegmenter:
     sigma:     noise std in [0, 1] pixel units, finite and > 0.
 
     Every batch is checked (:class:`~certframe.validation.BatchChecks`, see
-    :mod:`certframe.sampler`): denoiser outputs and logits must be finite and on the
+    :mod:`certframe.core.sampler`): denoiser outputs and logits must be finite and on the
     input's device, logits floating-point ``[B, K, *S]``; the error names the plugin's class and,
     through the voter, the image id.
     """

@@ -9,7 +9,7 @@ import torch
 from certframe.interfaces import ABSTAIN
 
 if TYPE_CHECKING:
-    from certframe.hierarchy import LabelHierarchy
+    from certframe.core.hierarchy import LabelHierarchy
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Certificate:
     pixel_radius: optional float ``[H, W]`` per-pixel radii (naive per-pixel certifier).
     num_samples: Monte-Carlo draws used (selection + estimation).
 
-    A hierarchical certificate (:mod:`certframe.hierarchy`; the ``hierarchical`` certifier) also
+    A hierarchical certificate (:mod:`certframe.core.hierarchy`; the ``hierarchical`` certifier) also
     has ``hierarchy``, ``nodes`` (int64 ``[H, W]``: the certified node id per pixel, a class or a
     group of classes, -1 = abstain) and ``levels`` (int64 ``[H, W]``: its level, 0 = the fine
     classes, -1 = abstain). Its ``labels`` hold the fine class where a pixel is certified at

@@ -349,7 +349,7 @@ class RunFolder:
         """Write one image's label maps (``labels [T, H, W]``, -1 = ABSTAIN) as a compressed npz.
 
         ``image`` float ``[C, H, W]`` in [0, 1] is stored as uint8 (for figures only). ``levels`` and
-        ``nodes`` ``[T, H, W]`` (a hierarchical certificate's, :func:`certframe.results.hierarchy_maps`)
+        ``nodes`` ``[T, H, W]`` (a hierarchical certificate's, :func:`certframe.core.certificate.hierarchy_maps`)
         are stored when given.
         """
         extra = {key: np.asarray(value, dtype=np.int16) for key, value in (("levels", levels), ("nodes", nodes))
@@ -592,7 +592,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     metric column (same name; a hierarchical certifier's ``cig`` and ``level<l>_rate`` too) and of
     ``num_samples`` (noise draws per image: n0 + n, or fewer for an adaptive certifier), ``*_std``
     (population std, ddof=0, as ``numpy.std``) of certified and clean Dice, ``empty_truth_images``
-    (images whose mask has no foreground: by :data:`certframe.metrics.EMPTY_DICE` they score 1.0 when
+    (images whose mask has no foreground: by :data:`certframe.core.metrics.EMPTY_DICE` they score 1.0 when
     nothing is certified as foreground, an all-ABSTAIN map included, so they are counted apart) and
     ``images`` (count)."""
     keys = [k for k in SUMMARY_KEYS if k in df.columns]

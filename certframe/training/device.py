@@ -10,7 +10,7 @@ device), the batch is gathered there, pinned and copied with ``non_blocking=True
 (:func:`gather`).
 
 **Random draws.** Every random choice of a step (indices, flips, crop offsets, timesteps,
-noise, the sigma of a batch) comes from :mod:`certframe.philox`, the counter-based stream
+noise, the sigma of a batch) comes from :mod:`certframe.core.philox`, the counter-based stream
 that gives the same numbers on CPU and CUDA: one stream per purpose (:func:`streams`:
 ``stream_key(trainer, seed, purpose)``) and the global step (or epoch) as the draw index.
 The draws of step ``s`` are therefore a function of ``(seed, s)`` alone, not of the batches
@@ -18,7 +18,7 @@ before it, and a resumed run draws what the uninterrupted run would have: the st
 is the generator's whole state, and nothing else is saved for it.
 
 **Precision.** ``auto | fp32 | bf16 | fp16`` as ``certify`` takes it
-(:meth:`certframe.accelerate.Acceleration.resolve`: auto is bf16 on CUDA where supported,
+(:meth:`certframe.run.accelerate.Acceleration.resolve`: auto is bf16 on CUDA where supported,
 else fp16, and fp32 on CPU; mixed precision asked for on CPU is an error). Mixed precision
 is ``torch.autocast`` around the forward pass and the loss; weights, gradients and the
 optimiser stay fp32. fp16 adds a ``torch.amp.GradScaler`` (bf16 has fp32's range and needs
@@ -27,12 +27,11 @@ so fp16 training synchronises once per step where fp32 and bf16 do not.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
 
-from certframe import philox
+from certframe.core import philox
 
 DEVICE_DATA_FRACTION = 0.25
 """Stacked data goes to a CUDA device when its bytes are at most this share of the free memory."""
@@ -75,23 +74,6 @@ def gather(data: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch
     if device.type == "cuda":
         rows = rows.pin_memory()
     return rows.to(device, non_blocking=True)
-
-
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``fp32``, ``bf16`` or ``fp16`` for ``precision`` on ``device`` (ValueError for mixed precision on CPU)."""
-    from certframe.accelerate import Acceleration
-
-    return Acceleration(precision=precision).resolve(device).precision
-
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(precision: str, device: torch.device):
-    """``torch.autocast`` for a resolved mixed precision; a no-op context for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
 
 
 def grad_scaler(precision: str, device: torch.device):

@@ -30,7 +30,7 @@ block ``m mod J`` (planar, so that every operation after Philox reads contiguous
 go through the device's ``log``, ``sqrt``, ``cos`` and ``sin`` and so agree to rounding
 (a few float32 ulps) between CPU and CUDA.
 
-On CPU the blocks come from one compiled loop (:mod:`certframe.philox_cpu`, numba; the same
+On CPU the blocks come from one compiled loop (:mod:`certframe.core.philox_cpu`, numba; the same
 words, about half the cost of ``torch.randn`` where the torch operations cost four times it),
 else in chunks of torch operations that stay in cache (:data:`CPU_CHUNK_BLOCKS`); on CUDA from
 torch operations in one pass per call. No host synchronisation: nothing reads a tensor's value.
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from certframe import philox_cpu
+from certframe.core import philox_cpu
 
 STREAM_VERSION = "philox4x32-10/box-muller/1"
 """The noise stream's name and version, recorded in run manifests (change it when any value changes)."""
@@ -172,7 +172,7 @@ def uniform_blocks(key: StreamKey, start: int, count: int, first: int, num_block
 
     ``[i, r, j]`` is :func:`_to_uniform` of word ``r`` of block ``first + j`` of draw
     ``start + i`` (planar, so that Box-Muller reads and writes contiguous rows). On CPU the
-    compiled loop of :mod:`certframe.philox_cpu` makes them (bit-identical, faster) when numba
+    compiled loop of :mod:`certframe.core.philox_cpu` makes them (bit-identical, faster) when numba
     is installed. dtype: float32 or float64.
     """
     device = torch.device(device)

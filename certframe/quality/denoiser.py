@@ -9,7 +9,7 @@
 * ``psnr_denoised`` / ``ssim_denoised``: ``D(x + eps, sigma)``,
 * ``dice_denoised`` (and ``dice_clean``, the same segmenter on ``x``) when a
   segmenter is given: mean foreground Dice of ``argmax`` of its logits against the
-  mask (:func:`certframe.metrics.mean_dice` of the segmenter's class labels; one noise draw per image, so this is
+  mask (:func:`certframe.core.metrics.mean_dice` of the segmenter's class labels; one noise draw per image, so this is
   the base model's accuracy on denoised inputs, not a certificate),
 * ``t_star``, ``trained_t_max``, ``max_sigma``, ``in_range``: what a diffusion
   denoiser reports through ``timestep(sigma, image_size)``, ``trained_t_max``,
@@ -21,7 +21,7 @@
 Reproducible: ``z`` of image ``i`` comes from a generator seeded with
 ``(seed * 1_000_003 + i) mod 2**64``, the same ``z`` for every sigma (paired comparisons
 across sigma) and independent of ``limit`` and batching. PSNR / SSIM: see
-:mod:`certframe.image_quality`.
+:mod:`certframe.quality.image`.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from certframe.image_quality import psnr, ssim
+from certframe.core.metrics import mean_dice
 from certframe.interfaces import class_labels
-from certframe.metrics import mean_dice
+from certframe.quality.image import psnr, ssim
 from certframe.validation import require_images
 
 SUMMARY_COLUMNS = ["sigma", "images", "psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "t_star",

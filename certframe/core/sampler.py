@@ -12,7 +12,7 @@ Design points:
   does not grow with n.
 * The noise stream is counter-based and the same on every device: draw ``i`` of phase ``p``
   for the image of a :class:`~certframe.interfaces.NoiseKey` ``(s, id)`` is draw ``i`` of the
-  Philox4x32-10 stream ``(s, id, p)`` (:mod:`certframe.philox`; Salmon et al., SC 2011), read
+  Philox4x32-10 stream ``(s, id, p)`` (:mod:`certframe.core.philox`; Salmon et al., SC 2011), read
   for ``C * H * W`` values (``C * D * H * W`` for a volume) and turned into normals by
   Box-Muller. So the counts are the same for every batch size, whichever process certifies
   the image, and on CPU or CUDA (the 32-bit words bit for bit, the normals to rounding), and
@@ -52,11 +52,10 @@ from typing import Callable
 
 import torch
 
-from certframe import philox
+from certframe.core import philox
+from certframe.core.statistics import check_count
 from certframe.interfaces import NoiseKey
-from certframe.statistics import check_count
 from certframe.validation import BatchChecks, ModelOutputError
-
 
 NOISE_STREAM = philox.STREAM_VERSION
 """The noise stream's version, recorded in run manifests (``config.noise_stream``)."""
@@ -73,7 +72,7 @@ def draw_seed(seed: int, image_id: str, phase: str, index: int) -> int:
 
 
 def noise_stream(key: NoiseKey, phase: str) -> philox.StreamKey:
-    """The Philox stream of one image's phase: :func:`certframe.philox.stream_key` of ``(seed, image id, phase)``."""
+    """The Philox stream of one image's phase: :func:`certframe.core.philox.stream_key` of ``(seed, image id, phase)``."""
     return philox.stream_key(key.seed, key.image_id, phase)
 
 

@@ -24,11 +24,11 @@ Files written for ``checkpoint="out/model.safetensors"``:
   weights as an uninterrupted one (same device, same torch build; on CUDA also
   deterministic kernels, ``torch.use_deterministic_algorithms``).
 
-On the device (:mod:`certframe.train_device`): the stacked train and validation sets
+On the device (:mod:`certframe.training.device`): the stacked train and validation sets
 stay on the training device when they fit (on CPU always; on CUDA when their bytes are at
 most a quarter of the free memory; else pinned host memory, copied per batch
 ``non_blocking``); the epoch's order, each batch's flip, sigma and noise come from
-:mod:`certframe.philox` (stream ``("train-segmenter", seed, purpose)``, draw index the
+:mod:`certframe.core.philox` (stream ``("train-segmenter", seed, purpose)``, draw index the
 epoch or the global step ``epoch * batches + b``), made on the device; the loss is summed
 on the device and read once per epoch, with the validation Dice (one batched pass on the
 device). Nothing in the step loop reads a tensor on the host (fp16's loss scaler
@@ -45,13 +45,19 @@ from typing import Callable
 
 import torch
 
-from certframe import metrics, philox
 from certframe.checkpoint import save_checkpoint
+from certframe.core import metrics, philox
+from certframe.device import autocast, resolve_precision
 from certframe.interfaces import Denoiser, SegmentationDataset, Segmenter, class_labels
-from certframe.train_device import (autocast, gather, grad_scaler, optimiser_step, place, resolve_precision,
-                                    streams)
-from certframe.train_state import (check_resumable, decode_state, encode_state, load_optimizer, save_optimizer,
-                                   training_progress)
+from certframe.training.device import gather, grad_scaler, optimiser_step, place, streams
+from certframe.training.state import (
+    check_resumable,
+    decode_state,
+    encode_state,
+    load_optimizer,
+    save_optimizer,
+    training_progress,
+)
 
 STATE_VERSION = 2  # 2: draws from the counter-based stream (philox.STREAM_VERSION); 1: torch.Generator
 # Settings a resumed run must share with the run it continues (epochs may grow).
@@ -92,7 +98,7 @@ def evaluate_dice(model: Segmenter, images: torch.Tensor, masks: torch.Tensor, n
                   batch_size: int = 32, device="cpu", precision: str = "fp32") -> float:
     """Mean over images of the mean foreground Dice of ``model`` (images ``[N, C, H, W]`` or
     volumes ``[N, C, D, H, W]``; Dice over all pixels / voxels of each item,
-    :func:`certframe.metrics.mean_dice_per_item`).
+    :func:`certframe.core.metrics.mean_dice_per_item`).
 
     Batched on ``device``: predictions and Dice stay there, and the mean is read once.
     precision: a resolved precision (fp32, bf16, fp16) for the forward pass.
@@ -206,10 +212,10 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     denoiser: a frozen :class:`Denoiser` (eval mode, no gradients, run under no_grad):
     the segmenter is trained on ``denoiser(x + eps, sigma)`` instead of ``x + eps``
     (denoised training; needs every sigma > 0). denoiser_record: what identifies it
-    (``{"name", "options", "hash"}``, see :mod:`certframe.tuning`), stored in the
+    (``{"name", "options", "hash"}``, see :mod:`certframe.training.tuning`), stored in the
     training settings (a resumed run must use the same) and, with the sigmas, as
     ``"tuned_for"`` in the checkpoint's configuration.
-    Validation Dice (mean foreground Dice, :func:`certframe.metrics.mean_dice`) is
+    Validation Dice (mean foreground Dice, :func:`certframe.core.metrics.mean_dice`) is
     measured after every epoch on clean images for clean training and on one fixed
     noisy copy per image for noise training (image i at sigma ``sigmas[i % len(sigmas)]``),
     denoised once before the first epoch for denoised training. Each batch is flipped along its last axis (W:
@@ -288,7 +294,7 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
         training["denoiser"] = dict(denoiser_record or {"name": type(denoiser).__name__})
     model_config = dict(config or {})
     if noisy:
-        from certframe.tuning import module_hash, tuning_record
+        from certframe.training.tuning import module_hash, tuning_record
 
         record = training.get("denoiser") or {"name": "none", "options": {}, "hash": module_hash(None)}
         model_config["tuned_for"] = tuning_record(record["name"], record.get("options", {}),

@@ -1,6 +1,6 @@
 """Metrics of hierarchical certificates, as pure functions on label maps.
 
-A hierarchical certificate (:class:`~certframe.results.Certificate` with ``nodes``,
+A hierarchical certificate (:class:`~certframe.core.certificate.Certificate` with ``nodes``,
 ``levels`` and ``hierarchy``) certifies each pixel as a fine class (level 0), as a group
 of classes (a coarser level), or abstains. Its quality is read per level:
 
@@ -8,11 +8,11 @@ of classes (a coarser level), or abstains. Its quality is read per level:
   level-l nodes, and the certificate to the level-l node of every pixel certified at level
   l or finer (a pixel certified as "tumour" counts as "organ" at the organ's level); pixels
   certified only at a coarser level, or not at all, are errors (as ABSTAIN in flat
-  certified Dice, :mod:`certframe.metrics`). Level 0 is the fine certified Dice of the
+  certified Dice, :mod:`certframe.core.metrics`). Level 0 is the fine certified Dice of the
   ``labels`` map. Per level, ``certified_dice_level<l>`` is the mean over the level's
   foreground nodes (those not holding class 0, background), and each group g gets
   ``certified_dice_<g>`` at the coarsest level where it is a node (where every pixel
-  certified as g or finer counts). The empty-mask rule is :data:`certframe.metrics.EMPTY_DICE`.
+  certified as g or finer counts). The empty-mask rule is :data:`certframe.core.metrics.EMPTY_DICE`.
 * **Certified information gain** (CIG; Anani, Lorenz, Schiele, Fritz, ICML 2024), per
   image: the mean over all pixels of ``[v_i holds y_i] * (log K - log |v_i|) / log K``,
   where ``v_i`` is the certified node of pixel i, ``|v_i|`` the number of fine classes it
@@ -30,8 +30,8 @@ import math
 
 import torch
 
-from certframe.hierarchy import LabelHierarchy
-from certframe.metrics import EMPTY_DICE, dice
+from certframe.core.hierarchy import LabelHierarchy
+from certframe.core.metrics import EMPTY_DICE, dice
 
 
 def level_prediction(nodes: torch.Tensor, levels: torch.Tensor, hierarchy: LabelHierarchy,
@@ -78,7 +78,7 @@ def hierarchy_metric_row(cert, target: torch.Tensor) -> dict[str, float]:
     Empty for a flat certificate. Otherwise ``abstain_rate`` (no certificate at any level),
     ``level<l>_rate`` per level, ``cig``, and for every level l >= 1 ``certified_dice_level<l>``
     and ``certified_dice_<group>`` (module docstring). The fine-level columns
-    (``certified_dice``, per class) come from :func:`certframe.metrics.metric_row` on
+    (``certified_dice``, per class) come from :func:`certframe.core.metrics.metric_row` on
     ``cert.labels``, as for any certificate.
     """
     if getattr(cert, "nodes", None) is None or getattr(cert, "hierarchy", None) is None:

@@ -1,6 +1,6 @@
-"""Philox4x32-10 blocks on the CPU in one compiled loop (numba), for :mod:`certframe.philox`.
+"""Philox4x32-10 blocks on the CPU in one compiled loop (numba), for :mod:`certframe.core.philox`.
 
-The torch version (:func:`certframe.philox.philox4x32`) spends about 120 whole-tensor
+The torch version (:func:`certframe.core.philox.philox4x32`) spends about 120 whole-tensor
 operations per block of four words, which on a CPU is memory-bound (about 4x the cost of
 ``torch.randn``). The same rounds as one numba loop produce the identical words (integer
 arithmetic on ``uint64``, no rounding anywhere) at about half of ``torch.randn``'s cost; the
@@ -9,7 +9,7 @@ conversion to uniforms is exact in both versions, so the two give bit-identical 
 layers are not safe to call from several threads at once, and the sampler draws noise in a
 helper thread.
 
-:data:`AVAILABLE` is False where numba cannot be imported; :mod:`certframe.philox` then uses
+:data:`AVAILABLE` is False where numba cannot be imported; :mod:`certframe.core.philox` then uses
 the torch version (same values, slower).
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ if AVAILABLE:
 
 
 def uniform_blocks(draws: np.ndarray, first: int, key, out: np.ndarray) -> np.ndarray:
-    """See :func:`_uniform_blocks`; ``key`` a :class:`certframe.philox.StreamKey`. Returns ``out``."""
+    """See :func:`_uniform_blocks`; ``key`` a :class:`certframe.core.philox.StreamKey`. Returns ``out``."""
     shift, scale = (9, 2.0 ** -23) if out.dtype == np.float32 else (0, 2.0 ** -32)
     _uniform_blocks(np.asarray(draws, dtype=np.uint64), _U(first), _U(key.k0), _U(key.k1), _U(key.c3), _U(shift), scale, out)
     return out

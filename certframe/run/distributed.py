@@ -31,14 +31,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
 
-from certframe.runs import CERTIFICATES, RunError, RunFolder
+from certframe.run.folder import CERTIFICATES, RunError, RunFolder
 
-log = logging.getLogger("certframe.distributed")
+log = logging.getLogger("certframe.run.distributed")
 
 RANKS_DIR = "ranks"
 

@@ -3,7 +3,7 @@
 Optimizer state goes to safetensors (tensors) with its scalars and parameter groups as
 JSON metadata: a resumed run never unpickles anything. torch's own RNG state (what a
 model's dropout draws from) is a base64 string in the JSON state file; the trainers' own
-draws come from :mod:`certframe.philox` by step number and need no saved state
+draws come from :mod:`certframe.core.philox` by step number and need no saved state
 (:func:`check_resumable` refuses states from before that).
 """
 from __future__ import annotations
@@ -32,11 +32,11 @@ def check_resumable(state: dict, version: int, folder: Path) -> None:
 
     state: the ``state.json`` of a run; version: the trainer's current state version. A state
     of version 1 drew its batches from a ``torch.Generator``, whose state it saved; the trainers
-    now draw from :mod:`certframe.philox` by step number, so continuing such a run would not give
+    now draw from :mod:`certframe.core.philox` by step number, so continuing such a run would not give
     the weights of its uninterrupted run. A state drawn from another stream version, or written
     by a newer certframe, is refused for the same reason.
     """
-    from certframe.philox import STREAM_VERSION
+    from certframe.core.philox import STREAM_VERSION
 
     saved = int(state.get("version", 1))
     if saved > version:
