@@ -89,7 +89,7 @@ def test_a_swept_key_cannot_be_overridden(tmp_path):
             "--output", tmp_path / "x", ok=False)
     one_line_error(r, "sigma is swept", "docs/experiments.md")
     assert (ROOT / "docs" / "experiments.md").is_file()     # the page config.py points to exists
-    assert "docs/experiments.md" in (ROOT / "certframe" / "config.py").read_text()
+    assert "docs/experiments.md" in (ROOT / "certframe" / "run" / "config.py").read_text()
 
 
 @pytest.mark.parametrize("args, fragments", [
