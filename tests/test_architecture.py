@@ -1,4 +1,7 @@
-"""The layers hold: no import cycle, the core never imports a concrete plugin (docs/architecture.md).
+"""The package map holds (docs/architecture.md, "Package map"): no import cycle, and every import
+between two packages is one the map allows (``ALLOWED``), so the maths imports nothing above it, the
+core never imports a concrete plugin, plugins and the attack suite never reach the run layer, and
+nothing imports the commands.
 
 Every module of the three source folders (certframe/, plugins/ installed as
 certframe.plugins, attacks/ installed as certframe.attacks) is parsed with ``ast``;
@@ -14,10 +17,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"certframe": ROOT / "certframe", "certframe.plugins": ROOT / "plugins",
            "certframe.attacks": ROOT / "attacks"}
-
-MATH = ("certframe.interfaces", "certframe.core.certificate", "certframe.core.statistics", "certframe.core.sampler",
-        "certframe.core.smoothing", "certframe.core.metrics", "certframe.validation")
-"""The mathematics: smoothing, sampler, certification statistics, results, metrics."""
 
 
 def _modules() -> dict[str, Path]:
@@ -69,13 +68,68 @@ def _imports(module: str, path: Path) -> set[str]:
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 
-def _in(module: str, *prefixes: str) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in prefixes)
+def unit(module: str) -> str:
+    """The package a module belongs to in the map: ``certframe.core.sampler`` -> ``certframe.core``,
+    a loose module of the root (``certframe.registry``) is its own unit, the root ``certframe`` too."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+CONTRACTS = {"certframe.interfaces", "certframe.validation", "certframe.hookspecs"}
+BASICS = {"certframe.device", "certframe.files"}
+FOUNDATION = CONTRACTS | BASICS | {"certframe.core", "certframe"}
+
+ALLOWED: dict[str, set[str]] = {
+    # the contracts and the mathematics lean on each other (interfaces use the statistics' checks,
+    # the maths implements the interfaces); nothing else
+    "certframe.validation": set(),
+    "certframe.device": set(),
+    "certframe.files": set(),
+    "certframe.hookspecs": set(),
+    "certframe.interfaces": {"certframe.core", "certframe.validation"},
+    "certframe.core": {"certframe.interfaces", "certframe.validation"},
+    "certframe": {"certframe.core", "certframe.interfaces", "certframe.hookspecs"},   # the public names
+    # services over the foundation
+    "certframe.registry": {"certframe.hookspecs"},
+    "certframe.checkpoint": {"certframe.files"},
+    "certframe.quality": FOUNDATION | {"certframe.registry"},
+    "certframe.training": FOUNDATION | {"certframe.registry", "certframe.checkpoint", "certframe.quality"},
+    "certframe.contract": FOUNDATION | {"certframe.registry"},
+    # plugins and the attack suite: the foundation, never the run layer, the commands or each other
+    "certframe.plugins": FOUNDATION | {"certframe.checkpoint", "certframe.training", "certframe.report"},
+    "certframe.attacks": FOUNDATION,
+    # the run layer, reports and studies
+    "certframe.run": FOUNDATION | {"certframe.registry", "certframe.checkpoint", "certframe.quality",
+                                   "certframe.training", "certframe.attacks"},
+    "certframe.report": FOUNDATION | {"certframe.registry", "certframe.run"},
+    "certframe.study": FOUNDATION | {"certframe.registry", "certframe.checkpoint", "certframe.quality",
+                                     "certframe.training", "certframe.attacks", "certframe.run", "certframe.report"},
+    # the commands sit on top: they may import anything below them, nothing imports them
+    "certframe.cli": FOUNDATION | {"certframe.registry", "certframe.checkpoint", "certframe.quality",
+                                   "certframe.training", "certframe.attacks", "certframe.run", "certframe.report",
+                                   "certframe.study", "certframe.contract"},
+    "certframe.__main__": {"certframe.cli"},
+}
+"""Which package may import which (docs/architecture.md, "Package map"). An edge between two modules
+of the same package is always allowed; every other edge must be listed here."""
+
+
+def map_violations(graph: dict[str, set[str]], allowed: dict[str, set[str]] = ALLOWED) -> list[str]:
+    """Every import edge of ``graph`` between two packages that ``allowed`` does not list, and every
+    module whose package the map does not know."""
+    out = []
+    for m in sorted(graph):
+        a = unit(m)
+        if a not in allowed:
+            out.append(f"{m}: package {a} is not in the map")
+            continue
+        out += [f"{m} imports {n}" for n in sorted(graph[m]) if unit(n) != a and unit(n) not in allowed[a]]
+    return out
 
 
 def test_the_walk_sees_every_layer():
     assert {"certframe.run.step", "certframe.cli.certify_cmd", "certframe.plugins.certifiers.segcertify",
-            "certframe.attacks.suite", "certframe.core.smoothing"} <= set(MODULES)
+            "certframe.attacks.suite", "certframe.core.smoothing", "certframe.training.segmenter"} <= set(MODULES)
     assert "certframe.core.smoothing" in GRAPH["certframe.run.step"]
 
 
@@ -121,34 +175,34 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def _violations(source, forbidden) -> list[str]:
-    return [f"{m} imports {n}" for m in sorted(GRAPH) if source(m) for n in sorted(GRAPH[m]) if forbidden(n)]
+def test_every_import_follows_the_package_map():
+    assert map_violations(GRAPH) == []
 
 
-def test_the_core_never_imports_a_concrete_plugin():
-    core = lambda m: _in(m, "certframe") and not _in(m, "certframe.plugins")  # noqa: E731
-    assert _violations(core, lambda n: _in(n, "certframe.plugins")) == []
+def test_the_map_fires_on_a_forbidden_import(tmp_path):
+    """Controls: the maths importing the run layer, a plugin importing the commands, the attack suite
+    importing the run layer and an unknown package each fire; an import inside a package does not."""
+    graph = {"certframe.core.smoothing": {"certframe.run.folder", "certframe.core.sampler"},
+             "certframe.plugins.segmenters.monai": {"certframe.cli.errors"},
+             "certframe.attacks.suite": {"certframe.run.step"},
+             "certframe.newthing.x": set()}
+    assert map_violations(graph) == ["certframe.attacks.suite imports certframe.run.step",
+                                     "certframe.core.smoothing imports certframe.run.folder",
+                                     "certframe.newthing.x: package certframe.newthing is not in the map",
+                                     "certframe.plugins.segmenters.monai imports certframe.cli.errors"]
+    src = tmp_path / "m.py"
+    src.write_text("from certframe.run.folder import RunFolder\n")
+    assert map_violations({"certframe.core.fake": _imports("certframe.core.fake", src)}) == [
+        "certframe.core.fake imports certframe.run.folder"]
 
 
-def test_plugins_reach_the_core_only_through_its_interfaces():
-    """Built-in plugins never import the run layer, the commands or the attack suite."""
-    assert _violations(lambda m: _in(m, "certframe.plugins"),
-                       lambda n: _in(n, "certframe.run", "certframe.cli", "certframe.attacks",
-                                     "certframe.run.distributed")) == []
-
-
-def test_the_mathematics_imports_nothing_above_it():
-    above = ("certframe.run", "certframe.cli", "certframe.attacks", "certframe.run.folder", "certframe.registry",
-             "certframe.run.config", "certframe.run.distributed", "certframe.run.accelerate", "certframe.report",
-             "certframe.contract")
-    assert _violations(lambda m: m in MATH, lambda n: _in(n, *above)) == []
-
-
-def test_commands_sit_on_top():
-    """Nothing below the commands imports them; the run layer never imports the CLI."""
-    assert _violations(lambda m: not _in(m, "certframe.cli") and m != "certframe.__main__",
-                       lambda n: _in(n, "certframe.cli")) == []
-
-
-def test_the_attack_suite_does_not_import_the_run_layer():
-    assert _violations(lambda m: _in(m, "certframe.attacks"), lambda n: _in(n, "certframe.run")) == []
+def test_the_map_keeps_the_old_layer_rules():
+    """What the map implies, spelled out: the core never imports a concrete plugin, the maths imports
+    nothing above it, nothing imports the commands, plugins and attacks never reach the run layer."""
+    above_maths = {"certframe.run", "certframe.cli", "certframe.attacks", "certframe.registry", "certframe.report",
+                   "certframe.contract", "certframe.training", "certframe.quality", "certframe.study",
+                   "certframe.plugins", "certframe.files", "certframe.checkpoint"}
+    assert not ALLOWED["certframe.core"] & above_maths
+    assert all("certframe.plugins" not in v for k, v in ALLOWED.items() if k != "certframe.plugins")
+    assert all("certframe.cli" not in v for k, v in ALLOWED.items() if k != "certframe.__main__")
+    assert not {"certframe.run", "certframe.cli"} & (ALLOWED["certframe.plugins"] | ALLOWED["certframe.attacks"])
