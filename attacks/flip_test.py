@@ -28,21 +28,13 @@ All functions are pure numpy / scipy and vectorised over pixels.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
-from certframe.core.statistics import check_alpha
+from certframe.core.statistics import check_alpha, check_count, check_counts, clopper_pearson_upper, holm_reject
 
 DEFAULT_LEVEL = 0.001
 DEFAULT_P_ALT = 0.44
 DEFAULT_POWER = 0.9
-
-
-def _counts(k, n: int) -> np.ndarray:
-    k = np.asarray(k)
-    if k.size and (k.min() < 0 or k.max() > n):
-        raise ValueError(f"vote counts must lie in 0..n={n}, got range {k.min()}..{k.max()}")
-    return k.astype(np.int64)
 
 
 def flip_pvalues(k, n: int) -> np.ndarray:
@@ -50,46 +42,20 @@ def flip_pvalues(k, n: int) -> np.ndarray:
 
     Equals ``scipy.stats.binomtest(k, n, 0.5, alternative="less").pvalue``.
     """
-    n = _check_n(n)
-    return binom.cdf(_counts(k, n), n, 0.5)
+    n = check_count("n", n)
+    return binom.cdf(check_counts(k, n), n, 0.5)
 
 
-def clopper_pearson_upper(k, n: int, level: float) -> np.ndarray:
-    """One-sided ``1 - level`` Clopper-Pearson upper bound on p from k of n: ``Beta(1 - level; k + 1, n - k)``.
-
-    1 where k = n. Elementwise over ``k`` (int array, values in 0..n).
-    """
-    n = _check_n(n)
-    k = _counts(k, n)
-    level = check_alpha(level)
-    with np.errstate(invalid="ignore"):
-        return np.where(k >= n, 1.0, beta_dist.ppf(1 - level, k + 1, np.maximum(n - k, 1)))
-
-
-def holm_last_axis(pvalues: np.ndarray, level: float) -> np.ndarray:
-    """Holm's step-down procedure (Holm 1979) along the last axis of ``pvalues [..., m]``.
-
-    Sort each family's m p-values ascending; reject p_(1..j) for the largest j with
-    ``p_(i) <= level / (m - i + 1)`` for every i <= j. Equals
-    :func:`certframe.core.statistics.holm_reject` on each family; vectorised over families.
-    """
-    p = np.asarray(pvalues, dtype=np.float64)
-    m = p.shape[-1]
-    order = np.argsort(p, axis=-1, kind="stable")
-    thresholds = level / (m - np.arange(m))
-    passed = np.logical_and.accumulate(np.take_along_axis(p, order, axis=-1) <= thresholds, axis=-1)
-    rejected = np.zeros(p.shape, dtype=bool)
-    np.put_along_axis(rejected, order, passed, axis=-1)
-    return rejected
-
-
-def flip_test(k, n: int, level: float = DEFAULT_LEVEL, correction: str = "holm") -> tuple[np.ndarray, np.ndarray]:
+def flip_test(k, n: int, level: float = DEFAULT_LEVEL,
+              correction: str = "holm") -> tuple[np.ndarray, np.ndarray]:
     """Test H0_i: p_i >= 1/2 for m pixels with k_i of n fresh votes for their certified class.
 
     k: int ``[m]`` (or ``[..., m]``: independent families, e.g. simulated trials).
     Returns ``(rejected bool, upper float64)`` of k's shape: Holm (``correction="holm"``,
     the default) at family-wise level ``level`` over the m pixels of each family, and
-    the one-sided Clopper-Pearson upper bounds at confidence ``1 - level / m``. m = 0
+    the one-sided Clopper-Pearson upper bounds at confidence ``1 - level / m``
+    (:func:`certframe.core.statistics.holm_reject` along the last axis and
+    :func:`certframe.core.statistics.clopper_pearson_upper`). m = 0
     gives empty arrays. ``correction="none"`` (each pixel at ``level``) exists only to
     show, in the tests, that the correction is needed.
     """
@@ -101,7 +67,7 @@ def flip_test(k, n: int, level: float = DEFAULT_LEVEL, correction: str = "holm")
         return np.zeros(k.shape, dtype=bool), np.zeros(k.shape)
     p = flip_pvalues(k, n)
     if correction == "holm":
-        rejected = holm_last_axis(p, level)
+        rejected = holm_reject(p, level, axis=-1)
     elif correction == "none":
         rejected = p <= level
     else:
@@ -111,7 +77,7 @@ def flip_test(k, n: int, level: float = DEFAULT_LEVEL, correction: str = "holm")
 
 def critical_count(n: int, level: float) -> int:
     """Largest k with ``P(Binomial(n, 1/2) <= k) <= level`` (-1 when even k = 0 is not rejected)."""
-    n = _check_n(n)
+    n = check_count("n", n)
     k = int(binom.ppf(level, n, 0.5))
     while k >= 0 and binom.cdf(k, n, 0.5) > level:
         k -= 1
@@ -155,8 +121,3 @@ def default_n_test(pixels: int, level: float = DEFAULT_LEVEL, p_alt: float = DEF
             raise ValueError(f"no n <= {max_n} reaches power {power} against p = {p_alt} at level {a:.3g}")
         hi = min(max_n, hi * 4)
 
-
-def _check_n(n) -> int:
-    if isinstance(n, bool) or int(n) != n or int(n) < 1:
-        raise ValueError(f"n must be a positive integer number of draws, got {n!r}")
-    return int(n)

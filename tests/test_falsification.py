@@ -20,7 +20,6 @@ from scipy.stats import binom, binomtest, norm
 
 from certframe.attacks.falsification import covered_pixels, falsify
 from certframe.attacks.flip_test import (
-    clopper_pearson_upper,
     critical_count,
     default_n_test,
     flip_pvalues,
@@ -32,6 +31,7 @@ from certframe.attacks.pixel_attack import apgd_checkpoints, attack_pixels, hard
 from certframe.attacks.targets import boundary_distance, weakest_pixels
 from certframe.core.certificate import Certificate
 from certframe.core.smoothing import SmoothedSegmenter
+from certframe.core.statistics import clopper_pearson_upper
 from certframe.interfaces import ABSTAIN, Certifier, NoiseKey, Segmenter
 from certframe.plugins.certifiers.adaptive import AdaptiveSegCertify
 from certframe.plugins.certifiers.cohen_per_pixel import CohenPerPixel

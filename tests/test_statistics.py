@@ -193,3 +193,70 @@ def test_holm_shortcuts_match_the_full_sort_with_ties():
     assert (table == 0.0).sum() > 1 and (table == 1.0).sum() > 1        # the ties the test is about
     k = np.array([[100000, 99999, 99990], [5, 0, 100000]])
     assert holm_reject_counts(k, table, 0.01).tolist() == [[True, True, True], [False, False, True]]
+
+
+def _prefix_holm_last_axis(p, alpha):
+    """Holm as attacks/flip_test.py computed it before the one copy: stable sort of each family,
+    reject the prefix that passes ``alpha / (m - i)``, scatter back."""
+    m = p.shape[-1]
+    order = np.argsort(p, axis=-1, kind="stable")
+    passed = np.logical_and.accumulate(np.take_along_axis(p, order, axis=-1) <= alpha / (m - np.arange(m)), axis=-1)
+    rejected = np.zeros(p.shape, dtype=bool)
+    np.put_along_axis(rejected, order, passed, axis=-1)
+    return rejected
+
+
+def test_holm_along_the_last_axis_decides_as_each_family_alone_and_as_the_prefix_rule():
+    """holm_reject(axis=-1) (the falsification test's families) equals holm_reject on each
+    family (the certifiers' one family) and the step-down prefix of a stable sort, also
+    with ties, p-values exactly at a threshold, all or none rejected, and empty families."""
+    from scipy.stats import binom
+
+    rng = np.random.default_rng(2)
+    alpha = 0.05
+    for _ in range(200):
+        m = int(rng.integers(1, 12))
+        trials = int(rng.integers(1, 6))
+        kind = rng.integers(3)
+        if kind == 0:    # flip-test p-values: P(Bin(n, 1/2) <= k), many ties
+            p = binom.cdf(rng.integers(20, 60, size=(trials, m)), 100, 0.5)
+        elif kind == 1:  # exactly at Holm's thresholds, and ties of them
+            p = (alpha / (m - np.arange(m)))[rng.integers(0, m, size=(trials, m))]
+        else:
+            p = rng.choice([0.0, 1e-4, 0.004, 0.01, 0.05, 1.0], size=(trials, m))
+        got = holm_reject(p, alpha, axis=-1)
+        assert got.tolist() == _prefix_holm_last_axis(p, alpha).tolist()
+        assert got.tolist() == [holm_reject(row, alpha).tolist() for row in p]
+        assert holm_reject(p[None], alpha, axis=2).tolist() == [got.tolist()]
+    assert holm_reject(np.zeros((3, 0)), alpha, axis=-1).shape == (3, 0)
+    assert holm_reject(np.array([[0.0, 1.0], [1.0, 1.0]]), alpha, axis=-1).tolist() == [[True, False], [False, False]]
+    with pytest.raises(ValueError, match="axis must be None"):
+        holm_reject(np.zeros((2, 3)), alpha, axis=0)
+
+
+def test_clopper_pearson_upper_is_one_copy_for_both_callers():
+    """The falsification test (elementwise, ``k >= n`` -> 1) and the adaptive certifier's
+    futility bound (a cached table, ``k == n`` -> 1) used two copies of the upper bound; the
+    one kept gives both the same values bit for bit, at k = 0 and k = n too."""
+    from scipy.stats import beta as beta_dist
+
+    from certframe.core.statistics import clopper_pearson_upper, clopper_pearson_upper_table
+
+    for n in (1, 2, 40, 1696):
+        ks = np.arange(n + 1)
+        for a in (0.01, 0.001 / 8, 0.3):
+            with np.errstate(invalid="ignore"):
+                old_flip = np.where(ks >= n, 1.0, beta_dist.ppf(1 - a, ks + 1, np.maximum(n - ks, 1)))
+                old_adaptive = np.where(ks == n, 1.0, beta_dist.ppf(1 - a, ks + 1, np.maximum(n - ks, 1)))
+            table = clopper_pearson_upper_table(n, a)
+            assert table.tolist() == old_flip.tolist() == old_adaptive.tolist()
+            assert clopper_pearson_upper(ks, n, a).tolist() == table.tolist()
+            assert clopper_pearson_upper(ks[::-1].reshape(1, -1), n, a).tolist() == [table[::-1].tolist()]
+            assert table[n] == 1.0 and table[0] == pytest.approx(1 - a ** (1 / n), rel=1e-9)
+            assert not table.flags.writeable
+            # the upper bound is 1 - the lower bound of the complementary count
+            assert np.allclose(table, 1 - clopper_pearson_lower(ks, n, a)[::-1])
+    with pytest.raises(ValueError, match=r"vote counts must lie in 0..n=10, got range 0..11"):
+        clopper_pearson_upper(np.array([0, 11]), 10, 0.01)
+    with pytest.raises(ValueError, match="alpha must lie in the open interval"):
+        clopper_pearson_upper(np.array([0]), 10, 1.5)

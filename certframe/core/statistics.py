@@ -66,6 +66,14 @@ def check_count(name: str, n: int) -> int:
     return int(n)
 
 
+def check_counts(k: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
+    """Vote counts out of n draws as int64 numpy (any shape); ValueError unless every one lies in ``0..n``."""
+    k = k.detach().cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)
+    if k.size and (k.min() < 0 or k.max() > n):
+        raise ValueError(f"vote counts must lie in 0..n={n}, got range {k.min()}..{k.max()}")
+    return k.astype(np.int64)
+
+
 def smallest_certifying_n(tau: float, alpha: float) -> int:
     """The smallest n with ``tau**n <= alpha``: below it not even n votes of n certify a pixel.
 
@@ -93,11 +101,8 @@ def binomial_pvalues(k: torch.Tensor | np.ndarray, n: int, tau: float) -> np.nda
     k: integer array of any shape with values in ``0..n``. Returns float64 of the
     same shape; equals ``scipy.stats.binomtest(k, n, tau, alternative='greater').pvalue``.
     """
-    k = k.detach().cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)
     n = check_count("n", n)
-    if k.size and (k.min() < 0 or k.max() > n):
-        raise ValueError(f"vote counts must lie in 0..n={n}, got range {k.min()}..{k.max()}")
-    return upper_tail_table(n, float(tau))[k.astype(np.int64)]
+    return upper_tail_table(n, float(tau))[check_counts(k, n)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -109,22 +114,31 @@ def upper_tail_table(n: int, tau: float) -> np.ndarray:
     return table
 
 
-def holm_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
+def holm_reject(pvalues: np.ndarray, alpha: float, axis: int | None = None) -> np.ndarray:
     """Holm's step-down procedure (Holm 1979) at family-wise error ``alpha``.
 
     Sort the m p-values ascending; reject p_(1..j) where j is the largest index
     such that p_(i) <= alpha / (m - i + 1) for every i <= j. Returns bool of the
     input's shape: True where H0 is rejected (the pixel is certified).
 
-    Only p-values <= alpha can pass (every threshold is at most alpha), and they are the
-    smallest, so only they are sorted (values, not indices); the rejections are then the
-    p-values <= the last one that passed (:func:`_holm_cutoff`).
+    axis: None (default): all the p-values form one family. -1: each slice along the last
+    axis is its own family (``[..., m]``, e.g. many simulated trials), vectorised over them.
+
+    One family: only p-values <= alpha can pass (every threshold is at most alpha), and they
+    are the smallest, so only they are sorted (values, not indices); the rejections are then
+    the p-values <= the last one that passed (:func:`_holm_cutoff`).
     """
     p = np.asarray(pvalues, dtype=np.float64)
-    flat = p.ravel()
-    candidates = np.sort(flat[flat <= alpha])
-    cutoff = _holm_cutoff(candidates, np.arange(candidates.size), flat.size, alpha)
-    return np.zeros(p.shape, dtype=bool) if cutoff is None else p <= cutoff
+    if axis is None:
+        flat = p.ravel()
+        candidates = np.sort(flat[flat <= alpha])
+        return p <= _holm_cutoff(candidates, np.arange(candidates.size), flat.size, alpha)
+    if p.ndim == 0 or axis not in (-1, p.ndim - 1):
+        raise ValueError(f"holm_reject: axis must be None (one family) or -1 (families along the last axis), "
+                         f"got {axis!r} for p-values of shape {p.shape}")
+    m = p.shape[-1]
+    cutoff = _holm_cutoff(np.sort(p, axis=-1), np.arange(m), m, alpha)
+    return p <= cutoff[..., None]
 
 
 def holm_reject_counts(k: np.ndarray, table: np.ndarray, alpha: float) -> np.ndarray:
@@ -142,23 +156,28 @@ def holm_reject_counts(k: np.ndarray, table: np.ndarray, alpha: float) -> np.nda
     sizes = np.bincount(k.ravel(), minlength=table.size)[order]
     occurs = sizes > 0
     values, sizes = table[order][occurs], sizes[occurs]
-    cutoff = _holm_cutoff(values, np.cumsum(sizes) - sizes, k.size, alpha)
-    return np.zeros(p.shape, dtype=bool) if cutoff is None else p <= cutoff
+    return p <= _holm_cutoff(values, np.cumsum(sizes) - sizes, k.size, alpha)
 
 
-def _holm_cutoff(values: np.ndarray, ranks: np.ndarray, m: int, alpha: float) -> float | None:
-    """The largest p-value Holm rejects (None: none), from ascending p-values and their 0-based ranks.
+def _holm_cutoff(values: np.ndarray, ranks: np.ndarray, m: int, alpha: float) -> np.ndarray:
+    """The largest p-value Holm rejects, from ascending p-values and their 0-based ranks (NaN: none).
 
-    ``values[j]`` is the p-value at rank ``ranks[j]`` among all m: every p-value of the family
-    (ranks ``0..``), or the first of each run of equal ones. Holm passes rank i when
+    ``values[..., j]`` is the p-value at rank ``ranks[j]`` among all m of its family (the
+    leading axes, if any, index independent families): every p-value of the family (ranks
+    ``0..``), or the first of each run of equal ones. Holm passes rank i when
     ``p_(i) <= alpha / (m - i)`` and every smaller rank passed. Within a run of equal values
     the thresholds grow, so the run passes exactly when its first member does; and a value
     equal to the last one that passed passes too (its threshold is larger). So the
-    rejections are exactly the p-values <= the returned cutoff.
+    rejections are exactly the p-values <= the returned cutoff (none for NaN: every
+    comparison with NaN is False). Returns float64 of ``values.shape[:-1]``.
     """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[-1] == 0:
+        return np.full(values.shape[:-1], np.nan)
     passed = values <= alpha / (m - ranks)
-    j = passed.size if passed.all() else int(np.argmin(passed))
-    return float(values[j - 1]) if j else None
+    j = np.where(passed.all(axis=-1), passed.shape[-1], np.argmin(passed, axis=-1))
+    last = np.take_along_axis(values, np.maximum(j - 1, 0)[..., None], axis=-1)[..., 0]
+    return np.where(j > 0, last, np.nan)
 
 
 def bonferroni_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
@@ -204,5 +223,28 @@ def clopper_pearson_lower_table(n: int, alpha: float) -> np.ndarray:
     ks = np.arange(n + 1)
     with np.errstate(invalid="ignore"):
         table = np.where(ks == 0, 0.0, beta.ppf(alpha, np.maximum(ks, 1), n - ks + 1))
+    table.setflags(write=False)
+    return table
+
+
+def clopper_pearson_upper(k: torch.Tensor | np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """One-sided ``(1 - alpha)`` Clopper-Pearson upper bound on a binomial proportion from k of n.
+
+    ``Beta(1 - alpha; k + 1, n - k)`` (1 where k = n), elementwise over ``k`` (any shape, values
+    in ``0..n``). The one copy for the falsification test (:mod:`certframe.attacks.flip_test`)
+    and the adaptive certifier's futility bound (through :func:`clopper_pearson_upper_table`).
+    """
+    n = check_count("n", n)
+    k = check_counts(k, n)
+    alpha = check_alpha(alpha)
+    with np.errstate(invalid="ignore"):
+        return np.where(k >= n, 1.0, beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1)))
+
+
+@functools.lru_cache(maxsize=256)
+def clopper_pearson_upper_table(n: int, alpha: float) -> np.ndarray:
+    """:func:`clopper_pearson_upper` for ``k = 0..n`` (float64 ``[n + 1]``, read-only, cached:
+    every image of a run asks for the same few)."""
+    table = clopper_pearson_upper(np.arange(n + 1), n, alpha)
     table.setflags(write=False)
     return table

@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from certframe.core import statistics
 from certframe.interfaces import CertifyRequest
 from certframe.run.provenance import absolute_paths
 from certframe.validation import OptionError, check_int, check_seed
@@ -43,12 +44,14 @@ def _number(name: str, value: Any) -> float:
 
 
 def check_sigma(sigma: Any) -> float:
-    """A finite noise level > 0 in [0, 1] pixel units."""
+    """A finite noise level > 0 in [0, 1] pixel units (:func:`certframe.core.statistics.check_sigma`,
+    with the run layer's message)."""
     value = _number("sigma", sigma)
-    if not math.isfinite(value) or value <= 0:
+    try:
+        return statistics.check_sigma(value)
+    except ValueError:
         raise SpecError(f"sigma must be a finite noise level > 0 (the std of the Gaussian noise in [0, 1] "
-                        f"pixel units, e.g. 0.25), got {sigma!r}")
-    return value
+                        f"pixel units, e.g. 0.25), got {sigma!r}") from None
 
 
 def check_batch_size(value: Any) -> int | str:

@@ -107,17 +107,22 @@ the last look, where nothing is left to draw).
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import numpy as np
 import torch
 from scipy.special import bdtrc
-from scipy.stats import beta as beta_dist
 
 from certframe.core.certificate import Certificate
-from certframe.core.statistics import binomial_pvalues, certified_radius, check_alpha, holm_reject, upper_tail_table
+from certframe.core.statistics import (
+    binomial_pvalues,
+    certified_radius,
+    check_alpha,
+    clopper_pearson_upper_table,
+    holm_reject,
+    upper_tail_table,
+)
 from certframe.interfaces import ABSTAIN, Certifier, CertifyRequest, VoteSource
 
 SPENDINGS = ("bonferroni", "weighted", "none")
@@ -173,19 +178,6 @@ def alpha_spending(alpha: float, num_looks: int, spending: str = "bonferroni",
     if spending == "none":
         return [alpha] * num_looks
     raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
-
-
-@functools.lru_cache(maxsize=256)
-def clopper_pearson_upper(n: int, beta: float) -> np.ndarray:
-    """Table ``U[k]``, k = 0..n: one-sided ``1 - beta`` Clopper-Pearson upper bound (1 at k = n).
-
-    Read-only and cached: every image of a run asks for the same looks.
-    """
-    ks = np.arange(n + 1)
-    with np.errstate(invalid="ignore"):
-        table = np.where(ks == n, 1.0, beta_dist.ppf(1 - beta, ks + 1, np.maximum(n - ks, 1)))
-    table.setflags(write=False)
-    return table
 
 
 def min_certifiable_count(n: int, tau: float, level: float) -> int:
@@ -302,7 +294,7 @@ class AdaptiveSegCertify(Certifier):
             if j == len(looks) - 1:
                 upper = None
             else:
-                upper = clopper_pearson_upper(n_j, self.futility_beta)[k]
+                upper = clopper_pearson_upper_table(n_j, self.futility_beta)[k]
             resolved = True
             for tau in taus:
                 p = binomial_pvalues(k, n_j, tau)

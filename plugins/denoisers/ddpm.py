@@ -1,12 +1,12 @@
 """The ``ddpm`` denoiser: one-shot diffusion denoising (Carlini et al., ICLR 2023)."""
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
 import torch
 
+from certframe.core.statistics import check_sigma
 from certframe.interfaces import Denoiser
 
 from .diffusion import (
@@ -27,7 +27,10 @@ def train_ddpm(dataset, output, **options):
 
 
 def convert_guided_diffusion(checkpoint, output, **flags):
-    """Convert an OpenAI guided-diffusion checkpoint: :func:`certframe.plugins.denoisers.guided_diffusion.convert_guided_diffusion`."""
+    """Convert an OpenAI guided-diffusion checkpoint.
+
+    See :func:`certframe.plugins.denoisers.guided_diffusion.convert_guided_diffusion`.
+    """
     from .guided_diffusion import convert_guided_diffusion as convert
 
     overwrite = flags.pop("overwrite", False)
@@ -112,12 +115,12 @@ class DDPMDenoiser(Denoiser):
         per sigma and size). With ``allow_untrained_sigma`` it warns instead.
         """
         size = tuple(image_size or self.diffusion.sample_size)
-        key = (float(sigma), size)
+        key = (check_sigma(sigma), size)      # a bad sigma (not finite, <= 0) is never allowed
         if key not in self._checked:
             try:
                 self._checked[key] = check_trained_range(self.diffusion, sigma, size)
             except ValueError as err:
-                if not self.allow_untrained_sigma or not math.isfinite(float(sigma)) or not float(sigma) > 0:
+                if not self.allow_untrained_sigma:
                     raise
                 warnings.warn(f"allow_untrained_sigma: {err}", stacklevel=2)
                 self._checked[key] = self.timestep(sigma, size)

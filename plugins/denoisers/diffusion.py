@@ -62,6 +62,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from certframe.core.statistics import check_sigma
+
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -81,9 +83,7 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     sigma: noise std in ``[0, 1]`` pixel units (the sampler's sigma; the model's
     ``[-1, 1]`` range doubles it). Ties go to the smaller t.
     """
-    sigma = float(sigma)
-    if not sigma > 0 or not math.isfinite(sigma):
-        raise ValueError(f"sigma must be a positive finite noise level, got {sigma}")
+    sigma = check_sigma(sigma)
     return int((noise_to_signal(alphas_cumprod) - 2 * sigma).abs().argmin())
 
 
