@@ -12,7 +12,9 @@ The network is rebuilt from the plans' ``architecture`` (``network_class_name`` 
 package nnU-Net itself builds its networks with; nnunetv2 itself is not needed (it
 pulls scikit-image, SimpleITK, scikit-learn and more, none of which inference uses).
 Only classes of ``dynamic_network_architectures.architectures`` and operators of
-``torch.nn`` are imported from the names in plans.json.
+``torch.nn`` are imported from the names in plans.json. Reading the plans, choosing the
+configuration, building the network and the normalisation constants live in
+:mod:`certframe.plugins.segmenters.nnunet_plans`.
 
 The checkpoint is a pickle (``torch.save``); it is read with
 ``torch.load(weights_only=True)`` and an explicit allow-list of the types nnU-Net
@@ -29,8 +31,6 @@ docs/certify-your-own-model.md for each scheme.
 """
 from __future__ import annotations
 
-import importlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +39,10 @@ import torch.nn.functional as F
 
 from certframe.interfaces import Segmenter
 
-SCHEMES = ("CTNormalization", "ZScoreNormalization", "NoNormalization", "RescaleTo01Normalization",
-           "RGBTo01Normalization")
-ARCH_PREFIX = "dynamic_network_architectures.architectures."
+from .nnunet_plans import SCHEMES, build_network, import_dna, load_network, normalization, read_plans
+
+__all__ = ["NNUNetSegmenter", "CHECKPOINT_GLOBALS", "read_nnunet_checkpoint", "build_network", "import_dna",
+           "SCHEMES"]
 
 
 def _numpy_globals() -> list:
@@ -57,14 +58,6 @@ def _numpy_globals() -> list:
 
 CHECKPOINT_GLOBALS = _numpy_globals()
 """Types allowed in ``torch.load(weights_only=True)`` beyond torch's own safe set."""
-
-
-def import_dna():
-    try:
-        import dynamic_network_architectures  # noqa: F401
-    except ImportError as err:
-        raise ImportError("the nnunet segmenter needs dynamic-network-architectures (the network library of "
-                          f"nnU-Net): pip install 'certframe[nnunet]' ({err})") from err
 
 
 def read_nnunet_checkpoint(path: str | Path) -> dict:
@@ -95,44 +88,6 @@ def read_nnunet_checkpoint(path: str | Path) -> dict:
         keys = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
         raise ValueError(f"{path}: expected an nnU-Net checkpoint with 'network_weights', got {keys}")
     return ck
-
-
-def _locate(name: str, prefix: str):
-    if not isinstance(name, str) or not name.startswith(prefix):
-        raise ValueError(f"plans.json names {name!r}; only classes under {prefix!r} are imported")
-    module, _, attr = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"plans.json names {name!r}, which cannot be imported ({err})") from None
-
-
-def _configuration(plans: dict, name: str) -> dict:
-    configs = plans.get("configurations", {})
-    if name not in configs:
-        raise ValueError(f"plans.json has no configuration {name!r}; it has {sorted(configs)}")
-    cfg = dict(configs[name])
-    parent = cfg.pop("inherits_from", None)
-    return {**_configuration(plans, parent), **cfg} if parent else cfg
-
-
-def build_network(cfg: dict, in_channels: int, num_classes: int) -> torch.nn.Module:
-    """The nnU-Net network of a plans configuration (deep supervision off, as nnU-Net predicts)."""
-    import_dna()
-    arch = cfg.get("architecture")
-    if not isinstance(arch, dict) or "network_class_name" not in arch:
-        raise ValueError("plans.json configuration has no 'architecture' with 'network_class_name' (plans "
-                         "written by nnU-Net >= 2.4 are supported; re-plan older ones with nnUNetv2_plan_experiment)")
-    kwargs = dict(arch["arch_kwargs"])
-    for key in arch.get("_kw_requires_import", ()):
-        if kwargs.get(key) is not None:
-            kwargs[key] = _locate(kwargs[key], "torch.nn.")
-    if kwargs.get("conv_op") not in (torch.nn.Conv2d, None):
-        raise ValueError(f"the configuration uses {kwargs.get('conv_op')}, expected torch.nn.Conv2d (a 2-D "
-                         f"configuration such as '2d')")
-    cls = _locate(arch["network_class_name"], ARCH_PREFIX)
-    kwargs["deep_supervision"] = False
-    return cls(input_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
 class NNUNetSegmenter(Segmenter):
@@ -173,88 +128,24 @@ class NNUNetSegmenter(Segmenter):
         if model is None:
             raise ValueError("the nnunet segmenter needs model=: an nnU-Net v2 results folder holding "
                              "dataset.json, plans.json and fold_N/checkpoint_final.pth")
-        folder = Path(model)
-        for name in ("dataset.json", "plans.json"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found: model= must be an nnU-Net v2 results folder "
-                                        f"(dataset.json, plans.json, fold_N/{checkpoint})")
         if not 0 < float(tile_step_size) <= 1:
             raise ValueError(f"tile_step_size must lie in (0, 1], got {tile_step_size}")
-        plans = json.loads((folder / "plans.json").read_text())
-        dataset = json.loads((folder / "dataset.json").read_text())
-        cfg = _configuration(plans, configuration)
-        channels = dataset.get("channel_names") or dataset.get("modality")
-        labels = dataset.get("labels", {})
-        if not channels or not labels:
-            raise ValueError(f"{folder / 'dataset.json'}: expected 'channel_names' and 'labels'")
-        if "regions_class_order" in dataset or any(isinstance(v, (list, tuple)) for v in labels.values()):
-            raise ValueError(f"{folder / 'dataset.json'}: region-based training (regions_class_order) is not "
-                             f"supported: certframe needs one class per pixel")
-        self.in_channels, self.num_classes = len(channels), len(labels)
-        transpose = plans.get("transpose_forward", [0, 1, 2])
-        if list(transpose) not in ([0, 1, 2], [0, 2, 1]):
-            raise ValueError(f"plans.json transpose_forward={transpose}: only [0, 1, 2] and [0, 2, 1] apply to "
-                             f"2-D images")
-        self.swap_axes = list(transpose) == [0, 2, 1]
-        self.patch_size = tuple(int(p) for p in cfg["patch_size"])
-        if len(self.patch_size) != 2:
-            raise ValueError(f"configuration {configuration!r} has patch_size {cfg['patch_size']}, expected 2-D")
-        ck_path = folder / f"fold_{fold}" / checkpoint
+        plans = read_plans(model, configuration, checkpoint)
+        self.in_channels, self.num_classes = plans.in_channels, plans.num_classes
+        self.swap_axes, self.patch_size = plans.swap_axes, plans.patch_size
+        ck_path = plans.folder / f"fold_{fold}" / checkpoint
         ck = read_nnunet_checkpoint(ck_path)
-        saved_config = (ck.get("init_args") or {}).get("configuration", configuration)
-        if saved_config != configuration:
-            raise ValueError(f"{ck_path} was trained for configuration {saved_config!r}, not {configuration!r}")
-        self.net = build_network(cfg, self.in_channels, self.num_classes)
-        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ck["network_weights"].items()}
-        try:
-            self.net.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(f"{ck_path}: the weights do not fit the network of {folder / 'plans.json'} "
-                             f"({str(err).splitlines()[0][:200]})") from None
-        self.mirror_axes = tuple(int(a) for a in (ck.get("inference_allowed_mirroring_axes") or ())) \
-            if mirroring else ()
+        self.net = load_network(plans, ck, ck_path)
+        allowed = ck.get("inference_allowed_mirroring_axes") or ()
+        self.mirror_axes = tuple(int(a) for a in allowed) if mirroring else ()
         self.tile_step_size = float(tile_step_size)
-        schemes = list(cfg.get("normalization_schemes", []))
-        if len(schemes) != self.in_channels or any(s not in SCHEMES for s in schemes):
-            raise ValueError(f"normalization_schemes {schemes}: expected one of {SCHEMES} per channel "
-                             f"({self.in_channels} channels)")
-        if any(cfg.get("use_mask_for_norm", [False] * self.in_channels)):
-            raise ValueError("use_mask_for_norm is set in the plans: nnU-Net then normalises inside the non-zero "
-                             "region of the uncropped case, which a 2-D certframe image does not carry")
-        self.schemes = schemes
-        props = plans.get("foreground_intensity_properties_per_channel", {})
-        lo, hi, sub, div, clip_lo, clip_hi = [], [], [], [], [], []
-        ranges = intensity_range
-        if ranges is not None and len(ranges) == 2 and all(isinstance(v, (int, float)) for v in ranges):
-            ranges = [ranges] * self.in_channels
-        if ranges is not None and (len(ranges) != self.in_channels or any(len(r) != 2 or r[1] <= r[0] for r in ranges)):
-            raise ValueError(f"intensity_range must be [lo, hi] with lo < hi, or one pair per channel "
-                             f"({self.in_channels}), got {intensity_range}")
-        for c, scheme in enumerate(schemes):
-            p = props.get(str(c), {})
-            if scheme in ("CTNormalization", "NoNormalization") and not p:
-                raise ValueError(f"plans.json lacks foreground_intensity_properties_per_channel['{c}'] that "
-                                 f"{scheme} needs")
-            default = {"CTNormalization": lambda: (p["percentile_00_5"], p["percentile_99_5"]),
-                       "NoNormalization": lambda: (p["min"], p["max"]),
-                       "RGBTo01Normalization": lambda: (0.0, 255.0)}.get(scheme, lambda: (0.0, 1.0))()
-            a, b = ranges[c] if ranges is not None else default
-            lo.append(float(a))
-            hi.append(float(b))
-            ct = scheme == "CTNormalization"
-            sub.append(float(p["mean"]) if ct else 0.0)
-            div.append(max(float(p["std"]), 1e-8) if ct else 255.0 if scheme == "RGBTo01Normalization" else 1.0)
-            clip_lo.append(float(p["percentile_00_5"]) if ct else -float("inf"))
-            clip_hi.append(float(p["percentile_99_5"]) if ct else float("inf"))
-        self.intensity_range = [[a, b] for a, b in zip(lo, hi)]
-        for name, values in (("lo", lo), ("scale", [b - a for a, b in zip(lo, hi)]),
-                             ("shift", [-m / d for m, d in zip(sub, div)]), ("inv_div", [1 / d for d in div]),
-                             ("clip_lo", clip_lo), ("clip_hi", clip_hi)):
+        norm = normalization(plans, intensity_range)
+        self.schemes, self.intensity_range, self.per_image = norm.schemes, norm.intensity_range, norm.per_image
+        for name, values in norm.buffers.items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1))
-        self.per_image = [s in ("ZScoreNormalization", "RescaleTo01Normalization") for s in schemes]
-        self.config = {"segmenter": "nnunet", "model": str(folder.resolve()), "fold": fold,
+        self.config = {"segmenter": "nnunet", "model": str(plans.folder.resolve()), "fold": fold,
                        "configuration": configuration, "checkpoint": checkpoint,
-                       "trainer_name": ck.get("trainer_name"), "normalization_schemes": schemes,
+                       "trainer_name": ck.get("trainer_name"), "normalization_schemes": self.schemes,
                        "intensity_range": self.intensity_range, "patch_size": list(self.patch_size),
                        "mirror_axes": list(self.mirror_axes), "tile_step_size": self.tile_step_size}
         self.weights_path = str(ck_path)
