@@ -2,28 +2,15 @@
 import numpy as np
 import pytest
 import torch
+from certifier_helpers import FixedVotes, error_lower_bound
 from conftest import ThresholdSegmenter
-from scipy.stats import beta, binom, norm
+from scipy.stats import binom, norm
 
 from certframe.core.smoothing import SmoothedSegmenter
 from certframe.core.statistics import binomial_pvalues, holm_reject
 from certframe.interfaces import ABSTAIN, CertifyRequest, NoiseKey
 from certframe.plugins.certifiers.cohen_per_pixel import CohenPerPixel
 from certframe.plugins.certifiers.segcertify import SegCertify
-
-
-class FixedVotes:
-    """A VoteSource returning given counts, recording what was asked."""
-
-    def __init__(self, selection, estimation):
-        self.num_classes = selection.shape[0]
-        self.data = {"selection": selection, "estimation": estimation}
-        self.asked = []
-
-    def counts(self, phase, n, start=0):
-        self.asked.append((phase, n, start))
-        assert self.data[phase].sum(0).eq(n).all()
-        return self.data[phase]
 
 
 def test_segcertify_exact_decisions():
@@ -50,7 +37,8 @@ def test_bonferroni_abstains_where_holm_certifies():
     n, tau, alpha = 100, 0.75, 0.05
     ks = np.array([86, 86, 85, 85])
     p = binomial_pvalues(ks, n, tau)
-    sel = torch.zeros(2, 1, 4, dtype=torch.long); sel[1] = 10
+    sel = torch.zeros(2, 1, 4, dtype=torch.long)
+    sel[1] = 10
     est = torch.stack([torch.tensor(n - ks), torch.tensor(ks)]).view(2, 1, 4)
     req = CertifyRequest(sigma=0.25, n0=10, n=n, alpha=alpha, taus=(tau,))
     holm = SegCertify("holm").certify(FixedVotes(sel, est), req)[0]
@@ -86,12 +74,13 @@ def test_unknown_correction_is_an_error():
 # unanimous pixels (p1 = 1), which Holm certifies first, so that the nulls face Holm's
 # largest thresholds (alpha / m0): the true family-wise error of Holm is then close to alpha.
 #
-# Pass criterion: with W wrong images in T trials, the one-sided 1 - DELTA Clopper-Pearson
-# LOWER bound on the family-wise error must not exceed the stated alpha (a sound certifier
-# fails with probability <= DELTA; the seeds are fixed, so the tests are deterministic).
+# Pass criterion (certifier_helpers.error_lower_bound): with W wrong images in T trials, the
+# one-sided 1 - DELTA Clopper-Pearson LOWER bound on the family-wise error must not exceed the
+# stated alpha (a sound certifier fails with probability <= DELTA = 0.001; the seeds are
+# fixed, so the tests are deterministic).
 # Each check is shown to fail on a broken certifier: no correction, and Holm at 2 alpha.
 
-SIGMA, TAU, ALPHA, TRIALS, DELTA = 0.25, 0.75, 0.05, 1000, 1e-3
+SIGMA, TAU, ALPHA, TRIALS = 0.25, 0.75, 0.05, 1000
 
 
 class BinomialVotes:
@@ -136,11 +125,6 @@ def wrong_images(certifier, *, taus=(TAU,), n0=100, n=1000, trials=TRIALS, alpha
     return wrong, used
 
 
-def error_lower_bound(wrong, trials=TRIALS, delta=DELTA):
-    """One-sided 1 - delta Clopper-Pearson lower bound on a proportion: Beta(delta; W, T - W + 1)."""
-    return 0.0 if wrong == 0 else float(beta.ppf(delta, wrong, trials - wrong + 1))
-
-
 def within_alpha(wrong, trials=TRIALS, alpha=ALPHA):
     return error_lower_bound(wrong, trials) <= alpha
 
@@ -148,7 +132,7 @@ def within_alpha(wrong, trials=TRIALS, alpha=ALPHA):
 def test_pass_criterion_golden():
     # Beta(0.001; 65, 936) = 0.04337: 65 / 1000 wrong is consistent with alpha 0.05; the criterion
     # passes up to 73 / 1000 (lower bound 0.04999) and fails from 74 (0.05082)
-    assert error_lower_bound(65) == pytest.approx(0.0433654, abs=1e-6)
+    assert error_lower_bound(65, TRIALS) == pytest.approx(0.0433654, abs=1e-6)
     assert within_alpha(73) and not within_alpha(74) and within_alpha(0)
     # a certifier with true error 2 alpha = 0.1 passes with probability P(Bin(1000, 0.1) <= 73) < 0.003
     assert binom.cdf(73, 1000, 0.1) < 0.003
