@@ -127,7 +127,8 @@ def validate_labels(labels: torch.Tensor, images: torch.Tensor, num_classes: int
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or (num_classes is not None and hi >= num_classes):
             present = sorted(torch.unique(labels).tolist())
-            raise ValueError(f"{name} hold classes {present}, expected values in 0..{num_classes - 1 if num_classes else 'K-1'}")
+            top = num_classes - 1 if num_classes else "K-1"
+            raise ValueError(f"{name} hold classes {present}, expected values in 0..{top}")
 
 
 def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:

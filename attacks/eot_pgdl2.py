@@ -56,7 +56,8 @@ class EOTPGDL2(SegmentationAttack):
         self._setup(eps=eps, norm=self.fixed_norm, seed=seed)
         self.sigma = pipeline.sigma
         self.steps = check_positive("steps", steps, integer=True)
-        self.step_size = default_step_size(self.eps, self.steps) if step_size is None else check_positive("step_size", step_size)
+        self.step_size = (default_step_size(self.eps, self.steps) if step_size is None
+                          else check_positive("step_size", step_size))
         self.num_draws = check_positive("num_draws", num_draws, integer=True)
         self.draw_batch = check_positive("draw_batch", draw_batch, integer=True)
         if objective not in OBJECTIVES:

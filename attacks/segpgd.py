@@ -63,7 +63,8 @@ class SegPGD(SegmentationAttack):
         norm = check_norm(norm)
         self._setup(eps=(8 / 255 if norm == "linf" else 0.5) if eps is None else eps, norm=norm, seed=seed)
         self.steps = check_positive("steps", steps, integer=True)
-        self.step_size = default_step_size(self.eps, self.steps) if step_size is None else check_positive("step_size", step_size)
+        self.step_size = (default_step_size(self.eps, self.steps) if step_size is None
+                          else check_positive("step_size", step_size))
         self.random_start = bool(random_start)
         self.restarts = check_positive("restarts", restarts, integer=True)
 

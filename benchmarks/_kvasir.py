@@ -37,7 +37,8 @@ def kvasir_splits(registry, root: Path, size: int, seed: int, out: Path) -> dict
             for s in ("train", "val", "test")}
 
 
-def paired_bootstrap_ci(a, b, *, n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_ci(a, b, *, n_boot: int = 10_000, level: float = 0.95,
+                        seed: int = 0) -> tuple[float, float, float]:
     """Mean of ``a - b`` over images and its percentile bootstrap CI, resampling IMAGES (pairs kept together).
 
     a, b: per-image scores of two methods on the same images (equal length >= 1).

@@ -20,8 +20,9 @@ tested images with a caught violation (honest: false alarms), violations / teste
 pixels, the smallest Clopper-Pearson upper bound seen, and seconds per image of the
 falsification test. ``--kvasir ROOT --weights W --size 128 --sigma S`` runs the
 test split of Kvasir-SEG with a Gaussian-trained UNet instead (train one with
-``certframe train segmenter --dataset kvasir-seg ... --noise-sigma S``). Results: ``benchmarks/results/attack_power.txt`` (first line:
-the command). Timings are wall clock on a shared machine; nothing here asserts a verdict.
+``certframe train segmenter --dataset kvasir-seg ... --noise-sigma S``). Results:
+``benchmarks/results/attack_power.txt`` (first line: the command). Timings are wall clock
+on a shared machine; nothing here asserts a verdict.
 """
 from __future__ import annotations
 

@@ -90,8 +90,9 @@ def run_methods(title, data, methods, *, sigma, eps_l2, eps_linf, args, registry
     log("")
     log(f"{title}: per attack (attack_s = wall seconds per image; viol = violations, abst = covered pixels "
         f"abstained on x', flips = covered pixels whose majority vote on x' flipped)")
-    cols = ["segmenter", "denoiser", "attack", "norm", "eps", "perturbation_l2", "base_robust_dice", "smoothed_robust_dice",
-            "certified_dice_adv", "covered", "violations", "abstained", "majority_flips", "attack_seconds"]
+    cols = ["segmenter", "denoiser", "attack", "norm", "eps", "perturbation_l2", "base_robust_dice",
+            "smoothed_robust_dice", "certified_dice_adv", "covered", "violations", "abstained", "majority_flips",
+            "attack_seconds"]
     log(summary[cols].rename(columns={"perturbation_l2": "|d|_2", "base_robust_dice": "f_att",
                                       "smoothed_robust_dice": "g_att", "certified_dice_adv": "g_cert_x'",
                                       "abstained": "abst", "majority_flips": "flips", "violations": "viol",
@@ -139,8 +140,8 @@ def main():
         log(f"NOTE: no DDPM for synthetic-lung ({why}): the ddpm-denoised method is NOT measured on synthetic data")
     R = certified_radius(sigma, 0.75)
     log(f"\n== synthetic-lung, {args.images} test images 64x64, sigma {sigma}, R(0.75) = {R:.4f}")
-    run_methods("synthetic-lung", data, methods, sigma=sigma, eps_l2=(R * (1 - 1e-6), 0.5), eps_linf=(1 / 255,), args=args,
-                registry=registry, log=log)
+    run_methods("synthetic-lung", data, methods, sigma=sigma, eps_l2=(R * (1 - 1e-6), 0.5), eps_linf=(1 / 255,),
+                args=args, registry=registry, log=log)
 
     # -- Kvasir-SEG
     log("")
@@ -163,8 +164,8 @@ def main():
             log(f"NOTE: no trained Kvasir DDPM ({why}): the ddpm-denoised method is NOT measured on Kvasir-SEG")
         R = certified_radius(sigma, 0.75)
         log(f"== Kvasir-SEG, first {args.kvasir_images} test images at 128x128, sigma {sigma}, R(0.75) = {R:.4f}")
-        run_methods("Kvasir-SEG", data, methods, sigma=sigma, eps_l2=(R * (1 - 1e-6), 1.0), eps_linf=(1 / 255,), args=args,
-                    registry=registry, log=log)
+        run_methods("Kvasir-SEG", data, methods, sigma=sigma, eps_l2=(R * (1 - 1e-6), 1.0), eps_linf=(1 / 255,),
+                    args=args, registry=registry, log=log)
     log(f"\ntotal {time.perf_counter() - start:.0f} s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines) + "\n")

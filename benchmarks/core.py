@@ -95,8 +95,12 @@ def bench_overhead(side: int = 256, n0: int = 10, n: int = 100, batch_size: int 
     raw(), certify()  # warm-up
     raw_t, cert_t = [], []
     for _ in range(repeats):  # interleave, keep the best of each (least disturbed by other load)
-        t0 = time.perf_counter(); raw(); raw_t.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); certify(); cert_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        raw()
+        raw_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        certify()
+        cert_t.append(time.perf_counter() - t0)
     ratio = min(cert_t) / min(raw_t)
     print(f"[overhead] {side}x{side}, n0={n0}, n={n}, batch {batch_size}: raw forward passes "
           f"{min(raw_t):.2f} s, certify {min(cert_t):.2f} s; ratio {ratio:.3f} (target <= 1.10)")

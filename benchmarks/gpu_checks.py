@@ -141,10 +141,11 @@ def summary(out: Path, args) -> None:
     for r in rows or []:
         def f(v, fmt):
             return "-" if v is None else fmt.format(v)
+        agreement = r["agreement_fp32_vs_auto"]
         t.add_row(r["denoiser"], str(r["size"]), str(r["n"]), str(r["batch"]), r["precision"],
                   f(r["floor_ms"], "{:.1f}"), f(r["certify_ms"], "{:.1f}"), f(r["overhead"], "{:.2f}"),
                   f(r["paper_ms"], "{:.1f}"), f(r["speedup_vs_paper"], "{:.1f}x"),
-                  "not measured" if r["agreement_fp32_vs_auto"] is None else f"{100 * r['agreement_fp32_vs_auto']:.3f}%",
+                  "not measured" if agreement is None else f"{100 * agreement:.3f}%",
                   f(r["certified_dice"], "{:.4f}"))
     console.print(t if rows else "certify: not run (see certify.txt)")
     train = _load(out, "training.json")
@@ -162,7 +163,8 @@ def summary(out: Path, args) -> None:
     nz = _load(out, "noise.json") or {"status": "not run"}
     console.print("noise CPU vs device: " + (
         f"words equal: {nz['words_equal']} ({nz['word_blocks_compared']} draws compared); normals max |diff| "
-        f"{nz['normals_max_abs_diff']:.2e}" if nz.get("status") == "measured" else f"{nz['status']} {nz.get('why', '')}"))
+        f"{nz['normals_max_abs_diff']:.2e}" if nz.get("status") == "measured"
+        else f"{nz['status']} {nz.get('why', '')}"))
     tr = _load(out, "torchrun.json") or {"status": "not run"}
     console.print("torchrun 2 processes vs 1: " + (
         f"results equal: {tr['results_equal']}, certificates equal: {tr['certificates_equal']} "

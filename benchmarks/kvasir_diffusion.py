@@ -75,7 +75,9 @@ def finetuned_path(out: Path, ddpm_dir: Path, sigma: float | None = None, tag: s
 
 def finished(path: Path) -> bool:
     """A checkpoint whose training ended (its JSON holds the whole run's totals)."""
-    return path.is_file() and "total_cpu_seconds" in json.loads(path.with_suffix(".json").read_text()).get("training", {})
+    if not path.is_file():
+        return False
+    return "total_cpu_seconds" in json.loads(path.with_suffix(".json").read_text()).get("training", {})
 
 
 def training_cost(path: Path) -> float | None:
@@ -167,7 +169,8 @@ def get_ddpm(args, data, log) -> Path:
     log(f"DDPM: training {folder.name}: UNet2DModel {args.ddpm_channels} at {args.ddpm_size}x{args.ddpm_size}, "
         f"{args.ddpm_steps} steps of batch 16, t up to t*(1.25 x max sigma after the resize); log {folder}/train.log")
     trainer = get_registry().get("denoiser", "ddpm").factory.trainer
-    trainer(data["train"], folder, size=args.ddpm_size, crop=args.ddpm_crop, block_out_channels=[int(c) for c in args.ddpm_channels.split(",")],
+    trainer(data["train"], folder, size=args.ddpm_size, crop=args.ddpm_crop,
+            block_out_channels=[int(c) for c in args.ddpm_channels.split(",")],
             steps=args.ddpm_steps, batch_size=16, lr=1e-3, max_sigma=max(SIGMAS), seed=args.seed,
             checkpoint_every=max(1, args.ddpm_steps // 10), resume=state.is_file(),
             info={"dataset": "kvasir-seg", "dataset_options": {"size": args.size}},
@@ -341,7 +344,8 @@ def main(argv=None):
             seconds = time.perf_counter() - start
             key = label.split(" (")[0]
             per_image[(key, sigma)] = [r["certified_dice"] for r in res]
-            rows.append({"method": label, "key": key, "sigma": sigma, "certified_dice": float(np.mean(per_image[(key, sigma)])),
+            rows.append({"method": label, "key": key, "sigma": sigma,
+                         "certified_dice": float(np.mean(per_image[(key, sigma)])),
                          "abstain": float(np.mean([r["abstain_rate"] for r in res])), "radius": res[0]["radius"],
                          "calls": calls, "ms_per_sample": 1000 * seconds / (k * 110), "train_cpu_s": cpu})
             print(f"  sigma {sigma} {label}: certified Dice {rows[-1]['certified_dice']:.4f} ({seconds:.0f} s)",

@@ -226,7 +226,8 @@ def train_model(arch: str, sigma: float, init: Path | None, data, args, device, 
         stopped_by = "budget"
     meta = finish_record(path, stopped_by, args)["training"]
     log(f"{path.name}: stopped by {stopped_by} after {meta['epochs_run']} epochs ({meta['total_cpu_seconds']:.0f} "
-        f"CPU s, {meta['total_seconds']:.0f} s), best val Dice {meta['val_dice']:.4f} at epoch {meta['best_epoch'] + 1}")
+        f"CPU s, {meta['total_seconds']:.0f} s), best val Dice {meta['val_dice']:.4f} "
+        f"at epoch {meta['best_epoch'] + 1}")
     return path
 
 
@@ -359,7 +360,8 @@ def main(argv=None):
     data = kvasir_splits(registry, args.root, args.size, args.seed, args.out)
     full = {s: len(d) for s, d in data.items()}
     if args.train_limit:
-        data["train"], data["val"] = FirstItems(data["train"], args.train_limit), FirstItems(data["val"], args.train_limit)
+        data["train"] = FirstItems(data["train"], args.train_limit)
+        data["val"] = FirstItems(data["val"], args.train_limit)
     log(f"Kvasir-SEG at {args.size}x{args.size}: {full['train']} train / {full['val']} val / {full['test']} test "
         f"images (seeded split, seed {args.seed})"
         + (f"; SMOKE RUN: training on the first {len(data['train'])} train / {len(data['val'])} val images"
@@ -510,8 +512,10 @@ def main(argv=None):
             kind = "clean" if train_sigma == 0 else f"Gauss {train_sigma:g}"
             log(f"  {kind:<10} sigma {sigma:.2f}: {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     if k < 50 or args.train_limit:
-        log(f"NOTE: {'smoke settings (--train-limit, few images): the Dice figures mean nothing; ' if args.train_limit else ''}"
-            f"{k} certified test images{', fewer than the protocol' + chr(39) + 's 50' if k < 50 else ''}")
+        smoke = ("smoke settings (--train-limit, few images): the Dice figures mean nothing; "
+                 if args.train_limit else "")
+        fewer = ", fewer than the protocol's 50" if k < 50 else ""
+        log(f"NOTE: {smoke}{k} certified test images{fewer}")
     log("")
     log("Wrapper overhead (nnU-Net and TorchScript wrappers against the bare network's forward, target <= 1.05x): "
         "not re-measured here; see benchmarks/own_models.py and benchmarks/results/own_models.txt.")

@@ -257,7 +257,7 @@ def bench_memory(case: str, sizes=(100, 2000), runs: int = 3):
     shape = tuple(first_item(case).image.shape)
     lo, hi = sizes[0], sizes[-1]
     figures = "; ".join(f"n={n} " + ", ".join(f"{v:.1f}" for v in added[n]) + " MiB" for n in sizes)
-    ratios = [h / l for h, l in zip(added[hi], added[lo])]
+    ratios = [high / low for high, low in zip(added[hi], added[lo])]
     print(f"[memory] {case} {tuple(shape)}, batch {BATCH}, fresh process per figure, {runs} runs: peak memory added "
           f"{figures}; ratio n={hi}/n={lo} " + ", ".join(f"{r:.2f}" for r in ratios)
           + f"; of the medians {statistics.median(added[hi]) / statistics.median(added[lo]):.2f} (target <= 1.1)")

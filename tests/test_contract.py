@@ -427,7 +427,8 @@ class AnyChannels(GoodDen):
 
 
 BROKEN_DENOISERS = [
-    (Unclipped, {}, "output range", r"at sigma=0.25 the output spans \[-0.\d+, 1.\d+\], expected values in \[0.0, 1.0\]"),
+    (Unclipped, {}, "output range",
+     r"at sigma=0.25 the output spans \[-0.\d+, 1.\d+\], expected values in \[0.0, 1.0\]"),
     (DropsChannel, {"in_channels": 3}, "output shape", r"expected output \[2, 3, 32, 48\], got \[2, 1, 32, 48\]"),
     (StochasticStep, {}, "determinism", "two forward passes on the same input differ"),
     (BuildsOnCPU, {}, "device", r"after .to\('meta'\), forward on a meta input raised"),

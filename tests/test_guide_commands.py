@@ -44,7 +44,8 @@ def run_blocks(blocks: list[tuple[str, str]], cwd: Path) -> None:
     for lang, code in blocks:
         cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{lang} block failed:\n{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+        assert done.returncode == 0, (f"{lang} block failed:\n{code}\n--- stdout\n{done.stdout}\n"
+                                      f"--- stderr\n{done.stderr}")
 
 
 def test_the_runner_stops_on_a_failing_command(tmp_path):

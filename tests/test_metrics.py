@@ -44,7 +44,8 @@ def test_empty_mask_convention():
     assert EMPTY_DICE == 1.0
     assert certified_dice(empty, empty) == 1.0                 # nothing to find, nothing found
     assert certified_dice(t([[A] * 3] * 3), empty) == 1.0      # all abstain, no foreground
-    one = empty.clone(); one[1, 1] = 1
+    one = empty.clone()
+    one[1, 1] = 1
     assert certified_dice(one, empty) == 0.0                   # false positive on empty truth
     assert certified_dice(empty, one) == 0.0                   # missed the only pixel
     assert certified_dice(t([[A] * 3] * 3), one) == 0.0        # abstained on it
@@ -72,7 +73,8 @@ def test_metric_row_says_when_the_truth_is_empty():
     empty = torch.zeros(3, 3, dtype=torch.long)
     abstain = t([[A] * 3] * 3)
     assert metric_row(abstain, empty, ("background", "lesion")) == {"certified_dice": 1.0, "empty_truth": True}
-    one = empty.clone(); one[1, 1] = 1
+    one = empty.clone()
+    one[1, 1] = 1
     assert metric_row(abstain, one, ("background", "lesion")) == {"certified_dice": 0.0, "empty_truth": False}
     # K = 3: per class; the heart is absent from the truth, the lungs are not
     gt = t([[0, 1, 1], [0, 1, 0]])

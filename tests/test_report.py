@@ -130,7 +130,8 @@ def test_figures_are_written_and_hold_the_table(two_runs, tmp_path):
                                [[0.25 * norm.ppf(0.6), 0.6875], [0.25 * norm.ppf(0.75), 0.5]])
     np.testing.assert_allclose(lines["beta"], [[0.5 * norm.ppf(0.75), 0.5]])
     ax = abstain_vs_radius(table).axes[0]
-    np.testing.assert_allclose({l.get_label(): l.get_xydata() for l in ax.lines}["beta"], [[0.5 * norm.ppf(0.75), 5 / 12]])
+    lines = {line.get_label(): line.get_xydata() for line in ax.lines}
+    np.testing.assert_allclose(lines["beta"], [[0.5 * norm.ppf(0.75), 5 / 12]])
 
 
 def test_overlay_colours():

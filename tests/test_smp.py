@@ -132,7 +132,8 @@ def test_local_encoder_weights_are_loaded_and_foreign_checkpoints_refused_by_mon
 
     torch.manual_seed(1)
     source = SMPSegmenter(weights="random", network=TINY)
-    save_file({k: v.contiguous() for k, v in source.net.encoder.state_dict().items()}, str(tmp_path / "enc.safetensors"))
+    encoder = {k: v.contiguous() for k, v in source.net.encoder.state_dict().items()}
+    save_file(encoder, str(tmp_path / "enc.safetensors"))
     torch.manual_seed(2)
     seg = SMPSegmenter(weights="random", network=TINY, encoder_weights=str(tmp_path / "enc.safetensors"))
     for (k, a), (_, b) in zip(source.net.encoder.state_dict().items(), seg.net.encoder.state_dict().items()):

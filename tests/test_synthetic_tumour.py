@@ -14,7 +14,8 @@ def test_organ_holds_one_or_two_tumours_with_lower_contrast():
     data = get_registry(load_entrypoints=False).create("dataset", "synthetic-tumour", count=12)
     assert data.class_names == ("background", "organ tissue", "tumour") and data.in_channels == 1
     tree = resolve_hierarchy(data.default_hierarchy, data.class_names)
-    assert tree.describe() == "level 0: background | organ tissue | tumour\nlevel 1: background | organ {organ tissue, tumour}"
+    assert tree.describe() == ("level 0: background | organ tissue | tumour\n"
+                               "level 1: background | organ {organ tissue, tumour}")
     for sample in data:
         image, mask = sample.image[0].numpy(), sample.mask.numpy()
         assert sample.image.shape == (1, 64, 64) and set(np.unique(mask)) == {0, 1, 2}

@@ -205,7 +205,8 @@ def test_nifti_label_affine_mismatch_names_both_affines(tmp_path):
     shifted[0, 3] += 1.0
     save_nifti(label_array(), root / "labelsTr" / "case_002.nii.gz", affine=shifted)
     with pytest.raises(ValueError, match=r"case 'case_002': the affines of the image .* differ by up to 1 mm "
-                                         r"\(tolerance 0.001\); image affine \[\[-1.0, 0.0, 0.0, 20.0\], .*label affine \[\[-1.0, 0.0, 0.0, 21.0\]"):
+                                         r"\(tolerance 0.001\); image affine \[\[-1.0, 0.0, 0.0, 20.0\], "
+                                         r".*label affine \[\[-1.0, 0.0, 0.0, 21.0\]"):
         nifti(root)[2]
     tiny = AFFINE.copy()
     tiny[0, 3] += 1e-5  # float32 round-off in real files: within the tolerance
@@ -225,7 +226,8 @@ def test_nifti_missing_label_missing_channel_and_non_3d_images(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"case 'case_001' has the label map .* but no image"):
         nifti(root)
     save_nifti(np.zeros((12, 10), np.int16), root / "imagesTr" / "case_001_0000.nii.gz")
-    with pytest.raises(ValueError, match=r"case_001_0000.nii.gz' has shape \[12, 10\]; expected a 3-D volume \[X, Y, Z\]"):
+    with pytest.raises(ValueError,
+                       match=r"case_001_0000.nii.gz' has shape \[12, 10\]; expected a 3-D volume \[X, Y, Z\]"):
         nifti(root)[1]
     save_nifti(np.zeros(SHAPE + (2,), np.int16), root / "imagesTr" / "case_001_0000.nii.gz")
     with pytest.raises(ValueError, match=r"has shape \[12, 10, 8, 2\]; expected a 3-D volume \[X, Y, Z\]"):

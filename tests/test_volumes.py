@@ -149,8 +149,10 @@ def test_batch_size_auto_counts_voxels_on_the_cpu():
     assert auto_batch_size(sm, torch.zeros(1, 256, 256), limit=1000) == 32       # images: as before
 
 
-@pytest.mark.parametrize("size, roi, overlap", [((128, 128, 128), (96, 96, 96), 0.25), ((40, 200, 97), (32, 64, 64), 0.5),
-                                               ((16, 16, 16), (32, 32, 32), 0.25), ((100, 64, 70), (64, 64, 64), 0.0),
+@pytest.mark.parametrize("size, roi, overlap", [((128, 128, 128), (96, 96, 96), 0.25),
+                                               ((40, 200, 97), (32, 64, 64), 0.5),
+                                               ((16, 16, 16), (32, 32, 32), 0.25),
+                                               ((100, 64, 70), (64, 64, 64), 0.0),
                                                ((255, 255), (128, 128), 0.75)])
 def test_the_documented_window_count_is_monais(size, roi, overlap):
     """docs/volumes.md: windows per axis ceil((size - roi) / int(roi (1 - overlap))) + 1, product over axes;

@@ -131,8 +131,8 @@ class LabelHierarchy:
 
     def node_levels(self, node: int) -> range:
         """The levels at which ``node`` is a node of the partition (``height .. top``)."""
-        return range(self.height[node], int(max(l for l in range(self.num_levels)
-                                                  if node in self.level_map[l])) + 1)
+        top = max(level for level in range(self.num_levels) if node in self.level_map[level])
+        return range(self.height[node], int(top) + 1)
 
     def level_table(self, device: str | torch.device = "cpu") -> torch.Tensor:
         """:attr:`level_map` as an int64 tensor ``[L, K]`` on ``device`` (a copy)."""

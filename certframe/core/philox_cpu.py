@@ -63,5 +63,6 @@ if AVAILABLE:
 def uniform_blocks(draws: np.ndarray, first: int, key, out: np.ndarray) -> np.ndarray:
     """See :func:`_uniform_blocks`; ``key`` a :class:`certframe.core.philox.StreamKey`. Returns ``out``."""
     shift, scale = (9, 2.0 ** -23) if out.dtype == np.float32 else (0, 2.0 ** -32)
-    _uniform_blocks(np.asarray(draws, dtype=np.uint64), _U(first), _U(key.k0), _U(key.k1), _U(key.c3), _U(shift), scale, out)
+    _uniform_blocks(np.asarray(draws, dtype=np.uint64), _U(first), _U(key.k0), _U(key.k1), _U(key.c3), _U(shift),
+                    scale, out)
     return out

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-AXES = "[C, D, H, W] = [channel, inferior->superior, posterior->anterior, left->right] (RAS+, nibabel as_closest_canonical)"
+AXES = ("[C, D, H, W] = [channel, inferior->superior, posterior->anterior, left->right] "
+        "(RAS+, nibabel as_closest_canonical)")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
