@@ -2,7 +2,8 @@
 
 Never pickle: :func:`load_checkpoint` reads tensors with ``safetensors`` and the
 configuration as JSON stored under the metadata key ``"certframe"``. A JSON copy of
-the configuration is written next to the file (``<name>.json``) for people.
+the configuration is written next to the file (``<name>.json``) for people. Both are
+written atomically (:mod:`certframe.files`): an interrupted save never leaves half a file.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from certframe.files import atomic_path, atomic_write, commit
+
 META_KEY = "certframe"
 
 
@@ -22,12 +25,12 @@ def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict, *, 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = atomic_path(path)
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(config)})
     tmp.chmod(0o666 & ~_umask())  # safetensors writes 0600; give the usual permissions
-    tmp.replace(path)  # atomic: an interrupted save never leaves half a file
+    commit(tmp, path)
     if sidecar:
-        path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write(path.with_suffix(".json"), json.dumps(config, indent=2) + "\n")
     return path
 
 

@@ -126,8 +126,9 @@ def test_cli_fine_tunes_the_clean_unet_behind_the_bundled_ddpm(tmp_path):
     out = tmp_path / "tuned.safetensors"
     init = get_registry().create("segmenter", "monai", weights="synthetic-lung").weights_path
     args = ["train", "segmenter", "--dataset", "synthetic-lung", "--dataset-option", "count=4", "--dataset-option",
-            "size=64", "--init", "synthetic-lung", "--denoiser", "ddpm", "--denoiser-option", "model=ddpm-synthetic-lung",
-            "--noise-sigma", "0.25", "--epochs", "1", "--batch-size", "4", "--output", str(out), "--device", "cpu"]
+            "size=64", "--init", "synthetic-lung", "--denoiser", "ddpm", "--denoiser-option",
+            "model=ddpm-synthetic-lung", "--noise-sigma", "0.25", "--epochs", "1", "--batch-size", "4", "--output",
+            str(out), "--device", "cpu"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "fine-tuning monai unet on synthetic-lung" in r.output and "through denoiser ddpm" in r.output
@@ -136,7 +137,7 @@ def test_cli_fine_tunes_the_clean_unet_behind_the_bundled_ddpm(tmp_path):
     assert cfg["tuned_for"] == {"denoiser": "ddpm", "denoiser_options": {"model": "ddpm-synthetic-lung"},
                                 "denoiser_hash": module_hash(ddpm), "sigmas": [0.25]}
     # a bundled name is recorded as given (portable), with the hash of the file it resolved to
-    from certframe.training.segmenter_job import file_sha256
+    from certframe.files import file_sha256
 
     assert cfg["init"] == {"weights": "synthetic-lung", "sha256": file_sha256(Path(init))}
     tuned = get_registry().create("segmenter", "monai", weights=str(out))

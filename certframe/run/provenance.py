@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 
+from certframe.files import file_sha256, update_digest
 from certframe.run.folder import jsonable
-
-CHUNK = 1 << 20
 
 
 def absolute_paths(options: dict) -> dict:
@@ -38,27 +37,21 @@ def absolute_paths(options: dict) -> dict:
     return out
 
 
-def _hash_file(path: Path, h) -> None:
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-
-
 def file_identity(path: str | Path) -> dict:
     """``{"path": absolute, "sha256": ...}`` of a file, or of a folder's files (names and contents)."""
     p = Path(path).resolve()
-    h = hashlib.sha256()
     if p.is_file():
-        _hash_file(p, h)
-    else:
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            h.update(str(f.relative_to(p)).encode() + b"\0")
-            _hash_file(f, h)
+        return {"path": str(p), "sha256": file_sha256(p, prefix="")}
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(str(f.relative_to(p)).encode() + b"\0")
+        update_digest(h, f)
     return {"path": str(p), "sha256": h.hexdigest()}
 
 
 def state_hash(module: torch.nn.Module) -> str:
-    """SHA-256 over ``module.state_dict()`` (:func:`certframe.training.tuning.module_hash`: names, dtypes, shapes, bytes)."""
+    """SHA-256 over ``module.state_dict()`` (:func:`certframe.training.tuning.module_hash`: names, dtypes, shapes,
+    bytes)."""
     from certframe.training.tuning import module_hash
 
     return module_hash(module)

@@ -133,8 +133,8 @@ def run_train_denoiser(*, dataset: str, dataset_options: dict, output: Path, den
                      attention=attention, steps=steps, batch_size=batch_size, lr=lr, max_sigma=max_sigma,
                      margin=margin, beta_schedule=beta_schedule, prediction_type=prediction_type,
                      ema_decay=ema_decay, seed=seed, device=dev, checkpoint_every=checkpoint_every,
-                     log_every=log_every, crop=crop, resume=resume, overwrite=overwrite, progress=not quiet, console=console,
-                     precision=precision,
+                     log_every=log_every, crop=crop, resume=resume, overwrite=overwrite, progress=not quiet,
+                     console=console, precision=precision,
                      info={"dataset": dataset, "dataset_options": dataset_options, "denoiser": denoiser})
     last = result.history[-1]["loss"] if result.history else float("nan")
     console.print(f"trained on t in 0..{result.t_max}; last loss {last:.4f}; saved {result.output} "

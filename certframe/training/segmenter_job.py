@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,18 +14,11 @@ import torch
 from rich.console import Console
 
 from certframe.device import resolve_precision
+from certframe.files import file_sha256
 from certframe.interfaces import RANDOM_WEIGHTS
 from certframe.registry import get_registry
 from certframe.training.segmenter import TrainResult, noise_sigmas, resume_dir, train_segmenter
 from certframe.validation import OptionError, check_int, check_number, check_seed, resolve_device
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def _plain(value):
@@ -115,9 +107,10 @@ def build_trainable(registry, segmenter: str, options: dict, in_channels: int, n
     dims = getattr(model, "spatial_dims", 2)
     if spatial_shape is not None and isinstance(dims, int) and dims != len(spatial_shape):
         kind = {2: "images [C, H, W]", 3: "volumes [C, D, H, W]"}
+        hint = (f"; pass --segmenter-option spatial_dims={len(spatial_shape)}"
+                if init is None and "spatial_dims" in accepted else "")
         raise ValueError(f"the {segmenter} segmenter is {dims}-D (spatial_dims={dims}) but the data set yields "
-                         f"{kind.get(len(spatial_shape), list(spatial_shape))}"
-                         + (f"; pass --segmenter-option spatial_dims={len(spatial_shape)}" if init is None and "spatial_dims" in accepted else ""))
+                         f"{kind.get(len(spatial_shape), list(spatial_shape))}{hint}")
     if (model.in_channels, model.num_classes) != (in_channels, num_classes):
         raise ValueError(f"the {segmenter} segmenter takes {model.in_channels} channels and predicts "
                          f"{model.num_classes} classes; the data set has {in_channels} channels and "

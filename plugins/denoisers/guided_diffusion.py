@@ -80,11 +80,12 @@ at 1e-4 on a small model.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from certframe.files import file_sha256
 
 GROUPS = 32
 CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
@@ -397,13 +398,10 @@ def convert_guided_diffusion(checkpoint: str | Path, output: str | Path, config:
         raise ValueError(f"the converted weights do not fit UNet2DModel({unet_config}): not produced {missing[:20]}, "
                          f"not expected {extra[:20]}, shape mismatches {shapes[:10]}; check the flags")
     unet.load_state_dict(converted, strict=True)
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:  # in 16 MiB pieces: the released model is 2 GB
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
+    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     info = {"converted_from": {"format": "guided-diffusion", "file": str(Path(checkpoint).resolve()),
-                               "sha256": digest.hexdigest(), "flags": {k: (list(v) if isinstance(v, tuple) else v)
-                                                           for k, v in asdict(cfg).items()}},
+                               "sha256": file_sha256(checkpoint, prefix=""),  # the bare hex digest
+                               "flags": flags},
             "learned_sigma": ("the checkpoint's last conv had 2C outputs (epsilon, variance); only the first C "
                               "(epsilon) are kept" if cfg.learn_sigma else "none"),
             "trained_range": "not recorded: assumed trained on all timesteps"}
