@@ -38,7 +38,6 @@ draws) is refused on resume: continuing it could not give the uninterrupted run'
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -48,14 +47,17 @@ import torch
 from certframe.checkpoint import save_checkpoint
 from certframe.core import metrics, philox
 from certframe.device import autocast, resolve_precision
+from certframe.files import atomic_write_json
 from certframe.interfaces import Denoiser, SegmentationDataset, Segmenter, class_labels
 from certframe.training.device import gather, grad_scaler, optimiser_step, place, streams
-from certframe.training.state import (
-    check_resumable,
-    decode_state,
-    encode_state,
+from certframe.training.resume import (
+    Clock,
+    StateFolder,
+    generator_state,
     load_optimizer,
+    restore_generators,
     save_optimizer,
+    scaler_state,
     training_progress,
 )
 
@@ -122,28 +124,17 @@ def resume_dir(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".resume")
 
 
+def _state_folder(checkpoint: str | Path) -> StateFolder:
+    return StateFolder(resume_dir(checkpoint), STATE_VERSION, "epoch")
 
 
+def _missing_state(checkpoint: str | Path) -> str:
+    return f" (it is written after each epoch of a run with checkpoint={str(checkpoint)!r})"
 
 
-
-
-
-
-def _save_state(folder: Path, epoch: int, net: torch.nn.Module, optim, config: dict, state: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / f"epoch-{epoch}.weights.safetensors"
-    optimizer = folder / f"epoch-{epoch}.optimizer.safetensors"
-    save_checkpoint(weights, net, config, sidecar=False)
-    save_optimizer(optimizer, optim)
-    state = {**state, "version": STATE_VERSION, "stream": philox.STREAM_VERSION, "epoch": epoch,
-             "weights": weights.name, "optimizer": optimizer.name}
-    tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    tmp.replace(folder / "state.json")
-    for old in folder.glob("epoch-*.safetensors"):  # earlier epochs are no longer needed
-        if old.name not in (weights.name, optimizer.name):
-            old.unlink()
+def load_resume_state(checkpoint: str | Path) -> dict:
+    """The ``state.json`` of a resumable run (raises FileNotFoundError naming the folder)."""
+    return _state_folder(checkpoint).read(_missing_state(checkpoint))
 
 
 def _record_total(checkpoint: Path, result: "TrainResult") -> None:
@@ -156,16 +147,7 @@ def _record_total(checkpoint: Path, result: "TrainResult") -> None:
     info = json.loads(side.read_text())
     info.setdefault("training", {}).update({"epochs_run": len(result.history), "stopped_early": result.stopped_early,
                                             "total_seconds": result.seconds, "total_cpu_seconds": result.cpu_seconds})
-    side.write_text(json.dumps(info, indent=2))
-
-
-def load_resume_state(checkpoint: str | Path) -> dict:
-    """The ``state.json`` of a resumable run (raises FileNotFoundError naming the folder)."""
-    path = resume_dir(checkpoint) / "state.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: no training state at {str(path)!r} (it is written after "
-                                f"each epoch of a run with checkpoint={str(checkpoint)!r})")
-    return json.loads(path.read_text())
+    atomic_write_json(side, info)
 
 
 def noise_sigmas(noise_sigma) -> list[float]:
@@ -246,8 +228,46 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
     are in the result and the checkpoint's ``training`` section.
     Returns the best epoch's Dice, its index and the per-epoch history.
     """
-    from monai.losses import DiceCELoss
+    sigmas = _checked_sigmas(noise_sigma, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+                             lr_plateau=lr_plateau, denoiser=denoiser, train=train, val=val, resume=resume,
+                             checkpoint=checkpoint)
+    run = _SegmenterTraining(model, train, val, sigmas, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                             device=device, checkpoint=checkpoint, config=config, denoiser=denoiser,
+                             denoiser_record=denoiser_record, lr_plateau=lr_plateau, precision=precision,
+                             save_state=save_state)
+    result = run.result
+    start = run.resume() if resume else 0
+    run.clock = Clock(result.seconds, result.cpu_seconds)  # earlier runs' time (a resumed training's) included
 
+    def patience_ran_out(epoch: int) -> bool:
+        return patience is not None and epoch - result.best_epoch >= patience
+
+    bar = training_progress(console, enabled=progress)
+    with bar:
+        epoch_task = bar.add_task("epochs", total=epochs, completed=start, info="")
+        batch_task = bar.add_task("batches", total=run.batches, info="")
+        for epoch in range(start, epochs):
+            if patience_ran_out(epoch - 1):  # a resumed run that had already stopped
+                result.stopped_early = True
+                break
+            bar.reset(batch_task, total=run.batches)
+            loss = run.train_epoch(epoch, advance=lambda: bar.update(batch_task, advance=1))
+            record = run.end_epoch(epoch, loss, run.validate())
+            bar.update(batch_task, info=f"loss {record['loss']:.3f}")
+            bar.update(epoch_task, advance=1, info=f"val Dice {record['val_dice']:.3f} (best {result.best_dice:.3f} "
+                                                   f"@ epoch {result.best_epoch + 1})")
+            if on_epoch is not None:
+                on_epoch(record)
+            if patience_ran_out(epoch):
+                result.stopped_early = True
+                break
+    run.finish()
+    return result
+
+
+def _checked_sigmas(noise_sigma, *, epochs, batch_size, lr, patience, lr_plateau, denoiser, train, val, resume,
+                    checkpoint) -> list[float]:
+    """The sigmas of :func:`train_segmenter` once every argument has been accepted (ValueError naming it otherwise)."""
     sigmas = noise_sigmas(noise_sigma)
     if (epochs < 1 or batch_size < 1 or lr <= 0 or (patience is not None and patience < 1)
             or (lr_plateau is not None and lr_plateau < 1)):
@@ -260,157 +280,173 @@ def train_segmenter(model: Segmenter, train: SegmentationDataset, val: Segmentat
         raise ValueError(f"train has {train.num_classes} classes, val has {val.num_classes}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path of the run to continue")
-    net = model.net if hasattr(model, "net") else model
-    device = torch.device(device)
-    precision = resolve_precision(precision, device)
-    torch.manual_seed(seed)  # torch's own generator: only a model's own randomness (dropout) draws from it
-    keys = streams("train-segmenter", seed, STREAMS)
-    model.to(device)
-    if denoiser is not None:
-        denoiser.to(device).eval().requires_grad_(False)
-    (images, masks), data_device = place(stack(train), device)
-    (val_images, val_masks), val_device = place(stack(val), device)
-    noisy = max(sigmas) > 0
-    if noisy:
-        val_sigmas = [sigmas[i % len(sigmas)] for i in range(len(val_images))]
-        per_image = torch.tensor(val_sigmas, device=val_device).view(-1, *([1] * (val_images.dim() - 1)))
-        noise = philox.normal(keys["val-noise"], 0, len(val_images), val_images[0].numel(), device=val_device)
-        val_images = val_images + per_image * noise.view_as(val_images)
-        if denoiser is not None:
-            val_images = denoise_batches(denoiser, val_images, val_sigmas, batch_size, device, precision)
-        if val_device != device and device.type == "cuda":
-            val_images = val_images.pin_memory()  # a new host tensor: pinned again for non_blocking copies
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optim = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = (None if lr_plateau is None else
-                 torch.optim.lr_scheduler.ReduceLROnPlateau(optim, mode="max", factor=0.5, patience=lr_plateau - 1,
-                                                            eps=0.0))  # eps 0: halve even a tiny lr
-    scaler = grad_scaler(precision, device)
-    training = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "noise_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "seed": seed, "precision": precision}
-    if lr_plateau is not None:
-        training["lr_plateau"] = int(lr_plateau)
-    if denoiser is not None:
-        training["denoiser"] = dict(denoiser_record or {"name": type(denoiser).__name__})
-    model_config = dict(config or {})
-    if noisy:
-        from certframe.training.tuning import module_hash, tuning_record
+    return sigmas
 
-        record = training.get("denoiser") or {"name": "none", "options": {}, "hash": module_hash(None)}
-        model_config["tuned_for"] = tuning_record(record["name"], record.get("options", {}),
-                                                  record.get("hash"), sigmas)
-    result = TrainResult(best_dice=-1.0, best_epoch=-1)
-    start = 0
-    spent = (0.0, 0.0)  # wall, CPU seconds of earlier runs of a resumed training
-    if resume:
-        state = load_resume_state(checkpoint)
-        check_resumable(state, STATE_VERSION, resume_dir(checkpoint))
-        clash = {k: (state["training"].get(k), training.get(k)) for k in RESUME_KEYS
-                 if state["training"].get(k) != training.get(k)}
-        if clash:
-            raise ValueError("cannot resume with different settings (saved, asked): "
-                             + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in clash.items()))
-        folder = resume_dir(checkpoint)
+
+class _SegmenterTraining:
+    """One call of :func:`train_segmenter`, in named steps: the setup (``__init__``), :meth:`resume`,
+    one epoch's steps (:meth:`train_epoch`), :meth:`validate`, the end of an epoch (:meth:`end_epoch`:
+    its record, the best checkpoint, the resumable state) and :meth:`finish`."""
+
+    def __init__(self, model: Segmenter, train: SegmentationDataset, val: SegmentationDataset, sigmas: list[float],
+                 *, epochs: int, batch_size: int, lr: float, seed: int, device, checkpoint, config: dict | None,
+                 denoiser: Denoiser | None, denoiser_record: dict | None, lr_plateau: int | None, precision: str,
+                 save_state: bool):
+        from monai.losses import DiceCELoss
+
+        self.model, self.sigmas, self.batch_size, self.denoiser = model, sigmas, batch_size, denoiser
+        self.num_classes = train.num_classes
+        self.checkpoint, self.save_state = checkpoint, save_state
+        self.net = model.net if hasattr(model, "net") else model
+        self.device = device = torch.device(device)
+        self.precision = precision = resolve_precision(precision, device)
+        torch.manual_seed(seed)  # torch's own generator: only a model's own randomness (dropout) draws from it
+        self.keys = streams("train-segmenter", seed, STREAMS)
+        model.to(device)
+        if denoiser is not None:
+            denoiser.to(device).eval().requires_grad_(False)
+        (self.images, self.masks), self.data_device = place(stack(train), device)
+        self.val_images, self.val_masks = self._validation_set(val)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.optim = torch.optim.Adam(model.parameters(), lr=lr)
+        self.scheduler = (None if lr_plateau is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optim, mode="max", factor=0.5, patience=lr_plateau - 1, eps=0.0))  # eps 0: halve even a tiny lr
+        self.scaler = grad_scaler(precision, device)
+        self.training = training = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                    "noise_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "seed": seed,
+                                    "precision": precision}
+        if lr_plateau is not None:
+            training["lr_plateau"] = int(lr_plateau)
+        if denoiser is not None:
+            training["denoiser"] = dict(denoiser_record or {"name": type(denoiser).__name__})
+        self.model_config = dict(config or {})
+        if max(sigmas) > 0:
+            from certframe.training.tuning import module_hash, tuning_record
+
+            record = training.get("denoiser") or {"name": "none", "options": {}, "hash": module_hash(None)}
+            self.model_config["tuned_for"] = tuning_record(record["name"], record.get("options", {}),
+                                                           record.get("hash"), sigmas)
+        self.result = TrainResult(best_dice=-1.0, best_epoch=-1)
+        self.states = None if checkpoint is None else _state_folder(checkpoint)
+        self.batches = (len(self.images) + batch_size - 1) // batch_size
+        self.clock = Clock()
+
+    def _validation_set(self, val: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation images and masks: clean for clean training; one fixed noisy copy per image (image i
+        at ``sigmas[i % len(sigmas)]``) for noise training, denoised once for denoised training."""
+        sigmas, device = self.sigmas, self.device
+        (val_images, val_masks), val_device = place(stack(val), device)
+        if max(sigmas) > 0:
+            val_sigmas = [sigmas[i % len(sigmas)] for i in range(len(val_images))]
+            per_image = torch.tensor(val_sigmas, device=val_device).view(-1, *([1] * (val_images.dim() - 1)))
+            noise = philox.normal(self.keys["val-noise"], 0, len(val_images), val_images[0].numel(),
+                                  device=val_device)
+            val_images = val_images + per_image * noise.view_as(val_images)
+            if self.denoiser is not None:
+                val_images = denoise_batches(self.denoiser, val_images, val_sigmas, self.batch_size, device,
+                                             self.precision)
+            if val_device != device and device.type == "cuda":
+                val_images = val_images.pin_memory()  # a new host tensor: pinned again for non_blocking copies
+        return val_images, val_masks
+
+    def resume(self) -> int:
+        """Continue the saved state (weights, optimizer, scheduler, generators, history, time); the first epoch
+        to run."""
         from certframe.checkpoint import load_checkpoint
 
-        saved_config, weights = load_checkpoint(folder / state["weights"])
+        states, result = self.states, self.result
+        state = states.load(self.training, RESUME_KEYS, missing=_missing_state(self.checkpoint))
+        saved_config, weights = load_checkpoint(states.folder / state["weights"])
         for key in ("arch", "in_channels", "num_classes", "network", "spatial_dims"):
-            if key in model_config and key in saved_config and saved_config[key] != model_config[key]:
+            if key in self.model_config and key in saved_config and saved_config[key] != self.model_config[key]:
                 raise ValueError(f"cannot resume: the saved model has {key}={saved_config[key]!r}, "
-                                 f"this one {key}={model_config[key]!r}")
-        net.load_state_dict(weights)
-        load_optimizer(folder / state["optimizer"], optim)
-        if scheduler is not None:
-            scheduler.load_state_dict(state["lr_scheduler"])
-        if scaler is not None:
-            scaler.load_state_dict(state["grad_scaler"])
-        torch.set_rng_state(decode_state(state["torch_rng"]))
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(decode_state(state["cuda_rng"]), device)
+                                 f"this one {key}={self.model_config[key]!r}")
+        self.net.load_state_dict(weights)
+        load_optimizer(states.folder / state["optimizer"], self.optim)
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["lr_scheduler"])
+        restore_generators(state, self.scaler, self.device)
         result.best_dice, result.best_epoch = state["best_dice"], state["best_epoch"]
         result.history = list(state["history"])
-        if checkpoint is not None and Path(checkpoint).is_file():
-            result.checkpoint = Path(checkpoint)
-        start = state["epoch"] + 1
-        spent = (float(state.get("seconds", 0.0)), float(state.get("cpu_seconds", 0.0)))
-        result.seconds, result.cpu_seconds = spent
-    wall0, cpu0 = time.perf_counter(), time.process_time()
+        if Path(self.checkpoint).is_file():
+            result.checkpoint = Path(self.checkpoint)
+        result.seconds, result.cpu_seconds = float(state.get("seconds", 0.0)), float(state.get("cpu_seconds", 0.0))
+        return state["epoch"] + 1
 
-    def elapsed() -> tuple[float, float]:
-        return (round(spent[0] + time.perf_counter() - wall0, 1), round(spent[1] + time.process_time() - cpu0, 1))
+    def train_epoch(self, epoch: int, advance: Callable[[], None] = lambda: None) -> float:
+        """One epoch of steps; its mean training loss (the one host read). advance: called after each batch."""
+        keys, device, batches, batch_size, sigmas = self.keys, self.device, self.batches, self.batch_size, self.sigmas
+        images, masks, model = self.images, self.masks, self.model
+        model.train()
+        first = epoch * batches  # the global step of this epoch's first batch: the draw index
+        order = philox.permutation(keys["order"], epoch, len(images), device=self.data_device)
+        flips = philox.uniform(keys["flip"], first, batches, 1, device=device)[:, 0] < 0.5  # [batches]
+        # the denoiser takes sigma as a number: the epoch's choices are drawn on the CPU, read there
+        choice = ([0] * batches if len(sigmas) == 1 else
+                  philox.integers(keys["sigma"], first, batches, 1, len(sigmas))[:, 0].tolist())
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for b in range(batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x, y = gather(images, idx, device), gather(masks, idx, device)
+            x, y = torch.where(flips[b], x.flip(-1), x), torch.where(flips[b], y.flip(-1), y)  # left-right
+            sigma = sigmas[choice[b]]
+            if sigma > 0:  # one draw per image: draws (first + b) * batch_size + j
+                noise = philox.normal(keys["noise"], (first + b) * batch_size, len(x), x[0].numel(), device=device)
+                x = x + sigma * noise.view_as(x)
+            with autocast(self.precision, device):
+                if self.denoiser is not None:
+                    with torch.no_grad():
+                        x = self.denoiser(x, sigma).float()
+                self.optim.zero_grad()
+                loss = self.loss_fn(model(x), y.unsqueeze(1))
+            optimiser_step(loss, self.optim, self.scaler)
+            total += loss.detach().double() * len(x)  # summed on the device, read once per epoch
+            advance()
+        return float(total) / len(images)
 
-    def patience_ran_out(epoch: int) -> bool:
-        return patience is not None and epoch - result.best_epoch >= patience
+    def validate(self) -> float:
+        """The validation Dice of the model as it is (:func:`evaluate_dice`)."""
+        return evaluate_dice(self.model, self.val_images, self.val_masks, self.num_classes, self.batch_size,
+                             self.device, self.precision)
 
-    batches = (len(images) + batch_size - 1) // batch_size
-    bar = training_progress(console, enabled=progress)
-    with bar:
-        epoch_task = bar.add_task("epochs", total=epochs, completed=start, info="")
-        batch_task = bar.add_task("batches", total=batches, info="")
-        for epoch in range(start, epochs):
-            if patience_ran_out(epoch - 1):  # a resumed run that had already stopped
-                result.stopped_early = True
-                break
-            model.train()
-            bar.reset(batch_task, total=batches)
-            first = epoch * batches  # the global step of this epoch's first batch: the draw index
-            order = philox.permutation(keys["order"], epoch, len(images), device=data_device)
-            flips = philox.uniform(keys["flip"], first, batches, 1, device=device)[:, 0] < 0.5  # [batches]
-            # the denoiser takes sigma as a number: the epoch's choices are drawn on the CPU, read there
-            choice = ([0] * batches if len(sigmas) == 1 else
-                      philox.integers(keys["sigma"], first, batches, 1, len(sigmas))[:, 0].tolist())
-            total = torch.zeros((), dtype=torch.float64, device=device)
-            for b in range(batches):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                x, y = gather(images, idx, device), gather(masks, idx, device)
-                x, y = torch.where(flips[b], x.flip(-1), x), torch.where(flips[b], y.flip(-1), y)  # left-right
-                sigma = sigmas[choice[b]]
-                if sigma > 0:  # one draw per image: draws (first + b) * batch_size + j
-                    noise = philox.normal(keys["noise"], (first + b) * batch_size, len(x), x[0].numel(),
-                                          device=device)
-                    x = x + sigma * noise.view_as(x)
-                with autocast(precision, device):
-                    if denoiser is not None:
-                        with torch.no_grad():
-                            x = denoiser(x, sigma).float()
-                    optim.zero_grad()
-                    loss = loss_fn(model(x), y.unsqueeze(1))
-                optimiser_step(loss, optim, scaler)
-                total += loss.detach().double() * len(x)  # summed on the device, read once per epoch
-                bar.update(batch_task, advance=1)
-            dice = evaluate_dice(model, val_images, val_masks, train.num_classes, batch_size, device, precision)
-            seconds, cpu_seconds = result.seconds, result.cpu_seconds = elapsed()
-            record = {"epoch": epoch, "loss": float(total) / len(images), "val_dice": dice}
-            if scheduler is not None:
-                record["lr"] = optim.param_groups[0]["lr"]  # the step this epoch was trained with
-                scheduler.step(dice)
-            result.history.append(record)
-            if dice > result.best_dice:
-                result.best_dice, result.best_epoch = dice, epoch
-                if checkpoint is not None:
-                    cfg = dict(model_config)
-                    cfg["training"] = {**training, "best_epoch": epoch, "val_dice": dice,
-                                       "seconds": seconds, "cpu_seconds": cpu_seconds}
-                    result.checkpoint = save_checkpoint(checkpoint, net, cfg)
-            if checkpoint is not None and save_state:
-                _save_state(resume_dir(checkpoint), epoch, net, optim, {**model_config, "training": training},
-                            {"training": training, "best_dice": result.best_dice,
-                             "best_epoch": result.best_epoch, "history": result.history,
-                             "seconds": seconds, "cpu_seconds": cpu_seconds,
-                             "torch_rng": encode_state(torch.get_rng_state()),
-                             **({"cuda_rng": encode_state(torch.cuda.get_rng_state(device))}
-                                if device.type == "cuda" else {}),
-                             **({} if scheduler is None else {"lr_scheduler": scheduler.state_dict()}),
-                             **({} if scaler is None else {"grad_scaler": scaler.state_dict()})})
-            bar.update(batch_task, info=f"loss {record['loss']:.3f}")
-            bar.update(epoch_task, advance=1,
-                       info=f"val Dice {dice:.3f} (best {result.best_dice:.3f} @ epoch {result.best_epoch + 1})")
-            if on_epoch is not None:
-                on_epoch(record)
-            if patience_ran_out(epoch):
-                result.stopped_early = True
-                break
-    if checkpoint is not None and result.checkpoint is not None and result.history:
-        _record_total(Path(checkpoint), result)
-    model.eval()
-    return result
+    def end_epoch(self, epoch: int, loss: float, dice: float) -> dict:
+        """Record the epoch, step the scheduler, save a better checkpoint and the resumable state; the record."""
+        result, checkpoint = self.result, self.checkpoint
+        seconds, cpu_seconds = tuple(round(v, 1) for v in self.clock.elapsed())
+        result.seconds, result.cpu_seconds = seconds, cpu_seconds
+        record = {"epoch": epoch, "loss": loss, "val_dice": dice}
+        if self.scheduler is not None:
+            record["lr"] = self.optim.param_groups[0]["lr"]  # the step this epoch was trained with
+            self.scheduler.step(dice)
+        result.history.append(record)
+        if dice > result.best_dice:
+            result.best_dice, result.best_epoch = dice, epoch
+            if checkpoint is not None:
+                cfg = dict(self.model_config)
+                cfg["training"] = {**self.training, "best_epoch": epoch, "val_dice": dice,
+                                   "seconds": seconds, "cpu_seconds": cpu_seconds}
+                result.checkpoint = save_checkpoint(checkpoint, self.net, cfg)
+        if checkpoint is not None and self.save_state:
+            self._save_state(epoch, seconds, cpu_seconds)
+        return record
+
+    def _save_state(self, epoch: int, seconds: float, cpu_seconds: float) -> None:
+        """The state after ``epoch``: weights, optimizer, then ``state.json`` (:class:`StateFolder`)."""
+        result = self.result
+        files = self.states.files(epoch, "weights", "optimizer")
+        save_checkpoint(files["weights"], self.net, {**self.model_config, "training": self.training}, sidecar=False)
+        save_optimizer(files["optimizer"], self.optim)
+        self.states.write({"training": self.training, "best_dice": result.best_dice, "best_epoch": result.best_epoch,
+                           "history": result.history, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                           **generator_state(self.device),
+                           **({} if self.scheduler is None else {"lr_scheduler": self.scheduler.state_dict()}),
+                           **scaler_state(self.scaler), **self.states.stamp(), "epoch": epoch,
+                           "weights": files["weights"].name, "optimizer": files["optimizer"].name},
+                          keep=[p.name for p in files.values()])
+
+    def finish(self) -> None:
+        """Add the whole run's totals to the best checkpoint's JSON; leave the model in eval mode."""
+        result = self.result
+        if self.checkpoint is not None and result.checkpoint is not None and result.history:
+            _record_total(Path(self.checkpoint), result)
+        self.model.eval()

@@ -78,22 +78,25 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from certframe.core import philox
 from certframe.device import autocast, resolve_precision
 from certframe.interfaces import SegmentationDataset
 from certframe.training.device import gather, grad_scaler, optimiser_step, place, streams
-from certframe.training.segmenter import stack
-from certframe.training.state import (
-    check_resumable,
-    decode_state,
-    encode_state,
+from certframe.training.resume import (
+    Clock,
+    DeferredInterrupt,
+    StateFolder,
+    generator_state,
     load_optimizer,
+    read_tensors,
+    restore_generators,
     save_optimizer,
+    save_tensors,
+    scaler_state,
     training_progress,
 )
+from certframe.training.segmenter import stack
 
 STATE_VERSION = 2  # 2: draws from the counter-based stream (philox.STREAM_VERSION); 1: torch.Generator
 RESUME_KEYS = ("size", "block_out_channels", "layers_per_block", "attention", "batch_size", "lr",
@@ -234,39 +237,6 @@ class TrainLog:
         with self.path.open("a") as f:
             f.write(f"{stamp} {message}\n")
 
-
-class _DeferredInterrupt:
-    """Within ``with``: the first SIGINT (Ctrl-C) only sets ``requested``; the loop raises at a step's end.
-
-    A second Ctrl-C interrupts at once. Outside the main thread (where signal
-    handlers cannot be set) Ctrl-C is not deferred.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
 def _images(dataset: SegmentationDataset, size: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
     """The data set's images in ``[-1, 1]`` at ``size`` x ``size`` (default: theirs), and their own size."""
     from .diffusion import resize
@@ -341,10 +311,6 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
         A ``KeyboardInterrupt`` (Ctrl-C, or raised by ``on_log``) saves the resume
         state and the current EMA model, then propagates.
     """
-    from diffusers.training_utils import EMAModel
-
-    from .diffusion import resized_noise_std
-
     checkpoint_every = default_checkpoint_every(steps) if checkpoint_every is None else checkpoint_every
     if (steps < 1 or batch_size < 1 or lr <= 0 or not 0 < ema_decay < 1 or checkpoint_every < 1
             or log_every < 1):
@@ -354,199 +320,231 @@ def train_diffusion(dataset: SegmentationDataset, output: str | Path, *, size: i
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
     output = Path(output)
-    folder = resume_dir(output)
-    if not (resume or overwrite) and (output.exists() or folder.exists()):
-        raise FileExistsError(f"{str(output)!r} or its training state {str(folder)!r} exists; resume it or "
-                              f"remove it first (--resume / --overwrite)")
-    device = torch.device(device)
-    precision = resolve_precision(precision, device)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    images, data_size = _images(dataset, size)
-    size = int(images.shape[-1])
-    channels = int(images.shape[1])
-    shrink = resized_noise_std(1.0, data_size, (size, size))
-    training = {"size": int(size), "block_out_channels": [int(c) for c in block_out_channels],
-                "layers_per_block": int(layers_per_block), "attention": bool(attention),
-                "batch_size": int(batch_size), "lr": float(lr), "max_sigma": max_sigma, "margin": float(margin),
-                "beta_schedule": beta_schedule, "num_train_timesteps": int(num_train_timesteps),
-                "prediction_type": prediction_type, "ema_decay": float(ema_decay), "seed": int(seed),
-                "data_size": list(data_size), "crop": None if crop is None else int(crop), "precision": precision}
-    if crop is not None:
-        levels = len(block_out_channels) - 1
-        if not 0 < crop <= size or crop % (2 ** levels):
-            raise ValueError(f"crop must be in 1..{size} (the training size) and divisible by 2^{levels} for "
-                             f"{levels + 1} resolution levels, got {crop}")
-        if attention:
-            raise ValueError("crop training needs a fully convolutional UNet: attention sees the whole image, "
-                             "so a model trained on crops would not transfer to whole images; drop attention")
-    torch.manual_seed(seed)
-    unet = build_unet(size, channels, block_out_channels, layers_per_block, attention).to(device)
-    scheduler = build_scheduler(num_train_timesteps, beta_schedule, prediction_type)
-    t_max = max_timestep(scheduler.alphas_cumprod, max_sigma, margin, shrink)
-    if overwrite:  # only now, once every setting has been accepted
-        shutil.rmtree(output, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
-                   foreach=True)
-    optim = torch.optim.Adam(unet.parameters(), lr=lr)
-    scaler = grad_scaler(precision, device)
-    keys = streams("train-diffusion", seed, STREAMS)
-    history: list[dict] = []
-    start, earlier, earlier_cpu = 0, 0.0, 0.0
+    if not (resume or overwrite) and (output.exists() or resume_dir(output).exists()):
+        raise FileExistsError(f"{str(output)!r} or its training state {str(resume_dir(output))!r} exists; resume "
+                              f"it or remove it first (--resume / --overwrite)")
+    run = _DiffusionTraining(dataset, output, size=size, block_out_channels=block_out_channels,
+                             layers_per_block=layers_per_block, attention=attention, steps=steps,
+                             batch_size=batch_size, lr=lr, max_sigma=max_sigma, margin=margin,
+                             beta_schedule=beta_schedule, num_train_timesteps=num_train_timesteps,
+                             prediction_type=prediction_type, ema_decay=ema_decay, seed=seed, device=device,
+                             overwrite=overwrite, info=info, crop=crop, precision=precision)
     if resume:
-        state_path = folder / "state.json"
-        if not state_path.is_file():
-            raise FileNotFoundError(f"cannot resume: no training state at {str(state_path)!r}")
-        state = json.loads(state_path.read_text())
-        check_resumable(state, STATE_VERSION, folder)
-        saved = {"data_size": list(data_size), **state["training"]}  # states written before data_size existed
-        clash = {k: (saved.get(k), training[k]) for k in RESUME_KEYS + ("data_size",)
-                 if saved.get(k) != training[k]}
-        if clash:
-            raise ValueError("cannot resume with different settings (saved, asked): "
-                             + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in clash.items()))
-        unet.load_state_dict(_read(folder / state["unet"]))
-        shadow = _read(folder / state["ema"])
-        names = [n for n, _ in unet.named_parameters()]
-        ema.shadow_params = [shadow[n].to(device) for n in names]
-        ema.optimization_step = int(state["ema_step"])
-        load_optimizer(folder / state["optimizer"], optim)
-        if scaler is not None:
-            scaler.load_state_dict(state["grad_scaler"])
-        torch.set_rng_state(decode_state(state["torch_rng"]))
-        history, start = list(state["history"]), int(state["step"])
-        earlier = float(state.get("seconds", 0.0))
-        earlier_cpu = float(state.get("cpu_seconds", 0.0))
-    log = TrainLog(output / LOG_NAME)
+        run.resume()
+    run.log_start(resume, checkpoint_every)
+    run.prepare_loop()
+    bar = training_progress(console, enabled=progress)
+    try:
+        with bar, DeferredInterrupt() as interrupt:
+            task = bar.add_task("DDPM steps", total=steps, completed=run.start, info=f"t in 0..{run.t_max}")
+            run.unet.train()
+            for step in range(run.start, steps):
+                run.step(step)
+                bar.update(task, advance=1)
+                if run.done % log_every == 0 or run.done == steps:
+                    record = run.record_loss()
+                    bar.update(task, info=f"loss {record['loss']:.4f}, t in 0..{run.t_max}")
+                    if on_log is not None:
+                        on_log(record)
+                if run.done % checkpoint_every == 0 or run.done == steps:
+                    run.save_state()
+                    run.log(f"checkpoint at step {run.done} in {run.states.folder}")
+                interrupt.check()
+    except KeyboardInterrupt:
+        run.interrupted()
+        raise
+    return run.finish()
 
-    def elapsed() -> tuple[float, float]:
-        return earlier + time.perf_counter() - started, earlier_cpu + time.process_time() - cpu_started
 
-    def meta(done: int, interrupted: bool) -> dict:
-        wall, cpu = elapsed()
-        m = {"training": {**training, "steps": steps, "t_max": t_max, "seconds": round(wall, 1),
-                          "cpu_seconds": round(cpu, 1)},
-             "history": history, "images": len(images), "channels": channels,
-             "dataset_identity": dataset.identity(), **(info or {})}
-        if interrupted:
-            m["interrupted"] = {"step": done, "steps": steps,
-                                "resume": f"rerun with resume (--resume) to continue to step {steps}"}
-        return m
+class _DiffusionTraining:
+    """One call of :func:`train_diffusion`, in named steps: the setup (``__init__``), :meth:`resume`, one
+    optimisation step (:meth:`step`), the loss record (:meth:`record_loss`), the resumable state
+    (:meth:`save_state`), the EMA model's folder (:meth:`save_ema_model`), Ctrl-C (:meth:`interrupted`) and
+    :meth:`finish`."""
 
-    def save_ema_model(done: int, interrupted: bool) -> None:
-        final = build_unet(size, channels, block_out_channels, layers_per_block, attention)
-        ema.copy_to(final.parameters())
-        save_diffusion_folder(output, final.cpu(), scheduler, meta(done, interrupted))
+    def __init__(self, dataset: SegmentationDataset, output: Path, *, size, block_out_channels, layers_per_block,
+                 attention, steps, batch_size, lr, max_sigma, margin, beta_schedule, num_train_timesteps,
+                 prediction_type, ema_decay, seed, device, overwrite, info, crop, precision):
+        from diffusers.training_utils import EMAModel
 
-    log(f"{'resume at step ' + str(start) if resume else 'start'}: {len(images)} images {channels}x{size}x{size} "
-        f"(data set {data_size[0]}x{data_size[1]}), t in 0..{t_max} (max_sigma {max_sigma}, margin {margin}), "
-        f"{steps} steps, batch {batch_size}{'' if crop is None else f' of {crop}x{crop} crops'}, lr {lr}, "
-        f"checkpoint every {checkpoint_every}, device {device}")
-    acp = scheduler.alphas_cumprod.to(device)
-    (images,), data_device = place([images], device)
-    B, C, H, W = batch_size, *(int(v) for v in images.shape[1:])
-    side = size if crop is None else crop
-    running = torch.zeros((), dtype=torch.float64, device=device)  # the loss summed on the device
-    seen, done, at_boundary = 0, start, True
-    drawn: dict[str, torch.Tensor] = {}
-    chunk = -1
+        from .diffusion import resized_noise_std
 
-    def draws(step: int) -> dict[str, torch.Tensor]:
+        self.dataset, self.output, self.info, self.crop, self.steps = dataset, output, info, crop, steps
+        self.batch_size = batch_size
+        self.asked = {"max_sigma": max_sigma, "margin": margin, "lr": lr}  # as given, for train.log
+        self.states = StateFolder(resume_dir(output), STATE_VERSION, "step")
+        self.device = device = torch.device(device)
+        self.precision = precision = resolve_precision(precision, device)
+        self.clock = Clock()
+        self.images, self.data_size = _images(dataset, size)
+        self.size = size = int(self.images.shape[-1])
+        self.channels = int(self.images.shape[1])
+        self.unet_args = (size, self.channels, block_out_channels, layers_per_block, attention)
+        shrink = resized_noise_std(1.0, self.data_size, (size, size))
+        self.training = {"size": int(size), "block_out_channels": [int(c) for c in block_out_channels],
+                         "layers_per_block": int(layers_per_block), "attention": bool(attention),
+                         "batch_size": int(batch_size), "lr": float(lr), "max_sigma": max_sigma,
+                         "margin": float(margin), "beta_schedule": beta_schedule,
+                         "num_train_timesteps": int(num_train_timesteps), "prediction_type": prediction_type,
+                         "ema_decay": float(ema_decay), "seed": int(seed), "data_size": list(self.data_size),
+                         "crop": None if crop is None else int(crop), "precision": precision}
+        if crop is not None:
+            levels = len(block_out_channels) - 1
+            if not 0 < crop <= size or crop % (2 ** levels):
+                raise ValueError(f"crop must be in 1..{size} (the training size) and divisible by 2^{levels} for "
+                                 f"{levels + 1} resolution levels, got {crop}")
+            if attention:
+                raise ValueError("crop training needs a fully convolutional UNet: attention sees the whole image, "
+                                 "so a model trained on crops would not transfer to whole images; drop attention")
+        torch.manual_seed(seed)
+        self.unet = build_unet(*self.unet_args).to(device)
+        self.scheduler = build_scheduler(num_train_timesteps, beta_schedule, prediction_type)
+        self.t_max = max_timestep(self.scheduler.alphas_cumprod, max_sigma, margin, shrink)
+        if overwrite:  # only now, once every setting has been accepted
+            shutil.rmtree(output, ignore_errors=True)
+            shutil.rmtree(self.states.folder, ignore_errors=True)
+        self.ema = EMAModel(self.unet.parameters(), decay=ema_decay, use_ema_warmup=True, inv_gamma=1.0,
+                            power=2 / 3, foreach=True)
+        self.optim = torch.optim.Adam(self.unet.parameters(), lr=lr)
+        self.scaler = grad_scaler(precision, device)
+        self.keys = streams("train-diffusion", seed, STREAMS)
+        self.history: list[dict] = []
+        self.start = 0
+        self.log = TrainLog(output / LOG_NAME)
+
+    def resume(self) -> None:
+        """Continue the saved state: the UNet, its EMA, the optimizer, the generators, history and time."""
+        states, device = self.states, self.device
+        # states written before data_size existed: their data size is taken as this one
+        state = states.load(self.training, RESUME_KEYS + ("data_size",), defaults={"data_size": list(self.data_size)})
+        self.unet.load_state_dict(read_tensors(states.folder / state["unet"]))
+        shadow = read_tensors(states.folder / state["ema"])
+        names = [n for n, _ in self.unet.named_parameters()]
+        self.ema.shadow_params = [shadow[n].to(device) for n in names]
+        self.ema.optimization_step = int(state["ema_step"])
+        load_optimizer(states.folder / state["optimizer"], self.optim)
+        restore_generators(state, self.scaler)
+        self.history, self.start = list(state["history"]), int(state["step"])
+        self.clock.add_earlier(state)
+
+    def log_start(self, resume: bool, checkpoint_every: int) -> None:
+        t, size, data_size, crop = self.asked, self.size, self.data_size, self.crop
+        self.log(f"{'resume at step ' + str(self.start) if resume else 'start'}: {len(self.images)} images "
+                 f"{self.channels}x{size}x{size} (data set {data_size[0]}x{data_size[1]}), t in 0..{self.t_max} "
+                 f"(max_sigma {t['max_sigma']}, margin {t['margin']}), {self.steps} steps, batch {self.batch_size}"
+                 f"{'' if crop is None else f' of {crop}x{crop} crops'}, lr {t['lr']}, checkpoint every "
+                 f"{checkpoint_every}, device {self.device}")
+
+    def prepare_loop(self) -> None:
+        """The data on the device and the loop's counters."""
+        self.acp = self.scheduler.alphas_cumprod.to(self.device)
+        (self.images,), self.data_device = place([self.images], self.device)
+        self.side = self.size if self.crop is None else self.crop
+        self.running = torch.zeros((), dtype=torch.float64, device=self.device)  # the loss summed on the device
+        self.seen, self.done, self.at_boundary = 0, self.start, True
+        self.drawn: dict[str, torch.Tensor] = {}
+        self.chunk = -1
+        self.loop_started = time.perf_counter()  # the time left is estimated from the steps alone, not the loading
+
+    def draws(self, step: int) -> dict[str, torch.Tensor]:
         """The small draws of ``step`` (rows of a chunk of DRAW_CHUNK steps drawn at once)."""
-        nonlocal chunk
-        if step // DRAW_CHUNK != chunk:
-            chunk, first = step // DRAW_CHUNK, step // DRAW_CHUNK * DRAW_CHUNK
-            count = min(DRAW_CHUNK, steps - first)
-            drawn["index"] = philox.integers(keys["index"], first, count, B, len(images), device=data_device)
+        keys, device, crop, drawn = self.keys, self.device, self.crop, self.drawn
+        B, (H, W) = self.batch_size, self.images.shape[-2:]
+        if step // DRAW_CHUNK != self.chunk:
+            self.chunk, first = step // DRAW_CHUNK, step // DRAW_CHUNK * DRAW_CHUNK
+            count = min(DRAW_CHUNK, self.steps - first)
+            drawn["index"] = philox.integers(keys["index"], first, count, B, len(self.images), device=self.data_device)
             drawn["flip"] = philox.uniform(keys["flip"], first, count, B, device=device) < 0.5
-            drawn["t"] = philox.integers(keys["timestep"], first, count, B, t_max + 1, device=device)
+            drawn["t"] = philox.integers(keys["timestep"], first, count, B, self.t_max + 1, device=device)
             if crop is not None:
                 drawn["top"] = philox.integers(keys["crop-top"], first, count, B, H - crop + 1, device=device)
                 drawn["left"] = philox.integers(keys["crop-left"], first, count, B, W - crop + 1, device=device)
-        return {k: v[step - chunk * DRAW_CHUNK] for k, v in drawn.items()}
+        return {k: v[step - self.chunk * DRAW_CHUNK] for k, v in drawn.items()}
 
-    loop_started = time.perf_counter()  # the time left is estimated from the steps alone, not the data loading
-    bar = training_progress(console, enabled=progress)
-    try:
-        with bar, _DeferredInterrupt() as interrupt:
-            task = bar.add_task("DDPM steps", total=steps, completed=start, info=f"t in 0..{t_max}")
-            unet.train()
-            for step in range(start, steps):
-                at_boundary = False
-                d = draws(step)
-                x0 = gather(images, d["index"], device)
-                if crop is not None:
-                    x0 = random_crops(x0, crop, d["top"], d["left"])
-                x0 = torch.where(d["flip"].view(-1, 1, 1, 1), x0.flip(-1), x0)
-                noise = philox.normal(keys["noise"], step * B, B, C * side * side, device=device).view_as(x0)
-                t = d["t"]
-                a = acp[t].view(-1, 1, 1, 1)
-                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                with autocast(precision, device):
-                    prediction = unet(x_t, t).sample
-                loss = F.mse_loss(prediction.float(), training_target(scheduler, x0, noise, t))
-                optim.zero_grad(set_to_none=True)
-                optimiser_step(loss, optim, scaler, clip_norm=1.0, parameters=unet.parameters())
-                ema.step(unet.parameters())
-                done, at_boundary = step + 1, True
-                running += loss.detach()
-                seen += 1
-                bar.update(task, advance=1)
-                if done % log_every == 0 or done == steps:
-                    history.append({"step": done, "loss": float(running) / seen})  # the one host read
-                    running.zero_()
-                    seen = 0
-                    bar.update(task, info=f"loss {history[-1]['loss']:.4f}, t in 0..{t_max}")
-                    wall, _ = elapsed()
-                    rate = (time.perf_counter() - loop_started) / (done - start)
-                    log(f"step {done}/{steps} loss {history[-1]['loss']:.5f} "
-                        f"ema_decay {ema.get_decay(ema.optimization_step):.4f} elapsed {wall:.0f}s "
-                        f"left {rate * (steps - done):.0f}s")
-                    if on_log is not None:
-                        on_log(history[-1])
-                if done % checkpoint_every == 0 or done == steps:
-                    _save_state(folder, done, unet, ema, optim, scaler, training, history, *elapsed())
-                    log(f"checkpoint at step {done} in {folder}")
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        if at_boundary and done > start:
-            _save_state(folder, done, unet, ema, optim, scaler, training, history, *elapsed())
-            save_ema_model(done, interrupted=True)
-            log(f"interrupted at step {done}/{steps}: resume state in {folder}, EMA model in {output} "
-                f"(marked interrupted); continue with --resume")
+    def step(self, step: int) -> None:
+        """One optimisation step and its EMA update; the loss is added up on the device."""
+        device, B, C, side = self.device, self.batch_size, self.channels, self.side
+        self.at_boundary = False
+        d = self.draws(step)
+        x0 = gather(self.images, d["index"], device)
+        if self.crop is not None:
+            x0 = random_crops(x0, self.crop, d["top"], d["left"])
+        x0 = torch.where(d["flip"].view(-1, 1, 1, 1), x0.flip(-1), x0)
+        noise = philox.normal(self.keys["noise"], step * B, B, C * side * side, device=device).view_as(x0)
+        t = d["t"]
+        a = self.acp[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast(self.precision, device):
+            prediction = self.unet(x_t, t).sample
+        loss = F.mse_loss(prediction.float(), training_target(self.scheduler, x0, noise, t))
+        self.optim.zero_grad(set_to_none=True)
+        optimiser_step(loss, self.optim, self.scaler, clip_norm=1.0, parameters=self.unet.parameters())
+        self.ema.step(self.unet.parameters())
+        self.done, self.at_boundary = step + 1, True
+        self.running += loss.detach()
+        self.seen += 1
+
+    def record_loss(self) -> dict:
+        """``{"step", "loss"}``, the mean loss since the last record (the one host read), added to the history
+        and to ``train.log`` with the EMA decay and the time left."""
+        self.history.append({"step": self.done, "loss": float(self.running) / self.seen})
+        self.running.zero_()
+        self.seen = 0
+        wall, _ = self.clock.elapsed()
+        rate = (time.perf_counter() - self.loop_started) / (self.done - self.start)
+        self.log(f"step {self.done}/{self.steps} loss {self.history[-1]['loss']:.5f} "
+                 f"ema_decay {self.ema.get_decay(self.ema.optimization_step):.4f} elapsed {wall:.0f}s "
+                 f"left {rate * (self.steps - self.done):.0f}s")
+        return self.history[-1]
+
+    def save_state(self) -> None:
+        """The state after step ``done``: UNet, EMA and optimizer tensors, then ``state.json``."""
+        seconds, cpu_seconds = self.clock.elapsed()
+        files = self.states.files(self.done, "unet", "ema", "optimizer")
+        save_tensors(files["unet"], _named(self.unet.state_dict()))
+        save_tensors(files["ema"], _named(dict(zip([n for n, _ in self.unet.named_parameters()],
+                                                   self.ema.shadow_params))))
+        save_optimizer(files["optimizer"], self.optim)
+        self.states.write({**self.states.stamp(), "step": self.done, "ema_step": int(self.ema.optimization_step),
+                           "training": self.training, "history": self.history, **generator_state(),
+                           "seconds": seconds, "cpu_seconds": cpu_seconds, **scaler_state(self.scaler),
+                           **{part: p.name for part, p in files.items()}},
+                          keep=[p.name for p in files.values()])
+
+    def meta(self, done: int, interrupted: bool) -> dict:
+        """``certframe.json``: the settings, t_max, time, history, data set and ``info``."""
+        wall, cpu = self.clock.elapsed()
+        m = {"training": {**self.training, "steps": self.steps, "t_max": self.t_max, "seconds": round(wall, 1),
+                          "cpu_seconds": round(cpu, 1)},
+             "history": self.history, "images": len(self.images), "channels": self.channels,
+             "dataset_identity": self.dataset.identity(), **(self.info or {})}
+        if interrupted:
+            m["interrupted"] = {"step": done, "steps": self.steps,
+                                "resume": f"rerun with resume (--resume) to continue to step {self.steps}"}
+        return m
+
+    def save_ema_model(self, done: int, interrupted: bool) -> None:
+        """The EMA weights as a diffusers folder at ``output`` (:func:`save_diffusion_folder`)."""
+        final = build_unet(*self.unet_args)
+        self.ema.copy_to(final.parameters())
+        save_diffusion_folder(self.output, final.cpu(), self.scheduler, self.meta(done, interrupted))
+
+    def interrupted(self) -> None:
+        """On Ctrl-C at a step's end: save the state and the current EMA model (marked interrupted)."""
+        done, steps, folder = self.done, self.steps, self.states.folder
+        if self.at_boundary and done > self.start:
+            self.save_state()
+            self.save_ema_model(done, interrupted=True)
+            self.log(f"interrupted at step {done}/{steps}: resume state in {folder}, EMA model in {self.output} "
+                     f"(marked interrupted); continue with --resume")
         else:
-            log(f"interrupted during step {done + 1}/{steps}: nothing new saved; the last checkpoint in "
-                f"{folder} is the resume point")
-        raise
-    save_ema_model(steps, interrupted=False)
-    wall, cpu = elapsed()
-    log(f"done: {steps} steps, {wall:.0f}s wall, {cpu:.0f}s CPU; saved {output}")
-    return DiffusionTrainResult(output=output, steps=steps, t_max=t_max, history=history,
-                                seconds=time.perf_counter() - started)
+            self.log(f"interrupted during step {done + 1}/{steps}: nothing new saved; the last checkpoint in "
+                     f"{folder} is the resume point")
 
-
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def _save_state(folder: Path, step: int, unet, ema, optim, scaler, training: dict, history: list,
-                seconds: float, cpu_seconds: float = 0.0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = {"unet": f"step-{step}.unet.safetensors", "ema": f"step-{step}.ema.safetensors",
-             "optimizer": f"step-{step}.optimizer.safetensors"}
-    save_file(_named(unet.state_dict()), str(folder / names["unet"]))
-    save_file(_named(dict(zip([n for n, _ in unet.named_parameters()], ema.shadow_params))),
-              str(folder / names["ema"]))
-    save_optimizer(folder / names["optimizer"], optim)
-    state = {"version": STATE_VERSION, "stream": philox.STREAM_VERSION, "step": step,
-             "ema_step": int(ema.optimization_step), "training": training, "history": history,
-             "torch_rng": encode_state(torch.get_rng_state()), "seconds": seconds, "cpu_seconds": cpu_seconds,
-             **({} if scaler is None else {"grad_scaler": scaler.state_dict()}), **names}
-    tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    tmp.replace(folder / "state.json")
-    for old in folder.glob("step-*.safetensors"):
-        if old.name not in names.values():
-            old.unlink()
+    def finish(self) -> DiffusionTrainResult:
+        """Save the EMA model, log the end."""
+        self.save_ema_model(self.steps, interrupted=False)
+        wall, cpu = self.clock.elapsed()
+        self.log(f"done: {self.steps} steps, {wall:.0f}s wall, {cpu:.0f}s CPU; saved {self.output}")
+        return DiffusionTrainResult(output=self.output, steps=self.steps, t_max=self.t_max, history=self.history,
+                                    seconds=self.clock.since_start())
