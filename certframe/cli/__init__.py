@@ -24,6 +24,7 @@ COMMANDS = {
     "certframe.cli.attack_cmd": "attack",
     "certframe.cli.evaluate_cmd": "evaluate",
     "certframe.cli.convert_cmd": "convert",
+    "certframe.cli.study_cmd": "study",
 }
 
 

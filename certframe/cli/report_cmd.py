@@ -26,10 +26,23 @@ log = logging.getLogger("certframe.report")
 @click.option("--allow-incomplete", is_flag=True, help="Report runs that have not finished yet.")
 @click.option("--quiet", "-q", is_flag=True, help="No table or info logs.")
 def report(runs, output, reporters, overlay_images, title, allow_incomplete, quiet):
-    """Compare run folders (or folders of run folders): certified Dice per method, sigma and radius."""
+    """Compare run folders (or folders of run folders): certified Dice per method, sigma and radius.
+
+    A study folder (``certframe study``) alone gives the study report: its table with each row's paired
+    bootstrap CI against the baseline, the denoiser's quality, the training cost, a figure and report.html.
+    """
     if quiet:
         logging.getLogger("certframe").setLevel(logging.WARNING)
     console = Console(quiet=quiet)
+    if len(runs) == 1 and (runs[0] / "study.json").is_file():  # a study folder: the study report (docs/study.md)
+        from certframe.study.report import write_study_report
+
+        _, lines, written = write_study_report(runs[0], output)
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        for path in written:
+            log.info("wrote %s", path)
+        return
     options = {"overlay_images": overlay_images}
     if title:
         options["title"] = title

@@ -1,0 +1,264 @@
+"""``certframe study``: a tiny synthetic study end to end, reuse, resume after Ctrl-C, a changed row, bad input.
+
+The study is ``examples/studies/synthetic.toml`` (16 synthetic chest X-rays at 32 px, a 4-step DDPM with
+channels [8, 16], 4-epoch UNets, SegCertify n0 10, n 100 on 4 test images at sigma 0.25 and 0.5), run
+once per module on the CPU in fp32; its table is pinned to the values of that run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from certframe.cli import main
+from certframe.study import load_study, paired_bootstrap_ci, run_study
+from certframe.study.spec import StudyError
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "examples" / "studies" / "synthetic.toml"
+STAGES = ["ddpm", "clean", "gaussian-sigma0.25", "gaussian-sigma0.5", "finetuned-sigma0.25-0.5", "quality",
+          "certify-gaussian-sigma0.25", "certify-gaussian-sigma0.5", "certify-ddpm-sigma0.25",
+          "certify-ddpm-sigma0.5", "certify-finetuned-sigma0.25", "certify-finetuned-sigma0.5"]
+# (row, sigma): certified Dice, abstain rate, clean Dice, minus the Gaussian row, CI low, CI high
+GOLDEN = {("gaussian", 0.25): (0.743197, 0.451904, 0.878488, None, None, None),
+          ("gaussian", 0.5): (0.236761, 0.734375, 0.869066, None, None, None),
+          ("ddpm", 0.25): (0.661438, 0.555908, 0.901044, -0.081759, -0.124862, -0.043169),
+          ("ddpm", 0.5): (0.078029, 0.905762, 0.901044, -0.158732, -0.231583, -0.085881),
+          ("finetuned", 0.25): (0.748908, 0.223389, 0.933245, 0.005711, -0.010069, 0.026559),
+          ("finetuned", 0.5): (0.146982, 0.533691, 0.933245, -0.089779, -0.125144, -0.055079)}
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")
+            if p.is_file() and "report" not in p.relative_to(folder).parts and p.name != "study.json"}
+
+
+def _values(table) -> dict:
+    out = {}
+    for rec in table.to_dict("records"):
+        out[(rec["row"], rec["sigma"])] = tuple(None if np.isnan(rec[k]) else rec[k] for k in
+                                                ("certified_dice", "abstain_rate", "clean_dice", "diff", "ci_low",
+                                                 "ci_high"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """The tiny study, run once through the command line on the CPU."""
+    folder = tmp_path_factory.mktemp("study") / "synthetic"
+    result = CliRunner().invoke(main, ["study", str(STUDY), "--output", str(folder), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return folder, result.output
+
+
+def test_tiny_study_end_to_end_with_golden_table(done):
+    folder, output = done
+    assert "12 stages: 0 reused, 12 to run" in output
+    from certframe.study.report import study_table
+
+    table, manifest = study_table(folder)
+    assert manifest["name"] == "synthetic" and manifest["stages"][0]["name"] == "ddpm"
+    values = _values(table)
+    assert set(values) == set(GOLDEN)
+    for key, expected in GOLDEN.items():
+        for got, want in zip(values[key], expected):
+            assert (got is None) == (want is None), key
+            if want is not None:
+                assert got == pytest.approx(want, abs=1e-6), key
+    # every output is the ordinary one, with its stage record beside it
+    assert (folder / "models" / "ddpm" / "certframe.json").is_file()
+    assert json.loads((folder / "models" / "clean.json").read_text())["training"]["epochs_run"] == 4
+    assert json.loads((folder / "runs" / "ddpm-sigma0.5" / "manifest.json").read_text())["status"] == "complete"
+    for name in STAGES:
+        stage = next(s for s in manifest["stages"] if s["name"] == name)
+        from certframe.study.folder import read_stamp
+
+        assert read_stamp(folder / stage["output"])["status"] == "complete", name
+    report = folder / "report"
+    assert {p.name for p in report.iterdir()} == {"report.html", "report.txt", "table.csv", "dice_vs_sigma.png"}
+    text = (report / "report.txt").read_text()
+    assert "| UNet fine-tuned on D(x + eps) + DDPM minus Gaussian-trained UNet (per sigma), paired bootstrap 95 % CI " \
+           "| +0.006 [-0.010, +0.027] | -0.090 [-0.125, -0.055] |" in text
+    assert "Denoiser quality" in text and "Training cost per row" in text
+
+
+def test_rerun_reuses_every_stage(done):
+    folder, _ = done
+    before = _mtimes(folder)
+    result = CliRunner().invoke(main, ["study", str(STUDY), "--output", str(folder), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "12 stages: 12 reused, 0 to run; at most 0 training steps and 0 forward passes" in result.output
+    assert "] ddpm:" not in result.output and "done in" not in result.output  # nothing ran
+    assert _mtimes(folder) == before
+    plan = CliRunner().invoke(main, ["study", str(STUDY), "--output", str(folder), "--plan"])
+    assert plan.exit_code == 0 and "12 reused" in plan.output
+
+
+def test_report_command_on_a_study_folder(done, tmp_path):
+    folder, _ = done
+    result = CliRunner().invoke(main, ["report", str(folder), "--output", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "paired bootstrap 95 % CI" in result.output
+    assert (tmp_path / "rep" / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+class _InterruptAt(Console):
+    """A console that raises KeyboardInterrupt (as Ctrl-C would) when a trainer prints ``line`` for ``model``."""
+
+    def __init__(self, model: str, line: str):
+        super().__init__(quiet=True)
+        self.model, self.line, self.fired, self.current = model, line, False, ""
+
+    def print(self, *objects, **kwargs):
+        text = " ".join(str(o) for o in objects)
+        if "through denoiser" in text or "fine-tuning" in text or "training" in text:
+            self.current = text
+        if not self.fired and self.model in self.current and text.startswith(self.line):
+            self.fired = True
+            raise KeyboardInterrupt
+        return super().print(*objects, **kwargs)
+
+
+def test_interrupted_mid_stage_resumes_to_the_uninterrupted_result(done, tmp_path):
+    folder, _ = done
+    other = tmp_path / "synthetic"
+    stop = _InterruptAt("through denoiser ddpm", "epoch 2/4")  # the fine-tuning, after its 2nd epoch's state
+    with pytest.raises(KeyboardInterrupt):
+        run_study(STUDY, other, device="cpu", quiet=True, stage_console=stop)
+    assert stop.fired
+    from certframe.study.folder import read_stamp
+
+    stamp = read_stamp(other / "models" / "finetuned-sigma0.25-0.5.safetensors")
+    assert stamp["status"] == "interrupted"
+    assert (other / "models" / "finetuned-sigma0.25-0.5.resume" / "state.json").is_file()
+    assert not (other / "runs").exists()
+    again = run_study(STUDY, other, device="cpu", quiet=True)
+    statuses = {s.name: s.status for s in again.stages}
+    assert statuses["finetuned-sigma0.25-0.5"] == "resume"
+    assert [n for n, s in statuses.items() if s == "reuse"] == STAGES[:4]
+    history = json.loads((other / "models" / "finetuned-sigma0.25-0.5.json").read_text())["training"]
+    assert history["epochs_run"] == 4
+    from safetensors.torch import load_file
+
+    from certframe.study.report import study_table
+
+    resumed, straight = (load_file(f / "models" / "finetuned-sigma0.25-0.5.safetensors") for f in (other, folder))
+    assert resumed.keys() == straight.keys() and all(resumed[k].equal(straight[k]) for k in resumed)
+    assert _values(study_table(other)[0]) == _values(study_table(folder)[0])
+    assert read_stamp(other / "models" / "finetuned-sigma0.25-0.5.safetensors")["attempts"] == 2
+
+
+def test_changed_row_setting_reruns_only_that_row(done, tmp_path):
+    folder, _ = done
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    before = _mtimes(copy)
+    changed = tmp_path / "changed" / "synthetic.toml"  # the same study (its name is the file's stem)
+    changed.parent.mkdir()
+    changed.write_text(STUDY.read_text().replace("per_sigma = false          #", "epochs = 3\nper_sigma = false  #"))
+    result = run_study(changed, copy, device="cpu", quiet=True)
+    rerun = ["finetuned-sigma0.25-0.5", "certify-finetuned-sigma0.25", "certify-finetuned-sigma0.5"]
+    assert result.ran == rerun
+    first = next(s for s in result.stages if s.name == "finetuned-sigma0.25-0.5")
+    assert first.status == "rerun" and first.reason == "train.epochs 4 -> 3"
+    after = _mtimes(copy)
+    touched = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert touched and all(k.startswith(("models/finetuned-", "runs/finetuned-")) for k in touched), touched
+    assert json.loads((copy / "models" / "finetuned-sigma0.25-0.5.json").read_text())["training"]["epochs"] == 3
+
+
+def _write(tmp_path: Path, text: str, name: str = "synthetic.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _refused(args: list[str]) -> str:
+    result = CliRunner().invoke(main, ["study", *args, "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    return result.output.splitlines()[0]
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, done):
+    out = tmp_path / "out"
+    text = STUDY.read_text()
+    cases = [
+        (text.replace("patience = 5", "patience = 5\nepochz = 3"),
+         " [segmenter]: unknown key(s) ['epochz']; valid keys: batch_size, clean, epochs, finetuned, gaussian, lr, "
+         "lr_plateau, options, patience, plugin, seed"),
+        (text.replace("[denoiser]\ntrain = { steps = 4, channels = [8, 16], batch_size = 4 }\nddim_steps = 2\n", ""),
+         ": row 'ddpm' needs the denoiser, but the study has no [denoiser] table (train = {...}, model = FOLDER, "
+         "adm = { checkpoint = FILE.pt } or plugin = NAME)"),
+        (text.replace("batch_size = 4 }", "batch_size = 4, max_sigma = 0.3 }"),
+         " [denoiser.train]: max_sigma 0.3 is below the study's largest sigma 0.5: the DDPM would not be trained "
+         "for it (drop max_sigma: it defaults to the largest sigma)"),
+        (text.replace("train = { steps = 4, channels = [8, 16], batch_size = 4 }", 'model = "ddpm-synthetic-lung"')
+         .replace("sigmas = [0.25, 0.5]", "sigmas = [0.25, 2.0]"),
+         " [denoiser]: sigma 2 needs timestep t*="),
+    ]
+    for i, (study_text, expected) in enumerate(cases):
+        (tmp_path / f"case{i}").mkdir()
+        path = _write(tmp_path / f"case{i}", study_text)
+        line = _refused([str(path), "--output", str(out)])
+        assert line.startswith(f"Error: {path}{expected}"), line
+        assert not out.exists()
+    # a data set with no train split: 2 image pairs, one for val and one for test
+    from PIL import Image
+
+    root = tmp_path / "tiny"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for k in range(2):
+        Image.fromarray(np.full((32, 32, 3), 90 * k, np.uint8)).save(root / "images" / f"c{k}.png")
+        Image.fromarray(np.full((32, 32), 255 * k, np.uint8)).save(root / "masks" / f"c{k}.png")
+    path = _write(tmp_path, text.replace('dataset = "synthetic-lung"', 'dataset = "folder"').replace(
+        "dataset_options = { count = 16, size = 32 }",
+        f'dataset_options = {{ root = "{root}", size = 32, val_fraction = 0.3, test_fraction = 0.5 }}'), "nosplit.toml")
+    line = _refused([str(path), "--output", str(out)])
+    assert line == (f"Error: {path}: data set 'folder' has no train split: split='train' with {{'root': '{root}', "
+                    f"'size': 32, 'val_fraction': 0.3, 'test_fraction': 0.5}} holds no images (the study trains on "
+                    f"split=train, validates on split=val and certifies split=test)"), line
+    assert not out.exists()
+    # an output folder holding another study: refused, left as it was
+    folder, _ = done
+    before = _mtimes(folder)
+    other = _write(tmp_path, text, "other.toml")
+    line = _refused([str(other), "--output", str(folder)])
+    assert line == (f"Error: --output {str(folder)!r} holds another study, 'synthetic' (from {STUDY}), not 'other': "
+                    f"choose another folder (--output) or delete that one"), line
+    assert _mtimes(folder) == before
+
+
+def test_every_example_study_file_is_valid():
+    files = sorted((ROOT / "examples" / "studies").glob("*.toml"))
+    names = {p.stem for p in files}
+    assert {"synthetic", "kvasir-seg", "cvc-clinicdb", "isic2018", "ph2", "jsrt", "montgomery", "shenzhen"} <= names
+    for path in files:
+        study = load_study(path)
+        assert study.name == path.stem and study.baseline in study.rows
+
+
+def test_study_file_errors_name_file_and_key(tmp_path):
+    path = _write(tmp_path, 'dataset = "synthetic-lung"\nsigmas = [0.5, -1]\n')
+    with pytest.raises(StudyError, match=r"synthetic.toml: sigma must be a finite noise level > 0"):
+        load_study(path)
+    path = _write(tmp_path, 'dataset = "synthetic-lung"\nrows = ["gaussian"]\nbaseline = "ddpm"\n')
+    with pytest.raises(StudyError, match=r"baseline 'ddpm' is not one of the rows \['gaussian'\]"):
+        load_study(path)
+    path = _write(tmp_path, 'dataset = "synthetic-lung"\nrows = ["gaussian"]\nn = 0\n')
+    with pytest.raises(StudyError, match=r"synthetic.toml: n must be a positive integer number of samples, got 0"):
+        load_study(path)
+
+
+def test_paired_bootstrap_ci_resamples_images_with_a_fixed_seed():
+    a, b = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.5, 0.5, 0.5, 0.5])
+    d, lo, hi = paired_bootstrap_ci(a, b, n_boot=2000, seed=0)
+    assert d == pytest.approx(0.25) and lo < d < hi and (lo, hi) == paired_bootstrap_ci(a, b, n_boot=2000, seed=0)[1:]
+    assert paired_bootstrap_ci(a, a)[0:3] == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_bootstrap_ci(a, b[:3])
