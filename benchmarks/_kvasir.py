@@ -1,4 +1,5 @@
-"""What the Kvasir-SEG benchmarks share: the report they print and write, the seeded splits and the paired bootstrap CI.
+"""What the Kvasir-SEG benchmarks share: the report they print and write, the seeded splits, and (re-exported)
+the paired bootstrap CI of :mod:`certframe.study.bootstrap`.
 
 Imported by the scripts in this folder (``python benchmarks/NAME.py`` puts it on ``sys.path``).
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
+from certframe.study.bootstrap import paired_bootstrap_ci  # noqa: F401  (the library's; imported from here)
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,20 +36,3 @@ def kvasir_splits(registry, root: Path, size: int, seed: int, out: Path) -> dict
         (HERE / "out" / ".gitignore").write_text("*\n")
     return {s: registry.create("dataset", "kvasir-seg", root=str(root), size=size, split=s, seed=seed)
             for s in ("train", "val", "test")}
-
-
-def paired_bootstrap_ci(a, b, *, n_boot: int = 10_000, level: float = 0.95,
-                        seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``a - b`` over images and its percentile bootstrap CI, resampling IMAGES (pairs kept together).
-
-    a, b: per-image scores of two methods on the same images (equal length >= 1).
-    Returns ``(mean difference, lower, upper)``.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"need two equal-length 1-D score lists, got shapes {a.shape} and {b.shape}")
-    d = a - b
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    means = d[idx].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(d.mean()), float(lo), float(hi)
