@@ -79,3 +79,44 @@ def test_missing_weights_is_a_clear_error(tmp_path):
     r = CliRunner().invoke(main, ["certify", "--segmenter-option", "weights=nowhere.safetensors",
                                   "--output", str(tmp_path / "x")])
     assert r.exit_code == 1 and "segmenter weights 'nowhere.safetensors' not found" in r.output
+
+
+# ------------------------------------------------ train / evaluate / convert share the one error boundary
+def test_train_segmenter_errors_go_through_the_one_boundary_and_debug_shows_the_traceback(tmp_path):
+    """``certframe --debug train segmenter`` with a bad input shows the traceback; without --debug one line."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "model.pt"
+    args = ["train", "segmenter", "--dataset", "synthetic-lung", "--dataset-option", "count=2", "--output", str(bad),
+            "--device", "cpu", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "CERTFRAME_DEBUG"}
+
+    def cli(*extra):
+        return subprocess.run([sys.executable, "-m", "certframe", *extra, *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    plain = cli()
+    assert plain.returncode == 1, plain.stderr
+    assert "Traceback" not in plain.stderr
+    assert plain.stderr.strip() == f"Error: --output must be a .safetensors path, got {str(bad)!r}"
+    debug = cli("--debug")
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr and "run_train_segmenter" in debug.stderr
+    last = debug.stderr.strip().splitlines()[-1]
+    assert last == f"ValueError: --output must be a .safetensors path, got {str(bad)!r}"
+    assert not bad.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "segmenter", "--segmenter", "no-such-segmenter", "--output", "out.safetensors"],
+    ["evaluate", "denoiser", "--denoiser", "no-such-denoiser", "--sigma", "0.25", "--output", "out.json"],
+], ids=["train-segmenter", "evaluate-denoiser"])
+def test_train_and_evaluate_get_the_shared_error_hints(tmp_path, args):
+    """An unknown plugin gets the boundary's hint (`certframe plugins`), as in certify and attack."""
+    args = [str(tmp_path / a) if a.startswith("out.") else a for a in args]
+    r = CliRunner().invoke(main, [*args, "--dataset", "synthetic-lung", "--dataset-option", "count=2",
+                                  "--device", "cpu"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "(`certframe plugins` lists what is installed" in r.output

@@ -68,12 +68,9 @@ def guided_diffusion(checkpoint, output, channel_mult, attention_resolutions, ov
     """Convert an OpenAI guided-diffusion (ADM) state dict CHECKPOINT (.pt) into the diffusers folder OUTPUT."""
     flags["channel_mult"] = _ints(channel_mult, "--channel-mult") or None
     flags["attention_resolutions"] = _ints(attention_resolutions, "--attention-resolutions")
-    try:
-        check_output_folder(output, "OUTPUT", "a diffusers model folder")
-        name, converter = find_converter("guided-diffusion")
-        folder = converter(checkpoint, output, overwrite=overwrite, **flags)
-    except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
-        raise click.ClickException(str(err)) from err
+    check_output_folder(output, "OUTPUT", "a diffusers model folder")  # errors: the one boundary, cli.errors
+    name, converter = find_converter("guided-diffusion")
+    folder = converter(checkpoint, output, overwrite=overwrite, **flags)
     click.echo(f"wrote {folder}: load it with --denoiser {name} --denoiser-option model={folder}")
     click.echo(f"validate it: certframe evaluate denoiser --dataset DATASET --denoiser {name} "
                f"--denoiser-option model={folder} --sigma 0.25 --sigma 0.5 (PSNR denoised must beat PSNR noisy)")

@@ -11,7 +11,6 @@ import click
 
 from certframe.cli.options import device_option, parse_options, plugin_option, seed_option
 from certframe.quality.evaluate import run_evaluate_denoiser
-from certframe.registry import PluginError
 
 
 def _sigma(ctx, param, values):
@@ -31,7 +30,6 @@ def _cell(value, fmt: str = "{:.3f}") -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else fmt.format(value)
     return str(value)
-
 
 
 @click.group("evaluate")
@@ -56,12 +54,9 @@ def evaluate():
 def denoiser(dataset_name, dataset_options, denoiser_name, denoiser_options, segmenter_name, segmenter_options,
              sigmas, limit, batch_size, output, device, seed):
     """PSNR and SSIM of D(x + eps) and of x + eps against x per sigma, t*, trained range, Dice."""
-    try:
-        run_evaluate_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
-                              denoiser=denoiser_name,
-                              denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
-                              sigmas=sigmas, segmenter=segmenter_name,
-                              segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
-                              limit=limit, seed=seed, batch_size=batch_size, output=output, device=device)
-    except (PluginError, ValueError, FileNotFoundError, TypeError) as err:
-        raise click.ClickException(str(err)) from err
+    # errors go through the one boundary, certframe.cli.errors
+    run_evaluate_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
+                          denoiser=denoiser_name, denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
+                          sigmas=sigmas, segmenter=segmenter_name,
+                          segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
+                          limit=limit, seed=seed, batch_size=batch_size, output=output, device=device)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
+from certframe.cli.errors import on_interrupt
 from certframe.cli.options import device_option, parse_options, plugin_option, precision_option, seed_option
-from certframe.registry import PluginError
 from certframe.training.denoiser_job import run_train_denoiser
 
 
@@ -25,7 +25,6 @@ def _widths(text: str) -> list[int]:
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 16,32,32,64, got {text!r}")
     return widths
-
 
 
 @click.command("denoiser")
@@ -71,18 +70,14 @@ def denoiser(dataset_name, dataset_options, denoiser_name, size, crop, channels,
              batch_size, lr, max_sigma, margin, beta_schedule, prediction_type, ema_decay, checkpoint_every,
              log_every, output, resume, overwrite, device, precision, seed, quiet):
     """Train a DDPM denoiser (diffusers UNet2DModel + DDPMScheduler, EMA) on a data set's images."""
-    try:
-        run_train_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
-                           output=output, denoiser=denoiser_name, size=size, channels=_widths(channels),
-                           layers_per_block=layers_per_block, attention=attention, steps=steps,
-                           batch_size=batch_size, lr=lr, max_sigma=max_sigma,
-                           margin=margin, beta_schedule=beta_schedule, prediction_type=prediction_type,
-                           ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
-                           resume=resume, overwrite=overwrite, device=device, seed=seed, crop=crop, quiet=quiet,
-                           precision=precision)
-    except KeyboardInterrupt:
-        click.echo(f"Interrupted: the training state and the current EMA model are saved; continue with the "
-                   f"same command and --resume (log: {output / 'train.log'})", err=True)
-        click.get_current_context().exit(130)
-    except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
-        raise click.ClickException(str(err)) from err
+    # errors go through the one boundary (certframe.cli.errors); Ctrl-C says what this command saved
+    on_interrupt(f"Interrupted: the training state and the current EMA model are saved; continue with the "
+                 f"same command and --resume (log: {output / 'train.log'})")
+    run_train_denoiser(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
+                       output=output, denoiser=denoiser_name, size=size, channels=_widths(channels),
+                       layers_per_block=layers_per_block, attention=attention, steps=steps,
+                       batch_size=batch_size, lr=lr, max_sigma=max_sigma,
+                       margin=margin, beta_schedule=beta_schedule, prediction_type=prediction_type,
+                       ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
+                       resume=resume, overwrite=overwrite, device=device, seed=seed, crop=crop, quiet=quiet,
+                       precision=precision)

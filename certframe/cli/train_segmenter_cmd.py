@@ -22,7 +22,6 @@ from pathlib import Path
 import click
 
 from certframe.cli.options import device_option, parse_options, plugin_option, precision_option, seed_option
-from certframe.registry import PluginError
 from certframe.training.segmenter_job import run_train_segmenter
 
 
@@ -68,17 +67,14 @@ def segmenter(dataset_name, dataset_options, segmenter_name, segmenter_options, 
               denoiser_name, denoiser_options, init, epochs, patience, lr_plateau, batch_size, lr, noise_sigma, output,
               resume, overwrite, device, precision, seed, quiet):
     """Train a segmenter (Dice + cross-entropy, Adam) on a data set, optionally on noisy or denoised images."""
-    try:
-        sigmas = list(noise_sigma) or [0.0]
-        run_train_segmenter(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
-                            segmenter=segmenter_name,
-                            segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
-                            arch=arch, network=parse_options(network_options, "--network-option"),
-                            denoiser=denoiser_name,
-                            denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
-                            init=init, epochs=epochs, batch_size=batch_size, lr=lr,
-                            noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], output=output,
-                            resume=resume, overwrite=overwrite, device=device, seed=seed, patience=patience,
-                            lr_plateau=lr_plateau, quiet=quiet, precision=precision)
-    except (PluginError, ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as err:
-        raise click.ClickException(str(err)) from err
+    sigmas = list(noise_sigma) or [0.0]  # errors go through the one boundary, certframe.cli.errors
+    run_train_segmenter(dataset=dataset_name, dataset_options=parse_options(dataset_options, "--dataset-option"),
+                        segmenter=segmenter_name,
+                        segmenter_options=parse_options(segmenter_options, "--segmenter-option"),
+                        arch=arch, network=parse_options(network_options, "--network-option"),
+                        denoiser=denoiser_name,
+                        denoiser_options=parse_options(denoiser_options, "--denoiser-option"),
+                        init=init, epochs=epochs, batch_size=batch_size, lr=lr,
+                        noise_sigma=sigmas if len(sigmas) > 1 else sigmas[0], output=output,
+                        resume=resume, overwrite=overwrite, device=device, seed=seed, patience=patience,
+                        lr_plateau=lr_plateau, quiet=quiet, precision=precision)
