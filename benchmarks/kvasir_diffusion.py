@@ -32,6 +32,11 @@ noise-trained segmenter fails, at sigma 0.5 and 1.0. Protocol (issue 15):
    the paired bootstrap 95 % confidence interval over images of its certified Dice
    minus the Gaussian-trained row's (:func:`paired_bootstrap_ci`).
 
+``--study examples/studies/kvasir-seg.toml`` runs the same protocol (these defaults: one Gaussian UNet
+for sigma 0.25 / 0.5 / 1 fine-tuned from the clean one, one denoised-fine-tuned UNet, the 64 px DDPM
+on 32 px crops of ``ddpm-kvasir-64-wide``) as ``certframe study`` stages (reused when done, resumed
+after Ctrl-C) and prints this report from the study folder.
+
 Report: printed and written to ``--results`` (default
 ``benchmarks/results/kvasir_diffusion.txt``) with the command line. Timings are
 wall-clock on the machine that ran it (shared, noisy); nothing here asserts a verdict.
@@ -178,6 +183,59 @@ def get_ddpm(args, data, log) -> Path:
     return folder
 
 
+STUDY_METHODS = {"clean": "clean + none", "gaussian": "Gaussian-trained", "ddpm": "clean + DDPM one-shot",
+                 "ddim": "clean + DDIM {k} steps", "finetuned": "denoised-fine-tuned + DDPM"}
+
+
+def from_study(args, argv) -> None:
+    """``--study FILE``: the protocol as ``certframe study FILE`` runs it (reusing, resuming), then this script's
+    report from the study folder: the same table (method, sigma, radius, certified Dice, abstain, forward calls,
+    ms per noisy sample, training CPU seconds of every model the row uses, CI against the Gaussian row)."""
+    from certframe.study import run_study
+    from certframe.study.report import cost_table, quality_table, study_table
+
+    torch.set_num_threads(args.threads)
+    log = Report("kvasir_diffusion.py", argv)
+    start = time.perf_counter()
+    out = args.out if args.out != HERE / "out" / "kvasir" else HERE / "out" / f"study-{args.study.stem}"
+    result = run_study(args.study, out, device=args.device, quiet=True)
+    study, folder = result.study, result.folder
+    table, cost = study_table(folder)[0], cost_table(folder).set_index("row")
+    log(f"study {args.study} in {folder} on {args.device}: {len(result.ran)} stages run, "
+        f"{len(result.stages) - len(result.ran)} reused; torch {torch.__version__}, {args.threads} thread(s), "
+        f"{platform.processor() or platform.machine()}")
+    for stage in result.stages:
+        if stage.kind == "train-segmenter":
+            log(f"segmenter {stage.output.name}: {training_note(stage.output)}")
+    quality = quality_table(folder)
+    if quality is not None:
+        log("")
+        log(f"Denoiser quality (first {study.quality['limit']} test images, one noise draw each):")
+        log(quality.drop(columns=["note"], errors="ignore").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    draws = study.certify["n0"] + study.certify["n"]
+    k = study.denoiser.ddim_steps if study.denoiser else 0
+    calls = {"clean": 1, "gaussian": 1, "ddpm": 2, "ddim": 1 + k, "finetuned": 2}
+    log("")
+    log(f"Certified Dice, first {study.certify['limit']} test images (SegCertify, n0={study.certify['n0']}, "
+        f"n={study.certify['n']}, alpha={study.certify['alpha']}, tau={study.certify['taus'][0]}); training cost = "
+        f"CPU seconds of every model the row uses")
+    log(f"{'method':<34} {'sigma':>5} {'radius':>6} {'cert. Dice':>10} {'abstain':>7} {'calls':>5} "
+        f"{'ms/sample':>9} {'train CPU s':>11}  vs Gaussian (95% CI)")
+    for r in table.to_dict("records"):
+        method = STUDY_METHODS[r["row"]].format(k=k)
+        if r["images"] == 0:
+            log(f"{method:<34} {r['sigma']:>5.2f}  {r['status']}")
+            continue
+        stamp = json.loads((folder / "runs" / f"{r['row']}-sigma{r['sigma']:g}.stage.json").read_text())
+        ms = 1000 * stamp["seconds"] / (r["images"] * draws)
+        ci = "" if np.isnan(r["diff"]) else f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        log(f"{method:<34} {r['sigma']:>5.2f} {r['radius']:>6.3f} {r['certified_dice']:>10.4f} "
+            f"{r['abstain_rate']:>7.3f} {calls[r['row']]:>5d} {ms:>9.2f} "
+            f"{cost.loc[r['row'], 'train_cpu_seconds']:>11.0f}  {ci}")
+    log(f"total wall time {time.perf_counter() - start:.0f} s (stages reused cost nothing here)")
+    log.write(args.results)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -225,7 +283,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "out" / "kvasir")
     p.add_argument("--results", type=Path, default=HERE / "results" / "kvasir_diffusion.txt")
+    p.add_argument("--study", type=Path, default=None,
+                   help="run this study file (e.g. examples/studies/kvasir-seg.toml, the defaults above) with "
+                        "certframe.study instead, into --out (default benchmarks/out/study-<stem>), and report "
+                        "it in this script's format; the other protocol options are the file's")
+    p.add_argument("--device", default="cpu", help="with --study: the device of every stage")
     args = p.parse_args(argv)
+    if args.study is not None:
+        return from_study(args, argv)
     sigmas_cert = tuple(float(s) for s in args.sigmas.split(",") if s.strip())
     rows_wanted = {r.strip() for r in args.rows.split(",") if r.strip()} | {"gaussian"}
     if rows_wanted - set(ROWS):
