@@ -1,10 +1,9 @@
 """Files written so that an interruption never leaves half of one, and their digests.
 
-One copy for every writer in certframe (checkpoints, training states, converted models; the run
-folder keeps its own writer, :mod:`certframe.run.folder`): a file is written beside its target
-under a hidden name, flushed and fsynced, then renamed over the target (``os.replace`` is atomic
-on POSIX and Windows), so a reader sees the old file or the new one, never a mix, whatever kills
-the process.
+One copy for every writer in certframe (run folders, :mod:`certframe.run.folder`; checkpoints,
+training states, converted models): a file is written beside its target under a hidden name,
+flushed and fsynced, then renamed over the target (``os.replace`` is atomic on POSIX and Windows),
+so a reader sees the old file or the new one, never a mix, whatever kills the process.
 
 =====================================  =====================================================
 function                               what it does

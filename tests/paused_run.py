@@ -4,7 +4,7 @@
 does, except that the process stops in the middle of image 1 (at image 1's first forward
 pass through the base model, once image 0's rows have been appended to ``results.csv``),
 writes a marker file, and waits there. ``certframe certify`` appends rows in its writer
-thread (:class:`certframe.run.folder.RunWriter`), so image 1 may start before image 0's rows are
+thread (:class:`certframe.run.writer.RunWriter`), so image 1 may start before image 0's rows are
 written: the pause then waits for them before it writes the marker. The test waits for the marker
 (:func:`wait_for_pause`) and only then sends its signal: SIGKILL, or SIGINT (what Ctrl-C
 sends; the wait is a ``time.sleep`` that the signal interrupts with KeyboardInterrupt, as

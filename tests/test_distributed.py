@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 from certframe.cli import main
 from certframe.run.distributed import DistEnv, dist_env, rank_device, rank_folder, shard
-from certframe.run.folder import RunError, RunFolder, compare_results
+from certframe.run.folder import RunFolder
+from certframe.run.layout import RunError
+from certframe.run.tables import compare_results
 
 
 def test_environment_of_torchrun_and_slurm():

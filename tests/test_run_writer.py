@@ -1,5 +1,5 @@
 """The run folder's writer thread: images written in order, nothing certified lost on an error,
-a write error raised in the caller (certframe.run.folder.RunWriter)."""
+a write error raised in the caller (certframe.run.writer.RunWriter)."""
 from __future__ import annotations
 
 import numpy as np

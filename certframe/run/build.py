@@ -190,7 +190,7 @@ def resolved_options(entry, given: dict, built: Any = None) -> dict:
     said, e.g. ``in_channels`` and ``network`` of loaded weights) is taken from the object
     rather than from the signature's default, which the weights may have overridden.
     """
-    from certframe.run.folder import jsonable
+    from certframe.run.records import jsonable
 
     config = getattr(built, "config", None)
     config = config if isinstance(config, dict) else {}

@@ -36,7 +36,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from certframe.run.folder import CERTIFICATES, RunError, RunFolder
+from certframe.run.folder import RunFolder
+from certframe.run.layout import CERTIFICATES, RunError
 
 log = logging.getLogger("certframe.run.distributed")
 

@@ -34,95 +34,46 @@ being written), which are certified again on resume, as an image whose rows were
 never written always is. Every noise draw is fixed by (seed, image id, draw
 index), so the final results equal those of an uninterrupted run in every column
 but the wall-time ones (``seconds``).
+
+The run folder's parts, one module each: :mod:`certframe.run.layout` (file names, required
+columns, :class:`RunError`), :mod:`certframe.run.records` (the manifest's values and what a
+resumed run must share), :mod:`certframe.run.reading` (:class:`RunFolderReader`: the manifest,
+the results checked, the certificates read back), this module (:class:`RunFolder`: the reader
+plus the writing), :mod:`certframe.run.writer` (:class:`RunWriter`, the writer thread) and
+:mod:`certframe.run.tables` (summary, comparison, Parquet). Every name they define that was
+imported from here before is still importable from here.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as _dt
-import hashlib
 import io
 import json
 import os
-import platform
-import queue
-import threading
 import zipfile
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-FORMAT = "certframe-run/1"
-MANIFEST, RESULTS, RESULTS_PARQUET, SUMMARY = "manifest.json", "results.csv", "results.parquet", "summary.json"
-CERTIFICATES = "certificates"
-SUMMARY_KEYS = ["segmenter", "denoiser", "certifier", "sigma", "tau", "radius"]
-REQUIRED_COLUMNS = ["image_id", "index", "segmenter", "denoiser", "certifier", "sigma", "tau", "radius",
-                    "certified_dice", "clean_dice", "abstain_rate", "seconds"]
-WALL_TIME_COLUMNS = ("seconds",)
-_VERSIONED = ("certframe", "torch", "numpy", "scipy", "monai", "diffusers", "torchattacks", "pandas",
-              "pyarrow")
-
+from certframe.files import atomic_write
+from certframe.run.layout import (
+    CERTIFICATES,
+    FORMAT,
+    MANIFEST,
+    REQUIRED_COLUMNS,
+    RESULTS,
+    RESULTS_PARQUET,
+    SUMMARY,
+    RunError,
+)
+from certframe.run.reading import RunFolderReader
+from certframe.run.records import dataset_identity, jsonable, now, package_versions, provenance_diff, resume_conflicts
+from certframe.run.tables import SUMMARY_KEYS, WALL_TIME_COLUMNS, compare_results, summarize, write_parquet
+from certframe.run.writer import RunWriter
 
 _HELD: dict[str, Any] = {}  # run folders this process holds the lock of -> open lock file
-
-
-class RunError(ValueError):
-    """A run folder is missing, corrupt, or does not match what was asked."""
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` as plain JSON types (tuples -> lists, paths and other objects -> str)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
-
-
-def dataset_identity(dataset) -> dict:
-    """The data set's ``identity()`` plus ``items`` (count) and ``sha256``.
-
-    ``sha256`` hashes the identity's canonical JSON and the item ids in order, so two
-    runs on the same files in the same order share it, and a changed file list or
-    split does not.
-    """
-    ident = jsonable(dataset.identity())
-    ids = list(dataset.item_ids())
-    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
-    for i in ids:
-        h.update(b"\n" + str(i).encode())
-    return {**ident, "items": len(ids), "sha256": h.hexdigest()}
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 CERTIFICATE_COMPRESSION = 1
 """zlib level of the certificate files: level 1 writes a 256 x 256 certificate 2.3x faster than
@@ -139,59 +90,9 @@ def savez_compressed(file, **arrays: np.ndarray) -> None:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def provenance_diff(old: dict | None, new: dict | None) -> list[str]:
-    """What differs between the ``provenance`` of two manifests (model state hashes, file hashes).
-
-    A manifest without provenance (written before it was recorded) compares as unknown: no difference.
-    """
-    if not old or not new:
-        return []
-    diffs = []
-    for kind in sorted(set(old) | set(new)):
-        a, b = old.get(kind) or {}, new.get(kind) or {}
-        ha, hb = ((x.get("model") or {}).get("state_sha256") for x in (a, b))
-        if ha != hb:
-            diffs.append(f"the {kind}'s weights differ (state sha256 {str(ha)[:12]} in the run, {str(hb)[:12]} now)")
-        files_a, files_b = a.get("files") or {}, b.get("files") or {}
-        for key in sorted(set(files_a) | set(files_b)):
-            fa, fb = files_a.get(key) or {}, files_b.get(key) or {}
-            if fa.get("sha256") != fb.get("sha256"):
-                diffs.append(f"the {kind} file {key}={fb.get('path') or fa.get('path')} changed (sha256 "
-                             f"{str(fa.get('sha256'))[:12]} in the run, {str(fb.get('sha256'))[:12]} now)")
-    return diffs
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} in the run, {b!r} now")
-    return out
-
-
-class RunFolder:
-    """One run folder on disk (see the module docstring for its layout)."""
-
-    def __init__(self, path: str | Path, required_columns: Sequence[str] = REQUIRED_COLUMNS):
-        """required_columns: columns a results table must have (other commands, e.g. attack
-        runs, pass their own)."""
-        self.path = Path(path)
-        self.required_columns = list(dict.fromkeys(["image_id", "index", *required_columns]))
-
-    # -- paths
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST
-
-    @property
-    def results_path(self) -> Path:
-        return self.path / RESULTS
-
-    def certificate_path(self, index: int) -> Path:
-        return self.path / CERTIFICATES / f"{int(index):06d}.npz"
+class RunFolder(RunFolderReader):
+    """One run folder on disk (see the module docstring for its layout): read it
+    (:class:`~certframe.run.reading.RunFolderReader`: ``RunFolder(path, required_columns)``) and write it."""
 
     # -- writing
     def start(self, manifest: dict, *, resume: bool = False, overwrite: bool = False,
@@ -202,7 +103,8 @@ class RunFolder:
         ``manifest["config"]["taus"]``); recorded in the manifest.
 
         ``manifest["config"]`` is what must match on resume (plus the data set's hash,
-        ``manifest["dataset"]["sha256"]``). A folder that already holds results needs
+        ``manifest["dataset"]["sha256"]``, the precision and the inputs' content hashes:
+        :func:`~certframe.run.records.resume_conflicts`). A folder that already holds results needs
         ``resume`` (same configuration) or ``overwrite``; otherwise it is an error,
         so nothing computed is lost.
         """
@@ -219,17 +121,7 @@ class RunFolder:
         done: dict[int, str] = {}
         if resume and self.manifest_path.exists():
             old = self.manifest()
-            diff = _config_diff(old.get("config", {}), manifest["config"])
-            old_hash = old.get("dataset", {}).get("sha256")
-            new_hash = manifest.get("dataset", {}).get("sha256")
-            if old_hash != new_hash:
-                diff.append(f"data set identity: {old_hash} in the run, {new_hash} now")
-            # numerical precision changes results: fp32 rows and bf16 rows must not mix
-            old_prec, new_prec = (((m.get("execution") or {}).get("accelerate") or {}).get("precision")
-                                  for m in (old, manifest))
-            if old_prec and new_prec and old_prec != new_prec:
-                diff.append(f"precision: {old_prec!r} in the run, {new_prec!r} now")
-            diff += provenance_diff(old.get("provenance"), manifest.get("provenance"))
+            diff = resume_conflicts(old, manifest)
             if diff:
                 raise RunError(f"cannot resume {self.path}: its configuration differs: " + "; ".join(diff)
                                + " (use another --output, or --overwrite to start again)")
@@ -377,241 +269,9 @@ class RunFolder:
         self.unlock()
         return summary
 
-    # -- reading
-    def manifest(self) -> dict:
-        if not self.path.is_dir():
-            raise RunError(f"{self.path} is not a run folder: no such directory")
-        if not self.manifest_path.exists():
-            raise RunError(f"{self.path} is not a certframe run folder: {MANIFEST} is missing "
-                           f"(expected a folder written by `certframe certify`)")
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise RunError(f"{self.manifest_path} is not valid JSON: {err}") from err
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-            raise RunError(f"{self.manifest_path} has no 'config' object; it was not written by certframe")
-        return manifest
 
-    def header(self) -> list[str]:
-        with self.results_path.open(newline="") as f:
-            return next(csv.reader(f), [])
-
-    def _scan(self, rows_per_image: int) -> tuple[pd.DataFrame, int, str | None]:
-        """Parse results.csv; return (complete rows, byte offset where they end, problem or None)."""
-        data = self.results_path.read_bytes()
-        lines = data.split(b"\n")
-        problem = None
-        if lines and lines[-1] != b"":
-            problem = f"its last line is cut off ({lines[-1][:40]!r}...)"
-        lines = lines[:-1]  # the tail after the last newline: empty or partial
-        if not lines:
-            return pd.DataFrame(), 0, problem or "it is empty"
-        header = next(csv.reader([lines[0].decode()]))
-        missing = [c for c in self.required_columns if c not in header]
-        if missing:
-            raise RunError(f"{self.results_path} lacks the column(s) {missing}; expected at least "
-                           f"{self.required_columns}, found {header}")
-        offsets = np.cumsum([len(line) + 1 for line in lines])  # end of each line
-        parsed = list(csv.reader([line.decode() for line in lines[1:]]))
-        good = len(parsed)
-        for i, fields in enumerate(parsed):
-            if len(fields) != len(header):
-                if i == len(parsed) - 1:
-                    problem, good = f"line {i + 2} has {len(fields)} fields, the header {len(header)}", i
-                    break
-                raise RunError(f"{self.results_path} is corrupt: line {i + 2} has {len(fields)} fields, "
-                               f"the header has {len(header)}")
-        df = pd.read_csv(io.StringIO("\n".join(line.decode() for line in lines[:good + 1]) + "\n"),
-                         dtype={"image_id": str})
-        if len(df):
-            # rows of one image are consecutive; a short group may only be the last one
-            groups = (df["index"] != df["index"].shift()).cumsum()
-            sizes = df.groupby(groups, sort=False).size()
-            if len(sizes) != df["index"].nunique():
-                dup = df["index"][df["index"].duplicated()].iloc[0]
-                raise RunError(f"{self.results_path} is corrupt: the rows of image index {int(dup)} "
-                               f"appear in two places")
-            short = sizes[sizes != rows_per_image]
-            if len(short):
-                first = short.index[0]
-                if first != sizes.index[-1] or sizes.iloc[-1] > rows_per_image:
-                    idx = df.loc[groups == first, "index"].iloc[0]
-                    raise RunError(f"{self.results_path} is corrupt: image index {idx} has "
-                                   f"{int(short.iloc[0])} rows, expected {rows_per_image} (one per tau)")
-                keep = int((groups != first).sum())
-                problem = problem or (f"its last image (index {int(df['index'].iloc[-1])}) has "
-                                      f"{int(sizes.iloc[-1])} of {rows_per_image} rows")
-                df, good = df.iloc[:keep], keep
-        return df, int(offsets[good]), problem
-
-    def repair(self, rows_per_image: int) -> dict[int, str]:
-        """Drop a partially written trailing image; return ``{index: image id}`` of complete ones."""
-        df, end, _ = self._scan(rows_per_image)
-        if end < self.results_path.stat().st_size:
-            with self.results_path.open("r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        if not len(df):
-            return {}
-        return dict(zip(df["index"].astype(int), df["image_id"]))
-
-    def results(self, *, require_complete: bool = True) -> pd.DataFrame:
-        """The results table, checked: columns, whole lines, one row per tau for every image.
-
-        require_complete: the manifest must say the run finished (else: how to resume it).
-        """
-        manifest = self.manifest()
-        if not self.results_path.exists():
-            raise RunError(f"{self.path} holds no {RESULTS}: the run has not certified any image yet")
-        rows_per_image = manifest.get("rows_per_image") or len(manifest["config"].get("taus") or [0])
-        df, _, problem = self._scan(int(rows_per_image))
-        if manifest.get("kind") == "attack":
-            how = (f"`certframe attack --resume --output {self.path}` with the options of its "
-                   f"{MANIFEST} (config)")
-        else:
-            how = f"`certframe certify --resume --from-manifest {self.manifest_path} --output {self.path}`"
-        if problem is not None:
-            raise RunError(f"{self.results_path} is truncated: {problem}; continue the run with {how}")
-        if require_complete and manifest.get("status") != "complete":
-            why = f": {manifest['error']}" if manifest.get("error") else ""
-            raise RunError(f"{self.path} is incomplete (status {manifest.get('status')!r}{why}; "
-                           f"{df['index'].nunique()} images done); continue it with {how}")
-        return df
-
-    def certificate(self, index: int) -> dict[str, np.ndarray]:
-        path = self.certificate_path(index)
-        if not path.exists():
-            raise RunError(f"{path} is missing: the run was made with --no-certificates or the file was deleted")
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-
-
-_CLOSE = object()
-
-
-class RunWriter:
-    """Writes the files of certified images in a background thread, in the order they were submitted.
-
-    ``submit(index, rows, certificate)`` queues one image: ``certificate`` (None, or the keyword
-    arguments of :meth:`RunFolder.save_certificate`) and its result rows. The thread takes every
-    image waiting at once (a group), saves their certificates (atomic, fsync'ed), appends their
-    rows in order and fsyncs results.csv once for the group. When the disk keeps up a group is one
-    image, as before; when it falls behind, the images share one fsync. Either way the loop that
-    certifies does not wait for compression or the disk, unless ``depth`` images are waiting.
-
-    Why resume stays exact: a row reaches results.csv only after its image's certificate file
-    is durable, and results.csv is fsync'ed after every group, so what a crash can leave is a
-    tail of rows not yet durable (cut off or missing), which :meth:`RunFolder.repair` drops,
-    and images never written, which a resumed run certifies again with the same draws.
-    On leaving the ``with`` block, normally or by an exception (Ctrl-C included), every image
-    already submitted is written first: an interrupted run loses nothing it computed. A write
-    error (a full disk, say) stops the writing and is raised by the next :meth:`submit` or
-    by :meth:`close`. ``threaded=False`` writes each image in :meth:`submit` instead (no thread;
-    one image per group), as a run folder was written before.
-    """
-
-    def __init__(self, run: RunFolder, depth: int = 4, *, threaded: bool = True):
-        self.run = run
-        self._queue: queue.Queue = queue.Queue(maxsize=max(int(depth), 1))
-        self._error: BaseException | None = None
-        self._thread = None
-        if threaded:
-            self._thread = threading.Thread(target=self._work, name="certframe-writer", daemon=True)
-            self._thread.start()
-
-    def submit(self, index: int, rows: list[dict], certificate: dict | None = None) -> None:
-        """Queue one image's certificate and rows (waits while ``depth`` images are waiting)."""
-        self._raise()
-        if self._thread is None:
-            self._write([(index, rows, certificate)])
-        else:
-            self._queue.put((index, rows, certificate))
-
-    def close(self) -> None:
-        """Write everything submitted, stop the thread; raise the first write error, if any."""
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(_CLOSE)
-            self._thread.join()
-        self._raise()
-
-    def __enter__(self) -> "RunWriter":
-        return self
-
-    def __exit__(self, kind, err, tb) -> None:
-        if kind is None:
-            self.close()
-        else:   # write what was certified, then let the original error go on
-            try:
-                self.close()
-            except Exception:
-                pass
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _work(self) -> None:
-        while True:
-            group = [self._queue.get()]
-            while group[-1] is not _CLOSE:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            images = [item for item in group if item is not _CLOSE]
-            if images and self._error is None:
-                try:
-                    self._write(images)
-                except BaseException as err:  # handed to the caller's thread
-                    self._error = err
-            if group[-1] is _CLOSE:
-                return
-
-    def _write(self, images: list) -> None:
-        for index, _, certificate in images:
-            if certificate is not None:
-                self.run.save_certificate(index, **certificate)
-        for _, rows, _ in images:
-            self.run.append(rows, sync=False)
-        self.run.sync_results()
-
-
-def write_parquet(df: pd.DataFrame, path: Path) -> bool:
-    """Write ``df`` to ``path`` as Parquet when pyarrow is installed (an optional extra); True if written."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return False
-    df.to_parquet(path, index=False)
-    return True
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (segmenter, denoiser, certifier, sigma, tau, radius): mean over images of every
-    metric column (same name; a hierarchical certifier's ``cig`` and ``level<l>_rate`` too) and of
-    ``num_samples`` (noise draws per image: n0 + n, or fewer for an adaptive certifier), ``*_std``
-    (population std, ddof=0, as ``numpy.std``) of certified and clean Dice, ``empty_truth_images``
-    (images whose mask has no foreground: by :data:`certframe.core.metrics.EMPTY_DICE` they score 1.0 when
-    nothing is certified as foreground, an all-ABSTAIN map included, so they are counted apart) and
-    ``images`` (count)."""
-    keys = [k for k in SUMMARY_KEYS if k in df.columns]
-    values = sorted({c for c in df.columns if c.endswith("dice") or c.startswith("certified_dice")
-                     or c in ("abstain_rate", "certified_accuracy", "seconds", "num_samples", "cig")
-                     or (c.startswith("level") and c.endswith("_rate"))})
-    g = df.groupby(keys, dropna=False, sort=False)
-    summary = g[values].mean()
-    for c in ("certified_dice", "clean_dice"):
-        if c in df.columns:
-            summary[f"{c}_std"] = g[c].std(ddof=0)
-    if "empty_truth" in df.columns:  # images without foreground: Dice 1.0 when nothing is certified there
-        summary["empty_truth_images"] = g["empty_truth"].apply(lambda v: int(v.astype(bool).sum()))
-    summary["images"] = g.size()
-    return summary.reset_index()
-
-
-def compare_results(a: pd.DataFrame, b: pd.DataFrame, ignore: Iterable[str] = WALL_TIME_COLUMNS) -> None:
-    """Assert two result tables are equal in every column but the wall-time ones."""
-    drop = [c for c in ignore if c in a.columns]
-    pd.testing.assert_frame_equal(a.drop(columns=drop).reset_index(drop=True),
-                                  b.drop(columns=[c for c in ignore if c in b.columns]).reset_index(drop=True))
+__all__ = ["RunFolder", "RunFolderReader", "RunWriter", "RunError", "savez_compressed", "CERTIFICATE_COMPRESSION",
+           # defined in certframe.run.layout, .records, .tables; importable from here as before
+           "FORMAT", "MANIFEST", "RESULTS", "RESULTS_PARQUET", "SUMMARY", "CERTIFICATES", "REQUIRED_COLUMNS",
+           "SUMMARY_KEYS", "WALL_TIME_COLUMNS", "package_versions", "jsonable", "dataset_identity", "now",
+           "provenance_diff", "summarize", "compare_results", "write_parquet", "atomic_write"]

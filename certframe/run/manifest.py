@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from certframe.run.build import Plugins, method_label, plugin_record, plugin_records, resolve_device
-from certframe.run.folder import FORMAT, dataset_identity, now, package_versions
+from certframe.run.layout import FORMAT
 from certframe.run.provenance import provenance
+from certframe.run.records import dataset_identity, now, package_versions
 from certframe.run.spec import AttackSpec, RunSpec
 
 log = logging.getLogger("certframe.run")
