@@ -20,7 +20,10 @@ from paused_run import interrupt, start_paused, wait_for_pause  # noqa: E402  (t
 from certframe.cli import main
 from certframe.registry import get_registry
 from certframe.run.config import ConfigError, apply_overrides, expand, load_experiment
-from certframe.run.folder import RunError, RunFolder, compare_results, dataset_identity
+from certframe.run.folder import RunFolder
+from certframe.run.layout import RunError
+from certframe.run.records import dataset_identity
+from certframe.run.tables import compare_results
 
 ROOT = Path(__file__).resolve().parent.parent
 # small and fast: 64x64 synthetic chest X-rays, the bundled Gaussian-trained UNet
@@ -391,3 +394,44 @@ def test_example_configs_hold_the_paper_settings(name):
         assert (s["dataset"], s["n0"], s["n"], s["alpha"], s["taus"], s["certifier"]) == (
             name, 10, 100, 0.001, [0.75], "segcertify")
     assert len({s["output"] for s in specs}) == 9
+
+
+def test_the_step_certifies_through_the_library_certification():
+    """CertifyStep certifies through SmoothedSegmenter.certify_request, as SmoothedSegmenter.certify
+    does: the same draws, labels and radii; the recorded votes give g's majority. A certifier that
+    returns the wrong number of certificates, or a request at another sigma, is refused."""
+    from conftest import ListDataset, ThresholdSegmenter
+
+    from certframe.core.smoothing import SmoothedSegmenter
+    from certframe.interfaces import CertifyRequest, NoiseKey
+    from certframe.plugins.certifiers.segcertify import SegCertify
+    from certframe.run.build import Names
+    from certframe.run.step import CertifyStep
+
+    gen = torch.Generator().manual_seed(0)
+    data = ListDataset([(torch.rand(1, 10, 12, generator=gen), torch.zeros(10, 12, dtype=torch.long))])
+    smoothed = SmoothedSegmenter(ThresholdSegmenter(), None, 0.25)
+    request = CertifyRequest(0.25, 10, 60, 0.01, (0.6, 0.75))
+    step = CertifyStep(smoothed, SegCertify(), data, request, seed=5, batch_size=16, device=torch.device("cpu"),
+                       names=Names())
+    sample = data[0]
+    certs, votes = step.certify(sample.image, sample.id, record=True)
+    library = smoothed.certify(sample.image, SegCertify(), key=NoiseKey(5, sample.id), n0=10, n=60, alpha=0.01,
+                               taus=(0.6, 0.75), batch_size=7)
+    for a, b in zip(certs, library, strict=True):
+        assert torch.equal(a.labels, b.labels) and a.radius == b.radius
+        assert a.info["forward_passes"] == votes.forward_passes
+    assert torch.equal(votes.majority(), votes.recorded["estimation"].argmax(dim=0))
+    result = step(0, sample)
+    assert [torch.equal(labels, cert.labels) for labels, cert in zip(result.labels, certs)] == [True, True]
+    assert torch.equal(result.clean, ThresholdSegmenter()(sample.image[None]).argmax(dim=1)[0])
+
+    class OneCertificate(SegCertify):
+        def certify(self, votes, request):
+            return super().certify(votes, request)[:1]
+
+    with pytest.raises(ValueError, match="returned 1 certificates for 2 taus"):
+        smoothed.certify_request(sample.image, OneCertificate(), request, key=NoiseKey(5, sample.id))
+    with pytest.raises(ValueError, match="the request's sigma 0.5 is not the smoothed segmenter's 0.25"):
+        smoothed.certify_request(sample.image, SegCertify(), CertifyRequest(0.5, 10, 60, 0.01),
+                                 key=NoiseKey(5, sample.id))

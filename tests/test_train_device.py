@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from training_helpers import lung_command, lung_splits, single_thread, untrained_monai
 
 from certframe.checkpoint import read_config
 from certframe.cli import main
@@ -18,7 +19,6 @@ from certframe.core import philox
 from certframe.plugins.datasets.synthetic import SyntheticLung
 from certframe.plugins.denoisers import ddpm_training
 from certframe.plugins.denoisers.ddpm_training import random_crops, resume_dir, train_diffusion
-from certframe.plugins.segmenters.monai_segmenter import MonaiSegmenter
 from certframe.training import device as train_device
 from certframe.training import segmenter as training
 from certframe.training.segmenter import stack, train_segmenter
@@ -26,23 +26,15 @@ from certframe.training.segmenter import stack, train_segmenter
 NET = {"channels": [4, 8], "strides": [2], "num_res_units": 1}
 DDPM = dict(block_out_channels=(8, 16), batch_size=4, lr=1e-3, checkpoint_every=10 ** 6)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def fresh():
-    torch.manual_seed(5)
-    return MonaiSegmenter(weights="random", network=NET)
+    return untrained_monai(NET, seed=5)
 
 
 def seg_data(count=16):
-    return SyntheticLung(count=count, size=32, seed=0, split="train"), SyntheticLung(count=8, size=32, seed=0, split="val")
+    return lung_splits(count, 8)
 
 
 # ----------------------------------------------------------------- recorders
@@ -253,7 +245,8 @@ def test_cuda_training_needs_no_sync_per_step(tmp_path):
 
 @cuda
 def test_resume_on_cuda_is_exact(tmp_path):
-    """With deterministic kernels, 2 + 2 DDPM steps and 1 + 1 segmenter epochs on CUDA end where 4 steps / 2 epochs do."""
+    """With deterministic kernels, 2 + 2 DDPM steps and 1 + 1 segmenter epochs on CUDA end where 4 steps / 2 epochs
+    do."""
     from certframe.plugins.denoisers import diffusion
 
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -325,9 +318,8 @@ def test_data_stays_on_the_device_when_it_fits(monkeypatch):
 
 def test_precision_option_of_both_train_commands(tmp_path):
     runner = CliRunner()
-    seg = ["train", "segmenter", "--dataset", "synthetic-lung", "--dataset-option", "count=4", "--dataset-option",
-           "size=32", "--network-option", "channels=[4,8]", "--network-option", "strides=[2]", "--epochs", "1",
-           "--batch-size", "4", "--device", "cpu", "-q"]
+    seg = lung_command(4) + ["--network-option", "channels=[4,8]", "--network-option", "strides=[2]", "--epochs",
+                             "1", "--batch-size", "4", "--device", "cpu", "-q"]
     r = runner.invoke(main, seg + ["--precision", "bf16", "--output", str(tmp_path / "x.safetensors")])
     assert r.exit_code == 1 and "mixed precision (bf16) is only used on CUDA" in r.output
     assert not (tmp_path / "x.safetensors").exists()
@@ -337,7 +329,8 @@ def test_precision_option_of_both_train_commands(tmp_path):
     den = ["train", "denoiser", "--dataset", "synthetic-lung", "--dataset-option", "count=4", "--dataset-option",
            "size=16", "--channels", "8,16", "--steps", "1", "--batch-size", "2", "--device", "cpu", "-q"]
     r = runner.invoke(main, den + ["--precision", "fp16", "--output", str(tmp_path / "y")])
-    assert r.exit_code == 1 and "mixed precision (fp16) is only used on CUDA" in r.output and not (tmp_path / "y").exists()
+    assert r.exit_code == 1 and "mixed precision (fp16) is only used on CUDA" in r.output
+    assert not (tmp_path / "y").exists()
     r = runner.invoke(main, den + ["--output", str(tmp_path / "d")])  # auto: fp32 on the CPU
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "d" / "certframe.json").read_text())["training"]["precision"] == "fp32"

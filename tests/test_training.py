@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from training_helpers import lung_command, lung_splits, single_thread, untrained_monai
 
 from certframe.checkpoint import read_config
 from certframe.cli import main
@@ -16,26 +17,16 @@ from certframe.registry import get_registry
 from certframe.training.segmenter import evaluate_dice, load_resume_state, resume_dir, stack, train_segmenter
 
 NET = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small networks train faster on one thread than on oversubscribed shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return (SyntheticLung(count=48, size=32, seed=0, split="train"),
-            SyntheticLung(count=16, size=32, seed=0, split="val"))
+    return lung_splits(48, 16)
 
 
 def fresh(arch="unet", network=NET):
-    torch.manual_seed(123)
-    return MonaiSegmenter(weights="random", arch=arch, network=network)
+    return untrained_monai(network, seed=123, arch=arch)
 
 
 def run(data, path=None, epochs=4, resume=False, **kw):
@@ -186,9 +177,8 @@ def test_cli_trains_each_architecture_and_the_result_loads(tmp_path, arch, netwo
 
 def test_cli_output_resume_and_errors(tmp_path):
     out = tmp_path / "m.safetensors"
-    base = ["train", "segmenter", "--dataset", "synthetic-lung", "--dataset-option", "count=16",
-            "--dataset-option", "size=32", "--network-option", "channels=[8,16,32]", "--batch-size", "8",
-            "--output", str(out), "--device", "cpu"]
+    base = lung_command(16) + ["--network-option", "channels=[8,16,32]", "--batch-size", "8",
+                               "--output", str(out), "--device", "cpu"]
     runner = CliRunner()
     r = runner.invoke(main, base + ["--epochs", "1"])
     assert r.exit_code == 0, r.output

@@ -72,7 +72,8 @@ def draw_seed(seed: int, image_id: str, phase: str, index: int) -> int:
 
 
 def noise_stream(key: NoiseKey, phase: str) -> philox.StreamKey:
-    """The Philox stream of one image's phase: :func:`certframe.core.philox.stream_key` of ``(seed, image id, phase)``."""
+    """The Philox stream of one image's phase: :func:`certframe.core.philox.stream_key` of
+    ``(seed, image id, phase)``."""
     return philox.stream_key(key.seed, key.image_id, phase)
 
 
@@ -228,3 +229,32 @@ class NoiseVoter:
         checks.raise_pending()
         self.draws_used += n
         return counts
+
+
+class RecordingVotes:
+    """A :class:`~certframe.interfaces.VoteSource` proxy that keeps the counts it hands out.
+
+    ``recorded[phase]``: the sum of every count of that phase handed to the certifier, so that
+    g's plain majority vote (:meth:`majority`) comes from the certificate's own draws, at no extra pass.
+    """
+
+    def __init__(self, votes):
+        self.votes = votes
+        self.num_classes = votes.num_classes
+        self.recorded: dict[str, torch.Tensor] = {}
+
+    def counts(self, phase: str, n: int, start: int = 0) -> torch.Tensor:
+        c = self.votes.counts(phase, n, start)
+        self.recorded[phase] = c if phase not in self.recorded else self.recorded[phase] + c
+        return c
+
+    @property
+    def forward_passes(self) -> int:
+        return self.votes.forward_passes
+
+    def majority(self) -> torch.Tensor:
+        """g's plain majority vote ``[*S]``: argmax of the estimation counts (else of all)."""
+        counts = self.recorded.get("estimation")
+        if counts is None:
+            counts = sum(self.recorded.values())
+        return counts.argmax(dim=0)

@@ -12,12 +12,12 @@ ICLR 2023; for medical segmentation: Laousy et al. MICCAI 2023.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from certframe.core.certificate import Certificate
-from certframe.core.sampler import NoiseVoter
+from certframe.core.sampler import NoiseVoter, RecordingVotes
 from certframe.core.statistics import check_sigma
 from certframe.interfaces import (
     SPATIAL_NAMES,
@@ -26,6 +26,7 @@ from certframe.interfaces import (
     Denoiser,
     NoiseKey,
     Segmenter,
+    VoteSource,
     class_labels,
     model_spatial_dims,
 )
@@ -136,13 +137,48 @@ class SmoothedSegmenter:
         key: the image's :class:`NoiseKey` ``(seed, image_id)`` (required).
         """
         request = CertifyRequest(sigma=self.sigma, n0=n0, n=n, alpha=alpha, taus=taus)
+        return self.certify_request(x, certifier, request, key=key, batch_size=batch_size).certificates
+
+    def certify_request(self, x: torch.Tensor, certifier: Certifier, request: CertifyRequest, *, key: NoiseKey,
+                        batch_size: int = 32, record: bool = False) -> "Certification":
+        """:meth:`certify` under a :class:`CertifyRequest`, with the vote source the certificates came from.
+
+        The one certification path: :meth:`certify` and every run's per-image step
+        (:class:`certframe.run.step.CertifyStep`) go through it, so a run certifies with the very
+        draws a library call makes. ``request.sigma`` must be this segmenter's sigma. record: hand
+        the certifier a :class:`~certframe.core.sampler.RecordingVotes`, which keeps the counts it
+        gives (g's majority vote from the certificate's own draws, :meth:`RecordingVotes.majority`).
+        The certifier must return one certificate per tau (else ValueError); each certificate's
+        ``info["forward_passes"]`` is set unless the certifier set it.
+        """
+        if float(request.sigma) != self.sigma:
+            raise ValueError(f"the request's sigma {request.sigma!r} is not the smoothed segmenter's {self.sigma!r}")
         votes = self.voter(x, key, batch_size=batch_size)
+        if record:
+            votes = RecordingVotes(votes)
         certs = certifier.certify(votes, request)
+        if len(certs) != len(request.taus):
+            name = getattr(certifier, "name", type(certifier).__name__)
+            raise ValueError(f"certifier {name!r} returned {len(certs)} certificates for {len(request.taus)} taus")
         for cert in certs:
             cert.info.setdefault("forward_passes", votes.forward_passes)
-        return certs
+        return Certification(certs, votes)
+
+    def clean_prediction(self, x: torch.Tensor) -> torch.Tensor:
+        """The base segmenter's labels ``[*S]`` on the clean ``x`` ``[C, *S]`` (no noise, no denoiser),
+        on x's device."""
+        with torch.inference_mode():
+            return class_labels(self.segmenter(x.unsqueeze(0)))[0]
 
     def predict(self, x: torch.Tensor, n: int, *, key: NoiseKey, batch_size: int = 32) -> torch.Tensor:
         """Monte-Carlo estimate of g(x) without a certificate: majority of n votes, ``[*S]``."""
         votes = self.voter(x, key, batch_size=batch_size)
         return votes.counts("prediction", n).argmax(dim=0)
+
+
+class Certification(NamedTuple):
+    """What :meth:`SmoothedSegmenter.certify_request` gives: the certificates, one per tau, and the
+    vote source they were made from (its ``forward_passes``; with ``record``, its recorded counts)."""
+
+    certificates: list[Certificate]
+    votes: VoteSource

@@ -3,7 +3,7 @@
 :func:`run_attack` is what ``certframe attack`` calls: it builds the plugins of a
 validated :class:`~certframe.run.spec.AttackSpec`, plans the jobs (attack x budget,
 :func:`certframe.attacks.suite.attack_jobs`), writes the manifest, runs
-:class:`~certframe.run.step.AttackStep` on the images not done yet (rows appended as each
+:class:`~certframe.run.attack_step.AttackStep` on the images not done yet (rows appended as each
 image finishes, so an interrupted run resumes) and writes ``summary.json`` (per attack
 and budget) and ``robustness.json`` (per method and budget). :func:`attack_dataset` is
 the same loop without a run folder.
@@ -20,13 +20,13 @@ import torch
 from rich.console import Console
 
 from certframe.interfaces import Certifier, CertifyRequest, Denoiser, SegmentationDataset, Segmenter
+from certframe.run.attack_step import AttackStep, attack_arguments
 from certframe.run.build import Names, build_plugins, check_plugins, prepare_models, probe_models, resolve_device
 from certframe.run.certify import image_results, progress_bar, smoothed_segmenter, with_warnings
 from certframe.run.folder import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
 from certframe.run.manifest import attack_manifest
 from certframe.run.selection import run_size, select_indices
 from certframe.run.spec import AttackSpec
-from certframe.run.step import AttackStep
 from certframe.validation import OptionError, check_keys, check_output_folder
 
 ATTACK_SUMMARY, ROBUSTNESS, PIXELS = "summary.json", "robustness.json", "pixels.csv"
@@ -132,13 +132,9 @@ def build_attacks(spec: AttackSpec, jobs, plugins) -> None:
         options = spec.attack_options[job.name]
         eps = job.eps if job.eps is not None else \
             certified_radius(spec.sigma, spec.taus[0]) * job.radius_multiple
-        kwargs = {"model": plugins.segmenter, "eps": eps, "seed": spec.seed, **options}
-        if job.pass_norm:
-            kwargs["norm"] = job.norm
-        if job.threat == "smoothed":
-            kwargs.update(sigma=spec.sigma, denoiser=plugins.denoiser)
         try:
-            job.factory(**kwargs)
+            job.factory(**attack_arguments(job, segmenter=plugins.segmenter, denoiser=plugins.denoiser,
+                                           sigma=spec.sigma, seed=spec.seed, eps=eps, options=options))
         except (ValueError, TypeError) as err:
             given = ", ".join(f"{job.name}:{k}={json.dumps(v)}" for k, v in options.items())
             raise OptionError(f"attack option {given} is invalid: {err}") from None
