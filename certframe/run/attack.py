@@ -19,14 +19,17 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from certframe.files import atomic_write
 from certframe.interfaces import Certifier, CertifyRequest, Denoiser, SegmentationDataset, Segmenter
 from certframe.run.attack_step import AttackStep, attack_arguments
 from certframe.run.build import Names, build_plugins, check_plugins, prepare_models, probe_models, resolve_device
-from certframe.run.certify import image_results, progress_bar, smoothed_segmenter, with_warnings
-from certframe.run.folder import RESULTS_PARQUET, RunFolder, atomic_write, now, write_parquet
+from certframe.run.certify import progress_bar, result_rows, step_results, with_warnings
+from certframe.run.folder import RESULTS_PARQUET, RunFolder
 from certframe.run.manifest import attack_manifest
+from certframe.run.records import now
 from certframe.run.selection import run_size, select_indices
 from certframe.run.spec import AttackSpec
+from certframe.run.tables import write_parquet
 from certframe.validation import OptionError, check_keys, check_output_folder
 
 ATTACK_SUMMARY, ROBUSTNESS, PIXELS = "summary.json", "robustness.json", "pixels.csv"
@@ -58,7 +61,8 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
                    alpha: float, taus: Sequence[float] = (0.75,), eps_l2: Sequence[float] | None = None,
                    eps_linf: Sequence[float] = (), attack_options: dict[str, dict] | None = None,
                    radius_multiples: Sequence[float] = (1.0,), falsify: bool = True,
-                   falsify_options: dict | None = None, seed: int, batch_size: int | str = 32, device: str | torch.device = "auto",
+                   falsify_options: dict | None = None, seed: int, batch_size: int | str = 32,
+                   device: str | torch.device = "auto",
                    names: Names | None = None, indices: Iterable[int] | None = None,
                    on_image: Callable[[int, str, list[dict]], None] | None = None) -> Iterator[dict]:
     """Yield attack result rows (see :mod:`certframe.attacks.suite`), image by image.
@@ -87,13 +91,11 @@ def attack_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser:
                        radius_multiples=radius_multiples, falsify=falsify)
     device = resolve_device(device)
     segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
-    step = AttackStep(smoothed_segmenter(segmenter, denoiser, request, device), certifier, dataset, request,
-                      seed=seed, batch_size=batch_size, device=device, names=names or Names(), jobs=jobs,
-                      attack_options=attack_options, falsify_options=falsify_options)
-    for result in image_results(step, dataset, range(len(dataset)) if indices is None else indices):
-        if on_image is not None:
-            on_image(result.index, result.sample.id, result.rows)
-        yield from result.rows
+    results = step_results(AttackStep, segmenter, denoiser, certifier, dataset, request,
+                           range(len(dataset)) if indices is None else indices, seed=seed, batch_size=batch_size,
+                           device=device, names=names, jobs=jobs, attack_options=attack_options,
+                           falsify_options=falsify_options)
+    yield from result_rows(results, on_image)
 
 
 RUN_SET_OPTIONS = {"model": "--segmenter", "eps": "--eps-l2, --eps-linf, --radius-multiple",
@@ -175,13 +177,12 @@ def run_attack(spec: AttackSpec, output: str | Path, *, resume: bool = False, ov
         todo = [i for i in select_indices(total) if i not in done]
         if done:
             log.info("resuming %s: %d of %d images already done", output, total - len(todo), total)
-        step = AttackStep(smoothed_segmenter(segmenter, denoiser, request, device), plugins.certifier,
-                          plugins.dataset, request, seed=spec.seed, batch_size=spec.batch_size, device=device,
-                          names=plugins.names(spec), jobs=jobs, attack_options=spec.attack_options,
-                          falsify_options=spec.falsify_options)
+        results = step_results(AttackStep, segmenter, denoiser, plugins.certifier, plugins.dataset, request, todo,
+                               seed=spec.seed, batch_size=spec.batch_size, device=device, names=plugins.names(spec),
+                               jobs=jobs, attack_options=spec.attack_options, falsify_options=spec.falsify_options)
         with progress_bar(console, "attack", quiet) as progress:
             task = progress.add_task("attack", total=total, completed=total - len(todo))
-            for result in image_results(step, plugins.dataset, todo):
+            for result in results:
                 run.append(result.rows)
                 append_pixels(run.path / PIXELS, result.pixels)
                 progress.advance(task)

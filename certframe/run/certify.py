@@ -4,7 +4,7 @@
 of a torchrun/SLURM job call: it builds the plugins of a validated
 :class:`~certframe.run.spec.RunSpec`, writes the manifest, certifies the images not done
 yet through :class:`~certframe.run.step.CertifyStep` (rows appended and certificates
-saved as each image finishes, by a :class:`~certframe.run.folder.RunWriter` thread that overlaps
+saved as each image finishes, by a :class:`~certframe.run.writer.RunWriter` thread that overlaps
 the next image, so an interrupted run resumes), and finishes the folder
 once every image is done. :func:`certify_dataset` is the same loop without a run folder,
 for library use.
@@ -32,11 +32,14 @@ from certframe.run.build import (
     probe_models,
     resolve_device,
 )
-from certframe.run.folder import RunFolder, summarize
+from certframe.run.folder import RunFolder
+from certframe.run.layout import RunError
 from certframe.run.manifest import certify_manifest
+from certframe.run.records import provenance_diff
 from certframe.run.selection import run_size, samples, select_indices
 from certframe.run.spec import RunSpec
 from certframe.run.step import CertifyStep, ImageResult
+from certframe.run.tables import summarize
 from certframe.validation import check_output_folder
 
 log = logging.getLogger("certframe.certify")
@@ -80,6 +83,41 @@ def image_results(step: CertifyStep, dataset: SegmentationDataset, indices: Iter
         yield step(index, sample)
 
 
+def step_results(step_type: type[CertifyStep], segmenter: Segmenter, denoiser: Denoiser | None,
+                 certifier: Certifier, dataset: SegmentationDataset, request: CertifyRequest, indices: Iterable[int],
+                 *, seed: int, batch_size: int | str, device: torch.device, names: Names | None = None,
+                 accelerate=None, **options) -> Iterator[ImageResult]:
+    """The loop of every run, with a run folder or without: build the per-image step and run it over ``indices``.
+
+    step_type: :class:`CertifyStep` or :class:`~certframe.run.attack_step.AttackStep` (``options``: its
+    own keywords), on the smoothed segmenter of ``segmenter`` and ``denoiser`` (prepared on ``device``,
+    :func:`~certframe.run.build.prepare_models`), plain or accelerated (``accelerate``: an
+    :class:`~certframe.run.accelerate.Acceleration`, whose ``prefetch`` loads images ahead). The step is
+    built now; the images are certified as the results are taken, in order.
+    """
+    step = step_type(smoothed_segmenter(segmenter, denoiser, request, device, accelerate), certifier, dataset,
+                     request, seed=seed, batch_size=batch_size, device=device, names=names or Names(), **options)
+    return image_results(step, dataset, indices, 0 if accelerate is None else accelerate.prefetch)
+
+
+def result_rows(results: Iterable[ImageResult], on_image: Callable[[int, str, list[dict]], None] | None = None,
+                on_certificates: Callable[[int, Sample, list, torch.Tensor], None] | None = None) -> Iterator[dict]:
+    """The rows of each image's result in turn (the no-folder runs), each image's callbacks called first."""
+    for result in results:
+        if on_certificates is not None:
+            on_certificates(result.index, result.sample, result.certificates, result.clean)
+        if on_image is not None:
+            on_image(result.index, result.sample.id, result.rows)
+        yield from result.rows
+
+
+def certificate_file(result: ImageResult) -> dict:
+    """The keyword arguments of :meth:`~certframe.run.folder.RunFolder.save_certificate` for one image."""
+    return {"labels": [labels.numpy() for labels in result.labels], "taus": [c.tau for c in result.certificates],
+            "mask": result.sample.mask.numpy(), "clean": result.clean.numpy(),
+            "image": result.sample.image.cpu().numpy(), **hierarchy_maps(result.certificates)}
+
+
 def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser: Denoiser | None,
                     certifier: Certifier, *, sigma: float, n0: int, n: int, alpha: float,
                     taus: Sequence[float] = (0.75,), seed: int, batch_size: int | str = 32,
@@ -99,17 +137,10 @@ def certify_dataset(dataset: SegmentationDataset, segmenter: Segmenter, denoiser
     request = CertifyRequest(sigma, n0, n, alpha, taus)
     device = resolve_device(device)
     segmenter, denoiser = prepare_models(segmenter, denoiser, dataset, device)
-    smoothed = smoothed_segmenter(segmenter, denoiser, request, device, accelerate)
-    step = CertifyStep(smoothed, certifier, dataset, request, seed=seed, batch_size=batch_size, device=device,
-                       names=names or Names())
-    wanted = range(len(dataset)) if indices is None else indices
-    depth = 0 if accelerate is None else accelerate.prefetch
-    for result in image_results(step, dataset, wanted, depth):
-        if on_certificates is not None:
-            on_certificates(result.index, result.sample, result.certificates, result.clean)
-        if on_image is not None:
-            on_image(result.index, result.sample.id, result.rows)
-        yield from result.rows
+    results = step_results(CertifyStep, segmenter, denoiser, certifier, dataset, request,
+                           range(len(dataset)) if indices is None else indices, seed=seed, batch_size=batch_size,
+                           device=device, names=names, accelerate=accelerate)
+    yield from result_rows(results, on_image, on_certificates)
 
 
 def progress_bar(console: Console, text: str, quiet: bool) -> Progress:
@@ -143,10 +174,9 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
         (sorted results, Parquet, summary.json, status "complete") only once every image is done.
     A failure while certifying marks the manifest ``failed`` (Ctrl-C: ``interrupted``) with
     the reason; the rows of finished images stay, and ``--resume`` continues.
-    Returns the summary (:func:`certframe.run.folder.summarize`) of the rows done so far.
+    Returns the summary (:func:`certframe.run.tables.summarize`) of the rows done so far.
     """
     from certframe.registry import get_registry
-    from certframe.run.folder import RunError, provenance_diff
 
     registry = registry or get_registry()
     console = console or Console(quiet=quiet)
@@ -171,25 +201,17 @@ def run_certify(spec: RunSpec, output: str | Path, *, resume: bool = False, over
     if done:
         log.info("resuming %s: %d of %d images already done", output, len(wanted) - len(todo), len(wanted))
     with run.recording_failure():
-        step = CertifyStep(smoothed_segmenter(segmenter, denoiser, request, device, accelerate),
-                           plugins.certifier, plugins.dataset, request, seed=spec.seed,
-                           batch_size=spec.batch_size, device=device, names=plugins.names(spec))
+        results = step_results(CertifyStep, segmenter, denoiser, plugins.certifier, plugins.dataset, request, todo,
+                               seed=spec.seed, batch_size=spec.batch_size, device=device, names=plugins.names(spec),
+                               accelerate=accelerate)
         label = method_label(spec)
         with progress_bar(console, f"certify {label} sigma={spec.sigma:g}", quiet) as progress:
             task = progress.add_task("certify", total=len(wanted), completed=len(wanted) - len(todo))
-            depth = 0 if accelerate is None else accelerate.prefetch
             # each image's certificate and rows are written by a background thread while the next
             # image is certified; leaving the block (Ctrl-C too) writes every image certified so far
             with run.writer() as writer:
-                for result in image_results(step, plugins.dataset, todo, depth):
-                    certificate = None
-                    if spec.certificates:
-                        certificate = {"labels": [labels.numpy() for labels in result.labels],
-                                       "taus": [c.tau for c in result.certificates],
-                                       "mask": result.sample.mask.numpy(), "clean": result.clean.numpy(),
-                                       "image": result.sample.image.cpu().numpy(),
-                                       **hierarchy_maps(result.certificates)}
-                    writer.submit(result.index, result.rows, certificate)
+                for result in results:
+                    writer.submit(result.index, result.rows, certificate_file(result) if spec.certificates else None)
                     progress.advance(task)
         finished = set(run.repair(len(spec.taus)))
         if finished >= set(range(total)):
@@ -210,7 +232,6 @@ def run_certify_sharded(spec: RunSpec, output: str | Path, *, environ=None, regi
     """
     from certframe.registry import get_registry
     from certframe.run import distributed
-    from certframe.run.folder import RunError
 
     env = distributed.dist_env(environ)
     if not env.distributed:
@@ -243,4 +264,5 @@ def run_certify_sharded(spec: RunSpec, output: str | Path, *, environ=None, regi
     return summary, env.world_size
 
 
-__all__ = ["run_certify", "run_certify_sharded", "certify_dataset", "smoothed_segmenter", "image_results"]
+__all__ = ["run_certify", "run_certify_sharded", "certify_dataset", "smoothed_segmenter", "image_results",
+           "step_results", "result_rows", "certificate_file"]
