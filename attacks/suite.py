@@ -1,7 +1,7 @@
 """Certified vs empirical robustness: the attack plan and the summaries of ``certframe attack``.
 
 The per-image step (certify x, attack, certify x', check) is
-:class:`certframe.run.step.AttackStep`, shared with ``certframe certify``;
+:class:`certframe.run.attack_step.AttackStep`, shared with ``certframe certify``;
 :func:`certframe.run.attack_dataset` runs it over a data set. This module plans the
 jobs (:func:`attack_jobs`) and summarises the rows (:func:`summarize_attacks`,
 :func:`robustness_table`).
@@ -58,6 +58,8 @@ from certframe.core.statistics import check_tau
 from .base import check_eps, check_norm
 
 DEFAULT_ATTACKS = ("pgdl2", "eot-pgdl2")
+"""Whole-image L2 attacks run by default (beside the falsification job); Linf ones need --eps-linf.
+The one copy: :class:`certframe.run.spec.AttackSpec` and ``certframe attack`` take it from here."""
 FALSIFY = "falsify"
 """The name of the pixel-focused falsification job (:func:`certframe.attacks.falsification.falsify`)."""
 RADIUS_MARGIN = 1e-6
@@ -66,7 +68,7 @@ ATTACK_KEYS = ["segmenter", "denoiser", "certifier", "sigma", "tau", "radius", "
                "radius_multiple", "eps", "eps_l2_bound"]
 CHECK_COLUMNS = ["covered", "tested", "violations", "flips_beyond_claim", "not_tested", "min_upper_bound",
                  "test_level", "n_test", "majority_flips", "empirical_radius_min", "certified_radius_min"]
-"""The certificate check of every row (see :func:`certframe.run.step.AttackStep`): ``violations`` is
+"""The certificate check of every row (see :class:`certframe.run.attack_step.AttackStep`): ``violations`` is
 empty (None) where nothing was tested or the budget lies beyond the claim, never 0 for an unmade check."""
 
 

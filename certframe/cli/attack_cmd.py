@@ -19,10 +19,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from certframe.attacks.suite import DEFAULT_ATTACKS
 from certframe.cli.options import certify_options, parse_options
 from certframe.cli.tables import print_robustness, print_warnings
 from certframe.run import AttackSpec, run_attack
-from certframe.run.spec import DEFAULT_ATTACKS
 
 
 class Budget(click.ParamType):

@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from certframe.attacks.suite import DEFAULT_ATTACKS
 from certframe.core import statistics
 from certframe.interfaces import CertifyRequest
 from certframe.run.provenance import absolute_paths
@@ -162,10 +163,6 @@ class RunSpec:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-DEFAULT_ATTACKS = ("pgdl2", "eot-pgdl2")
-"""Whole-image L2 attacks run by default (beside the falsification job); Linf ones need --eps-linf."""
 
 
 @dataclass(frozen=True)
