@@ -200,6 +200,7 @@ def stage_points():
     import certframe.plugins.certifiers.segcertify as segcertify
     import certframe.run.folder as runs
     import certframe.run.step as step
+    import certframe.run.writer as writer
     from certframe.validation import BatchChecks
 
     return [
@@ -230,8 +231,8 @@ def stage_points():
         (runs, "savez_compressed", "certificate file: npz"),
         (runs, "atomic_write", "certificate file: write"),
         (runs.RunFolder, "append", "results.csv"),
-        (getattr(runs, "RunWriter", None), "submit", "hand-off to the writer"),
-        (getattr(runs, "RunWriter", None), "close", "writer: drain at the end"),
+        (writer.RunWriter, "submit", "hand-off to the writer"),
+        (writer.RunWriter, "close", "writer: drain at the end"),
         (os, "fsync", "fsync"),
         (Progress, "advance", "progress bar"),
     ]
@@ -281,6 +282,13 @@ class Clock:
         return self.cpu[which] / len(self.ends)
 
 
+def wall_time(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), its wall time in seconds)``."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
 def zero_noise():
     """Replace NoiseVoter._noise by zeros of the same shape (undo with the returned function)."""
     from certframe.core.sampler import NoiseVoter
@@ -319,10 +327,8 @@ def one_run(dataset, segmenter, *, n0, n, batch_size, device, folder, noise=True
                 stages.wrap(owner, attr, name)
     clock.install(holder)
     try:
-        t0 = time.perf_counter()
         with profile if profile is not None else contextlib.nullcontext():
-            run_certify(spec, folder, quiet=True, registry=get_registry(), plugins=plugins)
-        total = time.perf_counter() - t0
+            _, total = wall_time(run_certify, spec, folder, quiet=True, registry=get_registry(), plugins=plugins)
     finally:
         holder.undo()
         restore()
@@ -342,6 +348,21 @@ def breakdown(stages: Stages, images: int) -> list[tuple[str, float, float, bool
     return out
 
 
+def timed_run(dataset, segmenter, kw: dict, *, noise: bool) -> dict:
+    """One run's per-image loop wall time (``wall``), whole-run wall time (``total``) and CPU seconds per
+    image of the main thread (``main``) and of every thread (``process``)."""
+    per, total, clock = one_run(dataset, segmenter, **kw, noise=noise)
+    return {"wall": per, "total": total, "main": clock.cpu_per_image("main"),
+            "process": clock.cpu_per_image("process")}
+
+
+def staged_run(dataset, segmenter, kw: dict, *, noise: bool) -> tuple[Stages, float]:
+    """One run with every stage timed: ``(the stages, per-image loop wall time)``."""
+    stages = Stages()
+    per, _, _ = one_run(dataset, segmenter, **kw, stages=stages, noise=noise)
+    return stages, per
+
+
 def measure(size, n, *, n0, images, repeats, batch_size, device, tmp, profile_out=None, sync_debug=False):
     dataset = MemoryDataset(images, size)
     segmenter = ConstantSegmenter(size)
@@ -350,21 +371,12 @@ def measure(size, n, *, n0, images, repeats, batch_size, device, tmp, profile_ou
     # warm-up: imports, caches, the allocator, the segmenter's logits for every batch size
     one_run(MemoryDataset(2, size), segmenter, **{**kw, "folder": Path(tmp) / "warm"})
     one_run(MemoryDataset(2, size), segmenter, **{**kw, "folder": Path(tmp) / "warm"}, noise=False)
-    walls, quiet, totals, cpu = [], [], [], defaultdict(list)
+    noisy, quiet = [], []
     for _ in range(repeats):            # interleaved: the same load on both
-        per, total, clock = one_run(dataset, segmenter, **kw)
-        walls.append(per)
-        totals.append(total)
-        cpu["main"].append(clock.cpu_per_image("main"))
-        cpu["process"].append(clock.cpu_per_image("process"))
-        per, _, clock = one_run(dataset, segmenter, **kw, noise=False)
-        quiet.append(per)
-        cpu["quiet main"].append(clock.cpu_per_image("main"))
-        cpu["quiet process"].append(clock.cpu_per_image("process"))
-    stages = Stages()
-    staged, staged_total, clock = one_run(dataset, segmenter, **kw, stages=stages)
-    quiet_stages = Stages()
-    quiet_staged, _, _ = one_run(dataset, segmenter, **kw, stages=quiet_stages, noise=False)
+        noisy.append(timed_run(dataset, segmenter, kw, noise=True))
+        quiet.append(timed_run(dataset, segmenter, kw, noise=False))
+    stages, staged = staged_run(dataset, segmenter, kw, noise=True)
+    quiet_stages, quiet_staged = staged_run(dataset, segmenter, kw, noise=False)
     syncs = None
     if sync_debug and str(device).startswith("cuda"):
         torch.cuda.set_sync_debug_mode("warn")
@@ -379,11 +391,13 @@ def measure(size, n, *, n0, images, repeats, batch_size, device, tmp, profile_ou
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
         profile_out.append((size, n, buf.getvalue()))
-    loop = statistics.median(walls) * images
-    return {"size": size, "n": n, "n0": n0, "images": images, "wall": statistics.median(walls),
-            "walls": walls, "no_noise": statistics.median(quiet), "quiets": quiet,
-            "per_run": statistics.median(totals) - loop, "cpu": {k: statistics.median(v) for k, v in cpu.items()},
-            "stages": breakdown(stages, images), "staged_wall": staged,
+    median = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
+    cpu = {"main": median(noisy, "main"), "process": median(noisy, "process"),
+           "quiet main": median(quiet, "main"), "quiet process": median(quiet, "process")}
+    return {"size": size, "n": n, "n0": n0, "images": images, "wall": median(noisy, "wall"),
+            "walls": [r["wall"] for r in noisy], "no_noise": median(quiet, "wall"),
+            "quiets": [r["wall"] for r in quiet], "per_run": median(noisy, "total") - median(noisy, "wall") * images,
+            "cpu": cpu, "stages": breakdown(stages, images), "staged_wall": staged,
             "quiet_stages": breakdown(quiet_stages, images), "quiet_staged_wall": quiet_staged, "syncs": syncs}
 
 
@@ -410,10 +424,7 @@ def unet_overhead(size, n, *, n0, images, repeats, batch_size, device, tmp) -> s
     walls, raw = [], []
     for _ in range(repeats):
         walls.append(one_run(dataset, segmenter, **kw)[0])
-        for _ in range(3):
-            t0 = time.perf_counter()
-            passes()
-            raw.append(time.perf_counter() - t0)
+        raw += [wall_time(passes)[1] for _ in range(3)]
     wall, forward = statistics.median(walls), statistics.median(raw)
     return (f"[unet {size} px, n0 {n0}, n {n}, {images} images] certify {wall * 1e3:.2f} ms/image "
             f"(runs {', '.join(f'{w * 1e3:.2f}' for w in walls)}), the same forward passes {forward * 1e3:.2f} ms "
@@ -463,7 +474,8 @@ def main(argv=None):
                    help="write each image's files in the loop (RunWriter threaded=False), not in the writer thread")
     args = p.parse_args(argv)
     if args.sync_writer:
-        from certframe.run.folder import RunFolder, RunWriter
+        from certframe.run.folder import RunFolder
+        from certframe.run.writer import RunWriter
 
         RunFolder.writer = lambda self, depth=4: RunWriter(self, depth, threaded=False)
     torch.set_num_threads(args.threads)
