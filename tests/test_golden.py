@@ -6,10 +6,10 @@ n0 = 10, n = 100, alpha = 0.001, tau = 0.75, sigma 0.25, seed 0, batch size 50, 
 Gaussian-trained UNet (sigma 0.25) and, on the first image, the clean UNet behind the bundled DDPM.
 Any change that moves what is certified (the noise stream, the label step, the statistics, the
 weights, the data) moves these numbers, even one that would move both sides of a comparison
-together. The values were written with the noise stream philox4x32-10/box-muller/1 (certframe/core/philox.py,
-the same draws on CPU and CUDA); on purpose, a change that moves them must update them here and say why. One torch thread
-(conftest.one_thread): the votes of a pixel at a near-tie can depend on the floating-point summation
-order of the forward pass.
+together. The values were written with the noise stream philox4x32-10/box-muller/1
+(certframe/core/philox.py, the same draws on CPU and CUDA); on purpose, a change that moves them must
+update them here and say why. One torch thread (conftest.one_thread): the votes of a pixel at a near-tie
+can depend on the floating-point summation order of the forward pass.
 
 Certified Dice values are ratios 2TP / (2TP + FP + FN), given here as those fractions; the
 abstain rate is (abstained pixels) / 4096.
