@@ -262,3 +262,19 @@ def test_paired_bootstrap_ci_resamples_images_with_a_fixed_seed():
     assert paired_bootstrap_ci(a, a)[0:3] == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="equal-length"):
         paired_bootstrap_ci(a, b[:3])
+
+
+def test_ctrl_c_on_the_command_line_says_how_to_resume(tmp_path, monkeypatch):
+    import certframe.study.stages as stages
+
+    def interrupted(stage, ctx, resume):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stages.RUNNERS, "train-denoiser", interrupted)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["study", str(STUDY), "--output", str(out), "--device", "cpu"])
+    assert result.exit_code == 130, result.output
+    assert "run the same command again to resume it" in result.output
+    from certframe.study.folder import read_stamp
+
+    assert read_stamp(out / "models" / "ddpm")["status"] == "interrupted"

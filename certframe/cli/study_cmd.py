@@ -22,13 +22,11 @@ def study(study_file, output, device, plan_only, quiet):
     Every stage whose output is complete with the same settings and inputs is reused; an interrupted
     one resumes; a changed setting reruns its stages and those downstream of it, and nothing else.
     """
+    from certframe.cli.errors import on_interrupt
     from certframe.study import run_study
 
     if quiet:
         logging.getLogger("certframe").setLevel(logging.WARNING)
-    try:
-        run_study(study_file, output, device=device, plan_only=plan_only, console=Console())
-    except KeyboardInterrupt:
-        click.echo("Interrupted. Every finished stage is kept and the interrupted one recorded: run the same "
-                   "command again to resume.", err=True)
-        raise click.exceptions.Exit(130)
+    on_interrupt("Interrupted. Every finished stage is kept and the interrupted one is recorded: run the same "
+                 "command again to resume it.")
+    run_study(study_file, output, device=device, plan_only=plan_only, console=Console())
