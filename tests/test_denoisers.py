@@ -376,7 +376,8 @@ def test_crop_training_keeps_the_whole_image_model(tmp_path):
         assert torch.equal(patches[i], x[i, :, top[i]:top[i] + 16, left[i]:left[i] + 16])
     res = train_diffusion(data, tmp_path / "m", crop=16, block_out_channels=(8, 16), steps=2, batch_size=2)
     meta = json.loads((tmp_path / "m" / "certframe.json").read_text())["training"]
-    assert meta["crop"] == 16 and meta["size"] == 32 and res.t_max == timestep_for_sigma(build_scheduler().alphas_cumprod, 1.25)
+    assert meta["crop"] == 16 and meta["size"] == 32
+    assert res.t_max == timestep_for_sigma(build_scheduler().alphas_cumprod, 1.25)
     den = DDPMDenoiser(model=str(tmp_path / "m"))
     assert den.diffusion.sample_size == (32, 32) and den.sigma_in_range(1.0, (32, 32))  # no resize at inference
     assert den(torch.rand(1, 1, 32, 32), 0.5).shape == (1, 1, 32, 32)
