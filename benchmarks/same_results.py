@@ -21,12 +21,13 @@ IGNORED_KEYS = {"seconds", "started", "finished", "created", "time", "elapsed", 
                 "package_versions", "host", "hostname", "commit", "git", "output", "path", "wall_seconds",
                 "cpu_seconds", "date", "cuda", "torch", "python", "platform", "written", "updated",
                 "last_saved", "command", "argv", "source", "folder", "weights", "sha256", "hash"}
-TIME_COLUMNS = {"seconds", "wall_seconds", "cpu_seconds", "time"}
+TIME_COLUMNS = {"seconds", "wall_seconds", "cpu_seconds", "time", "seconds_per_image"}  # the report's mean wall time
 
 
 def _strip(value):
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in IGNORED_KEYS and not k.endswith("_seconds")}
+        return {k: _strip(v) for k, v in value.items()
+                if k not in IGNORED_KEYS and k not in TIME_COLUMNS and not k.endswith("_seconds")}
     if isinstance(value, list):
         return [_strip(v) for v in value]
     if isinstance(value, str) and ("/tmp/" in value or value.startswith("/")):
@@ -39,7 +40,7 @@ def compare(a: Path, b: Path) -> str | None:
     if a.suffix == ".csv":
         x, y = pd.read_csv(a), pd.read_csv(b)
         drop = [c for c in x.columns if c in TIME_COLUMNS or c.endswith("_seconds")]
-        x, y = x.drop(columns=drop, errors="ignore"), y.drop(columns=drop, errors="ignore")
+        x, y = (d.drop(columns=drop, errors="ignore").map(_strip) for d in (x, y))   # paths as <path>, as in JSON
         if list(x.columns) != list(y.columns):
             return f"columns {list(x.columns)} != {list(y.columns)}"
         try:
