@@ -206,3 +206,63 @@ def test_the_map_keeps_the_old_layer_rules():
     assert all("certframe.plugins" not in v for k, v in ALLOWED.items() if k != "certframe.plugins")
     assert all("certframe.cli" not in v for k, v in ALLOWED.items() if k != "certframe.__main__")
     assert not {"certframe.run", "certframe.cli"} & (ALLOWED["certframe.plugins"] | ALLOWED["certframe.attacks"])
+
+
+def traced_files_of_one_image(tmp_path) -> list[str]:
+    """The source files of certframe, its plugins and its attacks whose functions run while the second
+    image of a four-image ``certframe certify`` is certified: in the loop's thread from the step's start
+    for that image to its start for the next, and everything the writer and prefetch threads run."""
+    import sys
+    import threading
+    import time
+
+    from click.testing import CliRunner
+
+    from certframe.cli import main
+
+    roots = {folder.resolve(): package for package, folder in FOLDERS.items()}
+    events, starts = [], []
+    main_thread = threading.get_ident()
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        path = frame.f_code.co_filename
+        if any(path.startswith(str(root)) for root in roots):
+            now = time.perf_counter()
+            events.append((now, path, threading.get_ident() == main_thread))
+            if path.endswith("run/step.py") and frame.f_code.co_name == "__call__":
+                starts.append(now)
+
+    command = ["certify", "--dataset", "synthetic-lung", "--dataset-option", "size=32", "--segmenter", "monai",
+               "--segmenter-option", "weights=synthetic-lung", "--sigma", "0.25", "--n0", "10", "-n", "20",
+               "--seed", "0", "--limit", "4", "--device", "cpu", "--precision", "fp32", "--quiet",
+               "--output", str(tmp_path / "run")]
+    threading.setprofile(profile)
+    sys.setprofile(profile)
+    try:
+        result = CliRunner().invoke(main, command)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    assert result.exit_code == 0, result.output
+    assert len(starts) == 4
+    # the loop's thread within the window; the other threads (the writer, the image prefetch) do per-image
+    # work only, at their own pace, so all of theirs counts (a busy machine may delay the writer past the window)
+    return sorted({str(Path(p).resolve().relative_to(ROOT)) for t, p, in_loop in events
+                   if not in_loop or starts[1] <= t < starts[2]})
+
+
+def documented_path() -> list[str]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("<!-- path-of-one-image -->", 1)[1].split("<!-- end -->", 1)[0]
+    return sorted(word for word in block.split() if word.endswith(".py"))
+
+
+def test_the_path_of_one_image_is_counted_honestly(tmp_path):
+    """docs/architecture.md lists exactly the files whose code runs for one image; the trace's control:
+    the step, the sampler, the certifier and the writer thread are in it."""
+    traced = traced_files_of_one_image(tmp_path)
+    assert {"certframe/run/step.py", "certframe/core/sampler.py", "plugins/certifiers/segcertify.py",
+            "certframe/run/writer.py"} <= set(traced)
+    assert documented_path() == traced
