@@ -22,15 +22,6 @@ def _sigma(ctx, param, values):
     return values
 
 
-def _cell(value, fmt: str = "{:.3f}") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else fmt.format(value)
-    return str(value)
-
 
 @click.group("evaluate")
 def evaluate():

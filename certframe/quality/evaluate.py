@@ -6,21 +6,11 @@ import json
 import math
 from pathlib import Path
 
-import click
 from rich.console import Console
 from rich.table import Table
 
 from certframe.registry import get_registry
 from certframe.validation import OptionError, check_int, check_seed, require_images, resolve_device
-
-
-def _sigma(ctx, param, values):
-    for v in values:
-        if not (math.isfinite(v) and v > 0):
-            raise click.BadParameter(f"sigma must be a positive finite noise level, got {v}")
-    if not values:
-        raise click.BadParameter("give at least one --sigma")
-    return values
 
 
 def _cell(value, fmt: str = "{:.3f}") -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 from rich.console import Console
 
 from certframe.device import resolve_precision
@@ -23,14 +22,6 @@ from certframe.validation import (
     require_images,
     resolve_device,
 )
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        widths = [int(w) for w in text.split(",") if w.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 16,32,32,64, got {text!r}")
-    return widths
 
 
 def denoiser_trainer(name: str, registry=None):
