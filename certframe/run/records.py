@@ -85,15 +85,20 @@ def provenance_diff(old: dict | None, new: dict | None) -> list[str]:
     return diffs
 
 
-def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Every key of two (nested) configurations whose values differ, as ``key: old in the run, new now``."""
+def _run_line(key: str, old, new) -> str:
+    return f"{key}: {old!r} in the run, {new!r} now"
+
+
+def config_diff(old: dict, new: dict, prefix: str = "", line=_run_line) -> list[str]:
+    """Every key of two (nested) configurations whose values differ, one ``line(dotted key, old, new)`` each
+    (default: ``key: old in the run, new now``); a key missing on one side is ``"<absent>"`` there."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += config_diff(a, b, f"{prefix}{k}.")
+            out += config_diff(a, b, f"{prefix}{k}.", line)
         elif a != b:
-            out.append(f"{prefix}{k}: {a!r} in the run, {b!r} now")
+            out.append(line(f"{prefix}{k}", a, b))
     return out
 
 

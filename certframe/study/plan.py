@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certframe.run.records import config_diff
 from certframe.study.folder import digest, read_stamp
 from certframe.study.spec import ROW_DENOISER, ROW_MODEL, Study
 
@@ -168,15 +169,10 @@ def build_stages(study: Study, folder: Path, facts: Facts, external: dict | None
     return stages
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key} {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
-    return out
+def _diff(old: dict, new: dict) -> list[str]:
+    """The settings that differ, as ``key old -> new`` (JSON values)."""
+    return config_diff(old, new, line=lambda key, a, b: f"{key} {json.dumps(a, default=str)} -> "
+                                                        f"{json.dumps(b, default=str)}")
 
 
 def judge(stage: Stage, by_name: dict[str, Stage]) -> None:
