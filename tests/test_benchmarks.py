@@ -55,6 +55,43 @@ def test_resolution_ceiling_of_the_diffusion_benchmark(monkeypatch):
     assert dice_x == 1.0 and dice_trip < 0.5 and trip_psnr < 10  # 4x4 averages the checkerboard away
 
 
+def test_diffusion_benchmark_is_the_study_in_its_format(monkeypatch, tmp_path):
+    """benchmarks/kvasir_diffusion.py is a thin use of ``certframe study`` (issue 24): run on the synthetic study,
+    its table carries the study's own figures (tests/test_study.py's golden values), then a rerun reuses
+    every stage and prints the same table."""
+    import importlib.util
+    import re
+
+    from test_study import GOLDEN
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("kvasir_diffusion", ROOT / "benchmarks" / "kvasir_diffusion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    study, folder = ROOT / "examples" / "studies" / "synthetic.toml", tmp_path / "study"
+    texts = []
+    for name in ("first.txt", "again.txt"):
+        bench.main(["--study", str(study), "--output", str(folder), "--results", str(tmp_path / name)])
+        texts.append((tmp_path / name).read_text())
+    assert texts[0].splitlines()[0] == (f"command: python benchmarks/kvasir_diffusion.py --study {study} --output "
+                                        f"{folder} --results {tmp_path / 'first.txt'}")
+    assert "12 stages run, 0 reused" in texts[0] and "0 stages run, 12 reused" in texts[1]
+    rows = {"Gaussian-trained": "gaussian", "clean UNet + DDPM": "ddpm", "UNet fine-tuned": "finetuned"}
+    found = {}
+    for text in texts:
+        for line in text.splitlines():
+            m = re.match(r"(.+?)\s+(0\.\d+)\s+(\d\.\d{3})\s+(\d\.\d{4})\s+(\d\.\d{3})\s+(\d+)", line)
+            if m and any(m[1].startswith(k) for k in rows):
+                row = next(v for k, v in rows.items() if m[1].startswith(k))
+                found.setdefault((row, float(m[2])), set()).add((float(m[4]), float(m[5])))
+    assert set(found) == set(GOLDEN)
+    for key, (dice, abstain, *_rest) in GOLDEN.items():
+        assert found[key] == {(round(dice, 4), round(abstain, 3))}, key  # both calls, the study's figures
+    table = [t.split("Certified Dice")[1].split("stages' own time")[0] for t in texts]
+    assert table[0] == table[1]
+    assert "goal +0.10 NOT reached" in texts[0]
+
+
 def test_hierarchical_benchmark_compares_flat_and_hierarchical_on_the_same_draws():
     import importlib.util
 
