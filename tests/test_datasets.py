@@ -9,8 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
+from dataset_fixtures import (
+    disc,
+    montgomery_image,
+    rgb,
+    save,
+    write_cvc,
+    write_isic,
+    write_jsrt,
+    write_kvasir,
+    write_montgomery,
+    write_ph2,
+    write_shenzhen,
+)
 from PIL import Image
 
 from certframe.plugins.datasets import _files
@@ -33,36 +45,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::certframe.plugins.datasets._fi
 KVASIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "Kvasir-SEG"
 
 
-# ------------------------------------------------------------------ fixture helpers
-
-def disc(h, w, k):
-    """A bool disc whose radius depends on k (so each fixture item has its own mask area)."""
-    yy, xx = np.mgrid[:h, :w]
-    r = 0.15 * min(h, w) + 2 * k
-    return (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r ** 2
-
-
-def rgb(h, w, k):
-    """An RGB uint8 image whose red channel is the constant 20 * k + 10 (identifies item k)."""
-    a = np.zeros((h, w, 3), np.uint8)
-    a[..., 0] = 20 * k + 10
-    a[..., 1] = np.linspace(0, 255, w, dtype=np.uint8)[None]
-    a[..., 2] = 128
-    return a
-
-
-def save(arr, path, **kw):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **kw)
-    return path
-
-
-def strays(folder: Path):
-    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (folder / "Thumbs.db").write_bytes(b"junk")
-    (folder / "._copy.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
-    (folder / "notes.json").write_text("{}")
-
+# ------------------------------------------------------------------ fixture helpers (writers: dataset_fixtures.py)
 
 def near_boundary(mask: np.ndarray) -> np.ndarray:
     """Pixels whose 3x3 neighbourhood holds both classes."""
@@ -80,18 +63,7 @@ def ids(ds):
 
 @pytest.fixture
 def kvasir_root(tmp_path):
-    root = tmp_path / "Kvasir-SEG"
-    sizes = [(48, 64), (64, 48), (40, 40), (56, 72), (64, 64), (30, 50)]  # mixed sizes, like the real set
-    for k, (h, w) in enumerate(sizes):
-        img = rgb(h, w, k) if k != 5 else np.full((h, w), 20 * k + 10, np.uint8)  # case5 is grey
-        save(img, root / "images" / f"case{k}.jpg", quality=95)
-        save((disc(h, w, k) * 255).astype(np.uint8), root / "masks" / f"case{k}.jpg", quality=60)
-    save(rgb(32, 32, 9), root / "images" / "lonely.jpg")  # an image without a mask
-    save(np.zeros((32, 32), np.uint8), root / "masks" / "orphan.jpg")  # a mask without an image
-    strays(root / "images")
-    strays(root / "masks")
-    (root / "kavsir_bboxes.json").write_text("{}")
-    return root
+    return write_kvasir(tmp_path / "Kvasir-SEG")
 
 
 def test_kvasir_pairs_exactly_and_thresholds_jpeg_masks(kvasir_root):
@@ -214,21 +186,7 @@ def test_bad_options(kvasir_root, kwargs, message):
 
 @pytest.mark.parametrize("fmt", ["tif", "png"])
 def test_cvc_clinicdb_official_tiffs_and_png_redistribution(tmp_path, fmt):
-    root = tmp_path / "CVC-ClinicDB"
-    (root / "Original").mkdir(parents=True)
-    (root / "Ground Truth").mkdir(parents=True)
-    for k in range(1, 5):
-        img, mask = rgb(36, 48, k), (disc(36, 48, k) * 255).astype(np.uint8)
-        if fmt == "tif":
-            if k % 2:  # float RGB TIFF: Pillow cannot identify it, tifffile reads it
-                tifffile.imwrite(root / "Original" / f"{k}.tif", img.astype(np.float32) / 255, photometric="rgb")
-            else:
-                tifffile.imwrite(root / "Original" / f"{k}.tif", img, photometric="rgb")
-            tifffile.imwrite(root / "Ground Truth" / f"{k}.tif", mask)
-        else:
-            save(img, root / "Original" / f"{k}.png")
-            save(mask, root / "Ground Truth" / f"{k}.png")
-    strays(root / "Original")
+    root = write_cvc(tmp_path / "CVC-ClinicDB", range(1, 5), fmt)
     if fmt == "tif":
         with pytest.raises(Exception):
             Image.open(root / "Original" / "1.tif")  # the case the fallback exists for
@@ -254,21 +212,11 @@ def test_cvc_corrupt_tiff_names_the_file_and_both_readers(tmp_path):
 
 # ------------------------------------------------------------------------- ISIC 2018
 
-def _isic(root, phase, ks, missing_mask=()):
-    for k in ks:
-        save(rgb(40, 50, k % 12), root / f"ISIC2018_Task1-2_{phase}_Input" / f"ISIC_{k:07d}.jpg", quality=95)
-        if k not in missing_mask:
-            save((disc(40, 50, k % 12) * 255).astype(np.uint8),
-                 root / f"ISIC2018_Task1_{phase}_GroundTruth" / f"ISIC_{k:07d}_segmentation.png")
-    (root / f"ISIC2018_Task1-2_{phase}_Input" / "ATTRIBUTION.txt").write_text("cc-by-nc")
-    (root / f"ISIC2018_Task1-2_{phase}_Input" / "LICENSE.txt").write_text("license")
-
-
 def test_isic2018_official_splits_when_all_folders_exist(tmp_path):
     root = tmp_path / "isic"
-    _isic(root, "Training", range(0, 6))
-    _isic(root, "Validation", range(100, 102))
-    _isic(root, "Test", range(200, 203), missing_mask=(202,))
+    write_isic(root, "Training", range(0, 6))
+    write_isic(root, "Validation", range(100, 102))
+    write_isic(root, "Test", range(200, 203), missing_mask=(202,))
     with pytest.warns(UnpairedImagesWarning, match=r"1 image\(s\) without a mask .*ISIC_0000202"):
         got = {s: ids(ISIC2018(root, size=16, split=s)) for s in ("train", "val", "test", "all")}
     assert got["train"] == [f"ISIC_{k:07d}" for k in range(6)]
@@ -281,7 +229,7 @@ def test_isic2018_official_splits_when_all_folders_exist(tmp_path):
 
 def test_isic2018_training_only_falls_back_to_seeded_split(tmp_path):
     root = tmp_path / "isic"
-    _isic(root, "Training", range(10))
+    write_isic(root, "Training", range(10))
     parts = {s: ids(ISIC2018(root, size=16, split=s, seed=0)) for s in ("train", "val", "test")}
     assert [len(parts[s]) for s in ("train", "val", "test")] == [7, 1, 2]
     assert sorted(sum(parts.values(), [])) == [f"ISIC_{k:07d}" for k in range(10)]
@@ -292,30 +240,10 @@ def test_isic2018_training_only_falls_back_to_seeded_split(tmp_path):
 
 # ------------------------------------------------------------------------------ JSRT
 
-def _jsrt(root, k, side=64, organs=None, little_endian=False):
-    """A 12-bit big-endian raw image JPCLN00k.IMG and half-resolution GIF masks per organ."""
-    raw = (np.arange(side * side).reshape(side, side) * 7 + 100 * k) % 4096
-    (root / "All247images").mkdir(parents=True, exist_ok=True)
-    raw.astype("<u2" if little_endian else ">u2").tofile(root / "All247images" / f"JPCLN00{k}.IMG")
-    h = side // 2
-    yy, xx = np.mgrid[:h, :h]
-    shapes = {"left lung": (xx < h // 2) & (yy > 4), "right lung": (xx >= h // 2) & (yy > 4),
-              "heart": (abs(xx - h // 2) < 4) & (yy > h // 2),           # overlaps both lungs
-              "left clavicle": (yy < 8) & (xx < h // 2),                 # overlaps the left lung
-              "right clavicle": (yy < 8) & (xx >= h // 2 + k)}
-    for organ, m in shapes.items():
-        if organs is None or organ in organs:
-            mode = "1" if organ == "heart" else "L"  # 1-bit and 8-bit GIFs
-            path = root / "scratch" / f"fold{k % 2 + 1}" / "masks" / organ / f"JPCLN00{k}.gif"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((m * 255).astype(np.uint8)).convert(mode).save(path)
-    return raw, shapes
-
-
 def test_jsrt_raw_images_and_scr_masks_with_overlaps(tmp_path):
     root = tmp_path / "JSRT"
-    raws = {k: _jsrt(root, k) for k in range(1, 4)}
-    _jsrt(root, 4, organs=("left lung", "right lung", "heart"))  # no clavicle masks
+    raws = {k: write_jsrt(root, k) for k in range(1, 4)}
+    write_jsrt(root, 4, organs=("left lung", "right lung", "heart"))  # no clavicle masks
     (root / "All247images" / ".DS_Store").write_bytes(b"x")
     with pytest.warns(UnpairedImagesWarning, match=r"jsrt: 1 image\(s\) without a mask .*JPCLN004"):
         ds = JSRT(root, size=None, split="all", image_size=64)
@@ -339,8 +267,8 @@ def test_jsrt_raw_images_and_scr_masks_with_overlaps(tmp_path):
 
 def test_jsrt_wrong_raw_files_are_named(tmp_path):
     root = tmp_path / "JSRT"
-    _jsrt(root, 1, little_endian=True)
-    _jsrt(root, 2)
+    write_jsrt(root, 1, little_endian=True)
+    write_jsrt(root, 2)
     (root / "All247images" / "JPCLN002.IMG").write_bytes(b"\x00" * 100)
     ds = JSRT(root, size=16, split="all", image_size=64)
     with pytest.raises(ValueError, match=r"JPCLN001\.IMG' holds the value \d+; JSRT images are 12-bit"):
@@ -352,24 +280,12 @@ def test_jsrt_wrong_raw_files_are_named(tmp_path):
 # ------------------------------------------------------------------------ Montgomery
 
 def test_montgomery_16bit_pngs_and_lung_union(tmp_path):
-    root = tmp_path / "MontgomerySet"
-    for k in range(3):
-        img = ((np.arange(40 * 30).reshape(40, 30) * 3 + k) % 4096).astype(np.uint16)  # 12-bit in 16-bit PNG
-        save(img, root / "CXR_png" / f"MCUCXR_000{k}_{k % 2}.png")
-        left = np.zeros((40, 30), np.uint8)
-        left[5:30, 2:12] = 255
-        right = np.zeros((40, 30), np.uint8)
-        right[5:30, 16:28 - k] = 255
-        save(left, root / "ManualMask" / "leftMask" / f"MCUCXR_000{k}_{k % 2}.png")
-        if k != 2:
-            save(right, root / "ManualMask" / "rightMask" / f"MCUCXR_000{k}_{k % 2}.png")
-    (root / "ClinicalReadings").mkdir()
-    (root / "ClinicalReadings" / "MCUCXR_0000_0.txt").write_text("normal")
+    root = write_montgomery(tmp_path / "MontgomerySet", range(3), no_right_mask=(2,))
     with pytest.warns(UnpairedImagesWarning, match=r"montgomery: 1 image\(s\) .*MCUCXR_0002_0"):
         ds = Montgomery(root, size=None, split="all")
     assert ids(ds) == ["MCUCXR_0000_0", "MCUCXR_0001_1"]
     s = ds[1]
-    img = ((np.arange(40 * 30).reshape(40, 30) * 3 + 1) % 4096) / 4095
+    img = montgomery_image(1) / 4095
     assert s.image.shape == (1, 40, 30) and torch.allclose(s.image[0], torch.from_numpy(img).float(), atol=1e-6)
     expected = np.zeros((40, 30), np.int64)
     expected[5:30, 2:12] = 1
@@ -380,13 +296,7 @@ def test_montgomery_16bit_pngs_and_lung_union(tmp_path):
 # -------------------------------------------------------------------------- Shenzhen
 
 def test_shenzhen_pairs_only_masked_images_and_reports_the_rest(tmp_path):
-    root = tmp_path / "ChinaSet_AllFiles"
-    for k in range(6):
-        stem = f"CHNCXR_000{k}_{k % 2}"
-        save(rgb(24, 24, k), root / "CXR_png" / f"{stem}.png")  # stored RGB: becomes grey
-        if k < 4:
-            save((disc(24, 24, k) * 255).astype(np.uint8), root / "masks" / f"{stem}_mask.png")
-    strays(root / "CXR_png")
+    root = write_shenzhen(tmp_path / "ChinaSet_AllFiles", range(6), masked=range(4))
     with pytest.warns(UnpairedImagesWarning, match=r"shenzhen: 2 image\(s\) without a mask .*CHNCXR_0004_0, "
                                                    r"CHNCXR_0005_1.*expected"):
         ds = Shenzhen(root, size=None, split="all")
@@ -400,18 +310,8 @@ def test_shenzhen_pairs_only_masked_images_and_reports_the_rest(tmp_path):
 # ------------------------------------------------------------------------------ PH2
 
 def test_ph2_bmps_with_one_bit_and_eight_bit_masks(tmp_path):
-    root = tmp_path / "PH2Dataset"
+    root = write_ph2(tmp_path / "PH2Dataset", 3, no_lesion=(2,))
     base = root / "PH2 Dataset images"
-    for k, name in enumerate(["IMD002", "IMD003", "IMD004"]):
-        save(rgb(28, 36, k), base / name / f"{name}_Dermoscopic_Image" / f"{name}.bmp")
-        m = disc(28, 36, k)
-        if k != 2:
-            mask = Image.fromarray((m * 255).astype(np.uint8)).convert("1" if k == 0 else "L")
-            (base / name / f"{name}_lesion").mkdir(parents=True)
-            mask.save(base / name / f"{name}_lesion" / f"{name}_lesion.bmp")
-        (base / name / f"{name}_roi").mkdir()
-        save((m * 255).astype(np.uint8), base / name / f"{name}_roi" / f"{name}_R1_Label4.bmp")
-    (root / "PH2_dataset.txt").write_text("table")
     assert Image.open(base / "IMD002" / "IMD002_lesion" / "IMD002_lesion.bmp").mode == "1"
     for r in (root, base):  # the download folder or the images folder inside it
         with pytest.warns(UnpairedImagesWarning, match=r"ph2: 1 image\(s\) .*IMD004"):

@@ -56,11 +56,11 @@ def data_facts(study: Study, registry) -> Facts:
             data[split] = registry.create("dataset", study.dataset, **study.dataset_options, split=split)
         except PluginNotFound as err:
             raise StudyError(f"{source}: {err}") from None
-        except Exception as err:  # a plugin's own refusal (a missing root, no such split, ...)
-            what = "" if split == "test" else (f" has no {split} split (the study trains on split=train and "
-                                               f"validates on split=val)")
-            raise StudyError(f"{source}: data set {study.dataset!r}{what or ' could not be built'}: "
-                             f"split={split!r} gave {type(err).__name__}: {err}") from None
+        except Exception as err:  # a plugin's own refusal (a missing root or folder, no such split, ...)
+            # train is built first: its failure is the data set's (a missing folder), not a missing split
+            what = " has no val split (the study validates on split=val)" if split == "val" else " could not be built"
+            raise StudyError(f"{source}: data set {study.dataset!r}{what}: split={split!r} gave "
+                             f"{type(err).__name__}: {err}") from None
         if len(data[split]) == 0:
             raise StudyError(f"{source}: data set {study.dataset!r} has no {split} split: split={split!r} with "
                              f"{study.dataset_options} holds no images (the study trains on split=train, validates "
