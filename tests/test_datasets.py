@@ -4,6 +4,7 @@ layout and real formats (JPEG masks with artefacts, RGB TIFFs Pillow cannot read
 images and corrupt files."""
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -236,6 +237,26 @@ def test_isic2018_training_only_falls_back_to_seeded_split(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match="official_splits=true needs the folders ISIC2018_Task1-2_Validation_Input"):
         ISIC2018(root, official_splits=True)
+
+
+def test_isic2018_partial_official_folders_warn_before_the_seeded_split(tmp_path):
+    """Validation and Test inputs present but the Test ground truth missing: the seeded split, said out loud."""
+    from certframe.plugins.datasets.isic2018 import PartialOfficialSplitsWarning
+
+    root = tmp_path / "isic"
+    write_isic(root, "Training", range(6))
+    write_isic(root, "Validation", range(100, 102))
+    write_isic(root, "Test", range(200, 203))
+    shutil.rmtree(root / "ISIC2018_Task1_Test_GroundTruth")
+    with pytest.warns(PartialOfficialSplitsWarning, match=r"ISIC2018_Task1_Test_GroundTruth missing.*seeded split"):
+        ds = ISIC2018(root, size=16, split="all")
+    assert not ds.use_official and len(ds) == 8
+    with warnings.catch_warnings():  # the documented fallback (only the training download) stays quiet
+        warnings.simplefilter("error", PartialOfficialSplitsWarning)
+        shutil.rmtree(root / "ISIC2018_Task1-2_Test_Input")
+        for f in ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"):
+            shutil.rmtree(root / f)
+        assert len(ISIC2018(root, size=16, split="all")) == 6
 
 
 # ------------------------------------------------------------------------------ JSRT

@@ -11,16 +11,27 @@ Layout of the challenge downloads (any subset of the three pairs may be present)
 
 Splits: with ``official_splits="auto"`` (default) the challenge's own
 Training / Validation / Test sets are used when all three input and ground-truth
-folders exist; otherwise the pairs found are split with the seeded split.
+folders exist; otherwise the pairs found are split with the seeded split (with a
+:class:`PartialOfficialSplitsWarning` naming the missing folders when some of the
+Validation / Test folders exist: the challenge's split was probably meant).
 ``official_splits=True`` demands the shipped folders (error naming the missing
 one), ``False`` always uses the seeded split over every pair found.
 Classes: background, lesion; items RGB ``[3, size, size]``.
 """
 from __future__ import annotations
 
+import logging
+import warnings
+
 from ._files import FileSegmentationDataset, list_images, pair_by_stem
 
+log = logging.getLogger(__name__)
+
 PHASES = {"train": "Training", "val": "Validation", "test": "Test"}
+
+
+class PartialOfficialSplitsWarning(UserWarning):
+    """Some of the challenge's Validation / Test folders exist but not all: the seeded split is used."""
 
 
 def folders(phase: str) -> tuple[str, str]:
@@ -60,6 +71,14 @@ class ISIC2018(FileSegmentationDataset):
             raise FileNotFoundError(f"{self.name}: official_splits=true needs the folders "
                                     f"{', '.join(missing)} under {str(self.root)!r}")
         self.use_official = self.official_splits is not False and all(present.values())
+        extra = [f for p in ("Validation", "Test") for f in folders(p) if (self.root / f).is_dir()]
+        if self.official_splits == "auto" and extra and not self.use_official:
+            missing = [f for p in PHASES.values() for f in folders(p) if not (self.root / f).is_dir()]
+            msg = (f"{self.name}: the official splits need all six folders, {', '.join(missing)} missing under "
+                   f"{str(self.root)!r}; using the seeded split over every pair found (official_splits=true "
+                   f"makes this an error)")
+            log.warning(msg)
+            warnings.warn(msg, PartialOfficialSplitsWarning, stacklevel=4)
         pairs, unpaired = [], []
         for key, phase in PHASES.items():
             if not present[key]:
