@@ -1,11 +1,12 @@
 """The study report: certified Dice per row and sigma with each row's paired bootstrap CI against the
-baseline, the denoiser's quality, each row's training cost, a figure of certified Dice against sigma,
+baseline, the denoiser's quality, each row's training cost, the attack pass (when the study has an
+``[attack]`` table: :mod:`certframe.study.attack_report`), a figure of certified Dice against sigma,
 written as text, CSV and a self-contained HTML page (``certframe report STUDY_FOLDER`` writes it too).
 
 Everything is read from the study folder: ``study.json``, the stage records beside the outputs
-(:mod:`certframe.study.folder`), the run folders' ``results.csv`` and ``quality/denoiser.json``. A row
-whose run is missing or unfinished is reported as such ("not run", "interrupted", "failed"), never
-left out.
+(:mod:`certframe.study.folder`), the run folders' ``results.csv``, the attack run folders and
+``quality/denoiser.json``. A row whose run is missing or unfinished is reported as such ("not run",
+"interrupted", "failed"), never left out.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from certframe.files import atomic_write
+from certframe.study.attack_report import ATTACKS_CSV, attack_lines, attack_table, html_table
 from certframe.study.bootstrap import paired_bootstrap_ci
 from certframe.study.folder import read_manifest, read_stamp
 from certframe.study.spec import StudyError, parse_study
@@ -242,15 +244,22 @@ def write_study_report(folder: str | Path, output: str | Path | None = None) -> 
         lines += ["", "Denoiser quality: not run"]
     lines += ["", "Training cost per row (every model the row uses; wall and CPU seconds summed over resumes):",
               cost.to_string(index=False, float_format=lambda v: f"{v:.1f}")]
+    attacks = attack_table(study, _stages(folder, manifest))
+    lines += [""] + attack_lines(attacks, study.sigmas)
     out = Path(output) if output is not None else folder / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     png = png_bytes(dice_figure(table))
+    files = [("table.csv", table.to_csv(index=False))]
+    if attacks is not None:
+        files.append((ATTACKS_CSV, attacks.to_csv(index=False)))
+    else:  # no attack pass: an attacks.csv left by an earlier report of this study would contradict the text
+        (out / ATTACKS_CSV).unlink(missing_ok=True)
+    files += [("report.txt", "\n".join(lines) + "\n"), ("dice_vs_sigma.png", png),
+              ("report.html", _html(manifest["title"], lines, {"certified Dice": table, "denoiser quality": quality,
+                                                               "training cost": cost,
+                                                               "attack pass": html_table(attacks)}, png))]
     written = []
-    for name, data in (("table.csv", table.to_csv(index=False)), ("report.txt", "\n".join(lines) + "\n"),
-                       ("dice_vs_sigma.png", png),
-                       ("report.html", _html(manifest["title"], lines, {"certified Dice": table,
-                                                                        "denoiser quality": quality,
-                                                                        "training cost": cost}, png))):
+    for name, data in files:
         atomic_write(out / name, data)
         written.append(out / name)
     return table, lines, written
