@@ -2,7 +2,9 @@
 
 The study is ``examples/studies/synthetic.toml`` (16 synthetic chest X-rays at 32 px, a 4-step DDPM with
 channels [8, 16], 4-epoch UNets, SegCertify n0 10, n 100 on 4 test images at sigma 0.25 and 0.5), run
-once per module on the CPU in fp32; its table is pinned to the values of that run.
+once per module on the CPU in fp32; its table is pinned to the values of that run. A smaller study with
+an [attack] table (``ATTACK_STUDY``, a few seconds) checks the report's attack pass against the attack
+run folders.
 """
 from __future__ import annotations
 
@@ -278,3 +280,140 @@ def test_ctrl_c_on_the_command_line_says_how_to_resume(tmp_path, monkeypatch):
     from certframe.study.folder import read_stamp
 
     assert read_stamp(out / "models" / "ddpm")["status"] == "interrupted"
+
+
+# The smallest study with an attack pass: one Gaussian UNet (1 epoch, one for both sigmas), 2 test images,
+# the falsification job (2 pixels) and a 2-step PGD-L2, at the certified radius and twice it.
+ATTACK_STUDY = """
+title = "synthetic-lung: the attack pass"
+dataset = "synthetic-lung"
+dataset_options = { count = 16, size = 32 }
+sigmas = [0.25, 0.5]
+rows = ["gaussian"]
+n0 = 10
+n = 100
+alpha = 0.001
+tau = 0.75
+limit = 2
+batch_size = 55
+
+[segmenter]
+plugin = "monai"
+options = { arch = "unet", network = { channels = [8, 16], strides = [2], num_res_units = 0 } }
+epochs = 1
+batch_size = 4
+lr = 0.003
+
+[segmenter.gaussian]
+per_sigma = false
+
+[attack]
+attacks = ["pgdl2"]
+attack_options = { pgdl2 = { steps = 2 } }
+radius_multiples = [1.0, 2.0]
+falsify_options = { max_pixels = 2, steps = 2, restarts = 1, num_draws = 2, empirical = false }
+
+[bootstrap]
+n_boot = 100
+"""
+ATTACK_ROW = "| Gaussian-trained UNet (one for all sigma) |"
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    """The attack study, run once on the CPU (a few seconds)."""
+    root = tmp_path_factory.mktemp("attacked")
+    path = _write(root, ATTACK_STUDY, "attacked.toml")
+    result = run_study(path, root / "attacked", device="cpu", quiet=True)
+    return root / "attacked", result
+
+
+def _attack_cells(text: str) -> list[str]:
+    """The cells (sigma 0.25, sigma 0.5) of the attack pass's row in report.txt."""
+    section = text[text.index("Attack pass"):]
+    line = next(v for v in section.splitlines() if v.startswith(ATTACK_ROW))
+    return [c.strip() for c in line[len(ATTACK_ROW):].strip(" |").split(" | ")]
+
+
+def test_attack_pass_in_the_study_report_is_what_the_attack_run_folders_record(attacked):
+    import pandas as pd
+
+    folder, result = attacked
+    assert result.ran[-2:] == ["attack-gaussian-sigma0.25", "attack-gaussian-sigma0.5"]
+    report = folder / "report"
+    assert {p.name for p in report.iterdir()} == {"report.html", "report.txt", "table.csv", "attacks.csv",
+                                                  "dice_vs_sigma.png"}
+    csv = pd.read_csv(report / "attacks.csv")
+    cells = _attack_cells((report / "report.txt").read_text())
+    for sigma, cell in zip((0.25, 0.5), cells):
+        run = folder / "attacks" / f"gaussian-sigma{sigma:g}"
+        manifest = json.loads((run / "manifest.json").read_text())
+        recorded = json.loads((run / "robustness.json").read_text())  # one object per budget
+        got = csv[csv["sigma"] == sigma].to_dict("records")
+        assert len(got) == len(recorded) == 4 and manifest["status"] == "complete"
+        for g, r in zip(got, recorded):
+            assert g["status"] == "complete" and g["run"] == str(run)
+            for key in ("attacks", "norm", "tau", "radius_multiple", "images", "covered", "tested", "not_tested"):
+                assert g[key] == r[key], (sigma, key)
+            for key in ("violations", "flips_beyond_claim"):  # empty where the run records none, never 0
+                assert (None if np.isnan(g[key]) else g[key]) == r[key], (sigma, key)
+            # robustness.json keeps 10 decimals (pandas' to_json), the report every digit
+            for key in ("eps", "clean_dice", "base_robust_dice", "smoothed_dice", "smoothed_robust_dice",
+                        "certified_dice_at_eps"):
+                assert (np.isnan(g[key]) and r[key] is None) or round(g[key], 10) == pytest.approx(r[key], abs=1e-15)
+            at_claim = r["radius_multiple"] <= 1
+            assert g["check"] == (f"{r['violations']:.0f} violations of {r['tested']} tested" if at_claim else
+                                  f"{r['flips_beyond_claim']:.0f} flips beyond the claim of {r['tested']} tested")
+        # the sentence: the manifest's totals (violations; tests at and beyond the claim; images)
+        claim = [r for r in recorded if r["radius_multiple"] <= 1]
+        beyond = [r for r in recorded if r["radius_multiple"] > 1]
+        assert sum(r["tested"] for r in recorded) == manifest["tested"]
+        flips = sum(r["flips_beyond_claim"] for r in beyond)
+        assert cell == (f"{manifest['violations']} violations in {sum(r['tested'] for r in claim)} tests at the claim, "
+                        f"of {sum(r['covered'] for r in claim)} covered pixels; {flips:.0f} flips in "
+                        f"{sum(r['tested'] for r in beyond)} tests beyond it (k 2), {manifest['images']} images, "
+                        f"attacks falsify, pgdl2"), cell
+    page = (report / "report.html").read_text()
+    assert "<h2>attack pass</h2>" in page and "violations of" in page and "&lt;NA&gt;" not in page
+
+
+def test_attack_pass_not_run_missing_or_interrupted_is_said_never_a_zero(attacked, tmp_path):
+    import pandas as pd
+
+    from certframe.study.folder import read_stamp, stamp_path, write_stamp
+    from certframe.study.report import write_study_report
+
+    folder, _ = attacked
+    copy = tmp_path / "attacked"
+    shutil.copytree(folder, copy)
+    # sigma 0.25: cut short after its first image (what Ctrl-C leaves: the record interrupted, the run running)
+    run = copy / "attacks" / "gaussian-sigma0.25"
+    write_stamp(run, {**read_stamp(run), "status": "interrupted"})
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    lines = (run / "results.csv").read_text().splitlines(keepends=True)
+    (run / "results.csv").write_text("".join(lines[:1 + manifest["rows_per_image"]]))
+    # sigma 0.5: its record says complete but its run folder is gone
+    shutil.rmtree(copy / "attacks" / "gaussian-sigma0.5")
+    _, lines, _ = write_study_report(copy)
+    first, second = _attack_cells("\n".join(lines))
+    assert first.endswith(", 1 image, attacks falsify, pgdl2 [interrupted]") and second == "missing"
+    # sigma 0.5 never ran (a study stopped before its attack stages): "not run", no count
+    stamp_path(copy / "attacks" / "gaussian-sigma0.5").unlink()
+    _, lines, _ = write_study_report(copy)
+    assert _attack_cells("\n".join(lines))[1] == "not run"
+    csv = pd.read_csv(copy / "report" / "attacks.csv")
+    cut, never = csv[csv["sigma"] == 0.25], csv[csv["sigma"] == 0.5]
+    assert (cut["status"] == "interrupted").all() and (cut["images"] == 1).all() and len(cut) == 4
+    assert len(never) == 1 and never["status"].iloc[0] == "not run"
+    assert never[["images", "covered", "tested", "violations", "flips_beyond_claim", "check"]].isna().all(axis=None)
+    budgets = [v.split() for v in "\n".join(lines).splitlines() if v.split()[:2] == ["gaussian", "0.5"]]
+    assert budgets == [["gaussian", "0.5", "not", "run"] + ["-"] * 12], budgets
+
+
+def test_study_without_an_attack_table_says_so_in_one_line(done):
+    folder, _ = done
+    text = (folder / "report" / "report.txt").read_text()
+    assert text.count("Attack pass") == 1
+    assert "Attack pass: none requested (the study file has no [attack] table)." in text
+    assert not (folder / "report" / "attacks.csv").exists()
