@@ -417,3 +417,24 @@ def test_study_without_an_attack_table_says_so_in_one_line(done):
     assert text.count("Attack pass") == 1
     assert "Attack pass: none requested (the study file has no [attack] table)." in text
     assert not (folder / "report" / "attacks.csv").exists()
+
+
+def test_report_of_a_run_folder_recorded_complete_but_gone_says_missing(done, tmp_path):
+    """A certify stage recorded complete whose run folder was deleted: 'missing' in the table and no CI against it,
+    never the numbers of a run that is not there; the quality stage deleted likewise says so."""
+    from certframe.study.report import write_study_report
+
+    folder, _ = done
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(copy / "runs" / "finetuned-sigma0.5")
+    for name in ("denoiser.json", "denoiser.stage.json"):
+        (copy / "quality" / name).unlink()
+    table, lines, _ = write_study_report(copy, tmp_path / "rep")
+    rec = table.set_index(["row", "sigma"]).loc[("finetuned", 0.5)]
+    assert rec["status"] == "missing" and rec["images"] == 0 and np.isnan(rec["certified_dice"])
+    assert np.isnan(rec["diff"])
+    row = next(line for line in lines if line.startswith("| UNet fine-tuned on D(x + eps) + DDPM |"))
+    assert row.endswith("| missing |")
+    assert table.set_index(["row", "sigma"]).loc[("finetuned", 0.25), "status"] == "complete"
+    assert "Denoiser quality: not run" in lines

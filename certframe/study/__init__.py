@@ -10,6 +10,7 @@ module             what it owns
 ``run``            :func:`run_study`: check, plan, run, report
 ``bootstrap``      :func:`paired_bootstrap_ci` (images resampled, pairs kept together)
 ``report``         the study table, CIs, quality, cost, figure and HTML
+``attack_report``  the report's attack pass: each attack run folder summarised per budget
 =================  =====================================================================
 See ``docs/study.md``.
 """

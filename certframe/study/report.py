@@ -75,7 +75,10 @@ def study_table(folder: Path) -> tuple[pd.DataFrame, dict]:
         for sigma in study.sigmas:
             stage = stages.get(f"certify-{row}-sigma{sigma:g}")
             df = per_image(stage["path"]) if stage else None
-            frames[(row, sigma)] = (df, _status(stage))
+            status = _status(stage)
+            if status == "complete" and (df is None or not len(df)):
+                status = "missing"  # recorded complete, but its run folder is gone or unreadable: never a number
+            frames[(row, sigma)] = (df, status)
     boot = study.bootstrap
     records = []
     for row in study.rows:
@@ -240,8 +243,10 @@ def write_study_report(folder: str | Path, output: str | Path | None = None) -> 
                             "ssim_noisy", "ssim_denoised", "dice_clean", "dice_denoised") if c in quality.columns]
         lines += ["", "Denoiser quality (PSNR dB / SSIM of D(x + eps) against x; the clean segmenter's Dice on clean "
                       "and denoised images):", quality[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    elif "quality" in _stages(folder, manifest):
+        lines += ["", f"Denoiser quality: {_status(_stages(folder, manifest)['quality'])}"]
     else:
-        lines += ["", "Denoiser quality: not run"]
+        lines += ["", "Denoiser quality: none requested (no row of the study uses a denoiser)"]
     lines += ["", "Training cost per row (every model the row uses; wall and CPU seconds summed over resumes):",
               cost.to_string(index=False, float_format=lambda v: f"{v:.1f}")]
     attacks = attack_table(study, _stages(folder, manifest))
