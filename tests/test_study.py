@@ -373,6 +373,12 @@ def test_attack_pass_in_the_study_report_is_what_the_attack_run_folders_record(a
                         f"of {sum(r['covered'] for r in claim)} covered pixels; {flips:.0f} flips in "
                         f"{sum(r['tested'] for r in beyond)} tests beyond it (k 2), {manifest['images']} images, "
                         f"attacks falsify, pgdl2"), cell
+    from certframe.study.folder import read_stamp
+    from certframe.study.report import cost_table
+
+    cost = cost_table(folder).set_index("row")  # the attack runs' own seconds, on the row they attack
+    spent = sum(read_stamp(folder / "attacks" / f"gaussian-sigma{s:g}")["seconds"] for s in (0.25, 0.5))
+    assert cost.loc["gaussian", "attack_seconds"] == pytest.approx(spent) and spent > 0
     page = (report / "report.html").read_text()
     assert "<h2>attack pass</h2>" in page and "violations of" in page and "&lt;NA&gt;" not in page
 
@@ -417,6 +423,10 @@ def test_study_without_an_attack_table_says_so_in_one_line(done):
     assert text.count("Attack pass") == 1
     assert "Attack pass: none requested (the study file has no [attack] table)." in text
     assert not (folder / "report" / "attacks.csv").exists()
+    from certframe.study.report import cost_table
+
+    cost = cost_table(folder)  # no attack pass: no attack seconds (NaN), not 0
+    assert len(cost) == 3 and cost["attack_seconds"].isna().all()
 
 
 def test_report_of_a_run_folder_recorded_complete_but_gone_says_missing(done, tmp_path):

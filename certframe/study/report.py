@@ -116,7 +116,8 @@ def quality_table(folder: Path) -> pd.DataFrame | None:
 
 def cost_table(folder: Path) -> pd.DataFrame:
     """Per row: the models it uses (every training stage upstream of its runs), their summed wall and CPU
-    seconds and the devices they ran on; and the certification runs' own seconds."""
+    seconds and the devices they ran on; the certification runs' own seconds, and the attack runs' (NaN, printed
+    as such, for a row the study does not attack)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     study = _study(folder, manifest)
@@ -136,12 +137,14 @@ def cost_table(folder: Path) -> pd.DataFrame:
         models = sorted(set().union(*(upstream(r, set()) for r in runs)) if runs else set())
         trained = [stages[m]["record"] or {} for m in models]
         certified = [stages[r]["record"] or {} for r in runs]
-        devices = sorted({r.get("device") for r in trained + certified if r.get("device")})
+        attacked = [stages[a]["record"] or {} for s in study.sigmas if (a := f"attack-{row}-sigma{s:g}") in stages]
+        devices = sorted({r.get("device") for r in trained + certified + attacked if r.get("device")})
         missing = [m for m, r in zip(models, trained) if r.get("status") != "complete"]
         out.append({"row": row, "label": row_label(study, row), "models": ", ".join(models) or "-",
                     "train_seconds": sum(r.get("seconds", 0.0) for r in trained),
                     "train_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in trained),
                     "certify_seconds": sum(r.get("seconds", 0.0) for r in certified),
+                    "attack_seconds": sum(r.get("seconds", 0.0) for r in attacked) if attacked else np.nan,
                     "device": ", ".join(devices) or "-",
                     "note": f"not complete: {', '.join(missing)}" if missing else ""})
     return pd.DataFrame.from_records(out)
