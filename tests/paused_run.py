@@ -16,6 +16,7 @@ runs. Every wait is bounded only to guard against a hang.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -72,8 +73,11 @@ def start_paused(args: list, marker: Path) -> subprocess.Popen:
     """``certframe *args`` in a subprocess (one torch thread) that pauses in image 1 and writes ``marker``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CERTFRAME_TEST_MARKER": str(marker),
            "CERTFRAME_TEST_HANG_GUARD": str(HANG_GUARD)}
+    # SIGINT at its default in the child, as in a terminal: a test run started as a background job (``pytest &``
+    # in a script, ``nohup``) ignores SIGINT, and a child inherits an ignored signal, so Ctrl-C would never land
     return subprocess.Popen([sys.executable, "-c", PAUSED, *[str(a) for a in args]], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_pause(marker: Path, proc: subprocess.Popen) -> None:

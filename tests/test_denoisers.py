@@ -1,6 +1,7 @@
 """Diffusion denoisers (ddpm one-shot, ddim): the maths pinned, the shipped model, the plumbing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -455,16 +456,62 @@ def test_a_real_sigint_is_deferred_to_the_end_of_the_step(tmp_path, monkeypatch)
         return real_target(*args, **kwargs)
 
     monkeypatch.setattr(ddpm_training, "training_target", target_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        train_diffusion(data, tmp_path / "b", **opts)
-    assert handlers and handlers[0] is not signal.default_int_handler  # training had its own handler in place
+    # Python's own Ctrl-C handler, as in a terminal (a test run started as a background job ignores SIGINT)
+    with sigint_handler(signal.default_int_handler):
+        with pytest.raises(KeyboardInterrupt):
+            train_diffusion(data, tmp_path / "b", **opts)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
     assert len(calls) == 2  # the interrupt came at the end of step 2: step 3 never started
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert handlers[0] is not signal.default_int_handler  # training had its own handler in place
     assert json.loads((resume_dir(tmp_path / "b") / "state.json").read_text())["step"] == 2
     assert json.loads((tmp_path / "b" / "certframe.json").read_text())["interrupted"]["step"] == 2
     assert "interrupted at step 2/3" in (tmp_path / "b" / "train.log").read_text()
     monkeypatch.setattr(ddpm_training, "training_target", real_target)
     train_diffusion(data, tmp_path / "b", **opts, resume=True)
+    a = diffusion.load_diffusion_model(tmp_path / "a").unet.state_dict()
+    b = diffusion.load_diffusion_model(tmp_path / "b").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@contextlib.contextmanager
+def sigint_handler(handler):
+    """SIGINT handled by ``handler`` within ``with`` (then the handler before)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_process_that_ignores_sigint_keeps_ignoring_it_while_training(tmp_path, monkeypatch):
+    """Started with nohup or as a background job, a process ignores SIGINT: training must not install its deferring
+    handler there (a SIGINT meant for the shell would then stop it). The same SIGINT as above, mid step 2, is
+    ignored: all 3 steps run, the weights equal an undisturbed run's, and SIGINT is still ignored after."""
+    import signal
+    import threading
+
+    from certframe.plugins.denoisers import ddpm_training
+
+    data = SyntheticLung(count=8, size=16, split="train")
+    opts = dict(block_out_channels=(8, 16), steps=3, batch_size=4, lr=1e-3, checkpoint_every=10, log_every=1)
+    train_diffusion(data, tmp_path / "a", **opts)
+    real_target, calls, handlers = ddpm_training.training_target, [], []
+
+    def target_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            handlers.append(signal.getsignal(signal.SIGINT))
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        return real_target(*args, **kwargs)
+
+    monkeypatch.setattr(ddpm_training, "training_target", target_then_ctrl_c)
+    with sigint_handler(signal.SIG_IGN):
+        train_diffusion(data, tmp_path / "b", **opts)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert handlers == [signal.SIG_IGN] and len(calls) == 3
+    assert "interrupted" not in json.loads((tmp_path / "b" / "certframe.json").read_text())
     a = diffusion.load_diffusion_model(tmp_path / "a").unet.state_dict()
     b = diffusion.load_diffusion_model(tmp_path / "b").unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -218,7 +218,10 @@ class DeferredInterrupt:
     """Within ``with``: the first SIGINT (Ctrl-C) only sets ``requested``; the loop raises at a step's end.
 
     A second Ctrl-C interrupts at once. Outside the main thread (where signal
-    handlers cannot be set) Ctrl-C is not deferred.
+    handlers cannot be set) Ctrl-C is not deferred. A process that ignores SIGINT (started
+    with ``nohup``, or as a background job ``cmd &`` of a non-interactive shell) keeps
+    ignoring it: installing a handler there would let a SIGINT meant for the shell stop
+    the training.
     """
 
     def __init__(self):
@@ -234,7 +237,8 @@ class DeferredInterrupt:
         import signal
         import threading
 
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
