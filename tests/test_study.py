@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -448,3 +449,20 @@ def test_report_of_a_run_folder_recorded_complete_but_gone_says_missing(done, tm
     assert row.endswith("| missing |")
     assert table.set_index(["row", "sigma"]).loc[("finetuned", 0.25), "status"] == "complete"
     assert "Denoiser quality: not run" in lines
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_study_on_cuda_runs_every_stage_on_the_device(tmp_path):
+    """`--device cuda`: every stage (DDPM and UNet training, the quality table, each certification) records the
+    device it ran on, and the table is complete. CUDA training is not bit-reproducible against the CPU (other
+    kernels), so its values are checked for range, not against the CPU's golden table."""
+    from certframe.study.folder import read_stamp
+
+    folder = tmp_path / "cuda"
+    result = run_study(STUDY, folder, device="cuda", quiet=True)
+    assert result.ran == STAGES
+    devices = {s.name: read_stamp(s.output)["device"] for s in result.stages}
+    assert all(d.startswith("cuda") for d in devices.values()), devices
+    table = result.table
+    assert (table["status"] == "complete").all() and (table["images"] == 4).all()
+    assert table["certified_dice"].between(0, 1).all()
