@@ -193,7 +193,8 @@ def test_a_folder_of_runs_and_duplicate_methods(two_runs, tmp_path):
     assert sorted(r.method for r in runs) == ["alpha-method-with-a-long-name", "beta (b)", "beta (b2)"]
 
 
-def test_report_errors_are_clear(two_runs, tmp_path):
+def test_report_errors_are_clear(two_runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --output is ./report: a refused call must not leave it behind
     r = invoke("report", tmp_path / "nowhere", ok=False)
     assert r.exit_code != 0 and "no such directory" in r.output
     (tmp_path / "empty").mkdir()
@@ -202,9 +203,11 @@ def test_report_errors_are_clear(two_runs, tmp_path):
     running = make_run(tmp_path / "running", RUN_B, finish=False)
     r = invoke("report", running, "--output", tmp_path / "o", ok=False)
     assert "is incomplete" in r.output and "--resume" in r.output
+    assert not (tmp_path / "o").exists()
     invoke("report", running, "--output", tmp_path / "o", "--allow-incomplete", "--reporter", "table")
     r = invoke("report", *two_runs, "--reporter", "pdf", ok=False)
     assert "unknown reporter 'pdf'; available reporters: figures, html, table" in r.output
+    assert not (tmp_path / "report").exists()  # every refusal above was checked before anything was made
     a = two_runs[0] / "results.csv"
     a.write_bytes(a.read_bytes()[:-10])
     r = invoke("report", *two_runs, "--output", tmp_path / "o", ok=False)

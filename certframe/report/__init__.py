@@ -59,20 +59,24 @@ def make_report(paths: Sequence[str | Path], output: str | Path, *, reporters: S
     from certframe.registry import get_registry
 
     registry = registry or get_registry()
+    # every check before anything is written: a bad path, an unfinished run or an unknown reporter leaves no
+    # output folder behind
     certify_paths, attack_paths = split_runs(paths)
+    runs = load_runs(certify_paths, allow_incomplete=allow_incomplete) if certify_paths else []
+    made = []
+    for name in reporters if certify_paths else ():
+        entry = registry.get("reporter", name)
+        accepted = entry.options()
+        opts = {k: v for k, v in (reporter_options or {}).items()
+                if k in accepted or entry.accepts_any_option()}
+        made.append(registry.create("reporter", name, **opts))
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = [p for a in attack_paths for p in attack_figures(a, output)]
     if not certify_paths:
         return pd.DataFrame(columns=TABLE_COLUMNS), written
-    runs = load_runs(certify_paths, allow_incomplete=allow_incomplete)
     table = comparison_table(runs)
-    for name in reporters:
-        entry = registry.get("reporter", name)
-        accepted = entry.options()
-        opts = {k: v for k, v in (reporter_options or {}).items()
-                if k in accepted or entry.accepts_any_option()}
-        reporter = registry.create("reporter", name, **opts)
+    for reporter in made:
         written += list(reporter.write(runs, table, output))
     return table, written
 
