@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from certframe.study.folder import stage_status
+
 ATTACKS_CSV = "attacks.csv"
 COUNTS = ["images", "covered", "tested", "violations", "flips_beyond_claim"]
 DICE = ["clean_dice", "base_robust_dice", "smoothed_dice", "smoothed_robust_dice", "certified_dice_at_eps"]
@@ -30,11 +32,6 @@ COLUMNS = ["row", "label", "sigma", "status", "images", "attacks", "tau", "norm"
 """The columns of ``attacks.csv``: one line per (row, sigma, budget); one line with the status alone for a
 row and sigma with nothing to report."""
 
-
-def _status(stage: dict | None) -> str:
-    if stage is None or stage["record"] is None:
-        return "not run"
-    return stage["record"].get("status", "not run")
 
 
 def read_attack_run(path: Path) -> tuple[pd.DataFrame | None, str]:
@@ -88,7 +85,7 @@ def attack_table(study, stages: dict[str, dict]) -> pd.DataFrame | None:
     for row in study.attack["rows"]:
         for sigma in study.sigmas:
             stage = stages.get(f"attack-{row}-sigma{sigma:g}")
-            status = _status(stage)
+            status = stage_status(stage)
             base = {"row": row, "label": row_label(study, row), "sigma": sigma, "status": status,
                     "run": str(stage["path"]) if stage else "", "note": ""}
             budgets, why = (None, "") if status == "not run" else read_attack_run(stage["path"])

@@ -130,3 +130,12 @@ def read_manifest(folder: Path) -> dict | None:
     except ValueError:
         return None
     return record if record.get("kind") == KIND else None
+
+
+def stage_status(stage: dict | None) -> str:
+    """A stage's status as a report shows it: its record's ``status``, ``not run`` without a record.
+
+    stage: ``{"record": read_stamp(output) or None, ...}`` as the reports read them, or None (not planned)."""
+    if stage is None or stage["record"] is None:
+        return "not run"
+    return stage["record"].get("status", "not run")

@@ -21,7 +21,7 @@ import pandas as pd
 from certframe.files import atomic_write
 from certframe.study.attack_report import ATTACKS_CSV, attack_lines, attack_table, html_table
 from certframe.study.bootstrap import paired_bootstrap_ci
-from certframe.study.folder import read_manifest, read_stamp
+from certframe.study.folder import read_manifest, read_stamp, stage_status
 from certframe.study.spec import StudyError, parse_study
 
 REPORT_DIR = "report"
@@ -40,11 +40,6 @@ def _stages(folder: Path, manifest: dict) -> dict[str, dict]:
         out[s["name"]] = {**s, "path": folder / s["output"], "record": read_stamp(folder / s["output"])}
     return out
 
-
-def _status(stage: dict | None) -> str:
-    if stage is None or stage["record"] is None:
-        return "not run"
-    return stage["record"].get("status", "not run")
 
 
 def per_image(run: Path) -> pd.DataFrame | None:
@@ -75,7 +70,7 @@ def study_table(folder: Path) -> tuple[pd.DataFrame, dict]:
         for sigma in study.sigmas:
             stage = stages.get(f"certify-{row}-sigma{sigma:g}")
             df = per_image(stage["path"]) if stage else None
-            status = _status(stage)
+            status = stage_status(stage)
             if status == "complete" and (df is None or not len(df)):
                 status = "missing"  # recorded complete, but its run folder is gone or unreadable: never a number
             frames[(row, sigma)] = (df, status)
@@ -247,7 +242,7 @@ def write_study_report(folder: str | Path, output: str | Path | None = None) -> 
         lines += ["", "Denoiser quality (PSNR dB / SSIM of D(x + eps) against x; the clean segmenter's Dice on clean "
                       "and denoised images):", quality[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")]
     elif "quality" in _stages(folder, manifest):
-        lines += ["", f"Denoiser quality: {_status(_stages(folder, manifest)['quality'])}"]
+        lines += ["", f"Denoiser quality: {stage_status(_stages(folder, manifest)['quality'])}"]
     else:
         lines += ["", "Denoiser quality: none requested (no row of the study uses a denoiser)"]
     lines += ["", "Training cost per row (every model the row uses; wall and CPU seconds summed over resumes):",
